@@ -1,0 +1,400 @@
+"""
+model.py: the one place that knows how to get a Qwen3-VL, save it, and spread it over ranks.
+
+Two faces, one code path:
+- the real path: `load_model("Qwen/Qwen3-VL-8B-Instruct")` (or any local checkpoint dir in Hugging Face
+  layout: -2B/-4B/-8B/-32B, -Instruct/-Thinking, the MoE variants) -> (model, processor);
+- the embedded default: `build_tiny()` builds a tiny *random* Qwen3-VL (the real architecture with small
+  sizes) plus a byte-level BPE tokenizer carrying all 26 Qwen added tokens in their real order and a
+  Qwen3-VL-style chat template, offline, in about a second. `save_checkpoint` writes it in exactly the
+  layout of a real checkpoint, so everything downstream loads it through `load_model(path)`.
+
+    python -c "from model import build_tiny, save_checkpoint; m, p = build_tiny(); save_checkpoint(m, p, 'out/tiny')"
+    python -c "from transformers import AutoModelForImageTextToText as A; print(A.from_pretrained('out/tiny'))"
+
+The processor: transformers' `Qwen3VLProcessor` insists on a video processor that needs torchvision, which
+does not import beside a CPU torch. Where torchvision works we use `AutoProcessor`; elsewhere an image-only
+processor (`ImageOnlyQwen3VLProcessor`) built from the same files. Both save the same folder, whose
+`processor_config.json` names `Qwen3VLProcessor`, so AutoProcessor and vLLM load it on a GPU machine.
+
+Distributed: `init_distributed` (torchrun env; nccl on GPU, gloo on CPU), `wrap_fsdp` (FSDP2 `fully_shard`
+per decoder layer and vision block, then the root), `print0`, `full_state_dict` (gather for saving).
+Safety: never `trust_remote_code`; weights only as safetensors.
+"""
+
+import json
+import os
+import shutil
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.distributed as dist
+
+# The 26 tokens Qwen2.5/Qwen3 add after the byte-level vocabulary, in their real order (ids 151643..151668
+# in the real tokenizer). The tiny tokenizer keeps the order, so special-token logic is identical.
+QWEN_ADDED_TOKENS = [
+    ("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True),
+    ("<|object_ref_start|>", True), ("<|object_ref_end|>", True), ("<|box_start|>", True),
+    ("<|box_end|>", True), ("<|quad_start|>", True), ("<|quad_end|>", True),
+    ("<|vision_start|>", True), ("<|vision_end|>", True), ("<|vision_pad|>", True),
+    ("<|image_pad|>", True), ("<|video_pad|>", True), ("<tool_call>", False), ("</tool_call>", False),
+    ("<|fim_prefix|>", True), ("<|fim_middle|>", True), ("<|fim_suffix|>", True), ("<|fim_pad|>", True),
+    ("<|repo_name|>", True), ("<|file_sep|>", True), ("<tool_response>", False), ("</tool_response>", False),
+    ("<think>", False), ("</think>", False),
+]
+# Qwen's pre-tokenizer: digits split one per token, words with their leading space, punctuation runs.
+QWEN_PRETOKENIZE_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+# Qwen3-VL's chat format: <|im_start|>role\n ... <|im_end|>\n, an image as <|vision_start|><|image_pad|>
+# <|vision_end|> before the text. The {% generation %} markers make `return_assistant_tokens_mask=True`
+# return the SFT loss mask: the assistant text and its closing <|im_end|> (the EOS the model must learn),
+# not the role header and not the newline after it. Thinking is asked for in the user text (the paper's
+# " /think" suffix, see data.py), so the same prompts work on any Qwen3-VL checkpoint's own template.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['content'] is string -%}{%- set parts = [{'type': 'text', 'text': message['content']}] -%}"
+    "{%- else -%}{%- set parts = message['content'] -%}{%- endif -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{{- '<|im_start|>assistant\\n' -}}{%- generation -%}"
+    "{%- for part in parts -%}{%- if part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}{%- endfor -%}"
+    "{{- '<|im_end|>' -}}{%- endgeneration -%}{{- '\\n' -}}"
+    "{%- else -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+    "{%- for part in parts -%}"
+    "{%- if part['type'] == 'image' or 'image' in part -%}{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
+    "{%- elif part['type'] == 'text' -%}{{- part['text'] -}}{%- endif -%}"
+    "{%- endfor -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+# Image geometry shared by Qwen3-VL: 16-px patches, 2x2 merge -> one visual token per 32x32 pixels.
+PATCH_SIZE, MERGE_SIZE, TEMPORAL_PATCH_SIZE = 16, 2, 2
+TINY_MIN_PIXELS, TINY_MAX_PIXELS = 32 * 32, 128 * 128  # the synthetic world: 128 px -> 16 visual tokens
+
+
+def _torchvision_works():
+    try:
+        import torchvision  # noqa: F401
+        torchvision.ops.nms  # the CUDA wheel beside a CPU torch fails here, not at import
+        return True
+    except Exception:
+        return False
+
+
+def _flash_attn_works():
+    try:
+        import flash_attn  # noqa: F401
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+def attention_implementation():
+    """flash_attention_2 when it imports and a GPU is there, else PyTorch's sdpa."""
+    return "flash_attention_2" if _flash_attn_works() else "sdpa"
+
+
+# ----------------------------------------------------------------------------------------------------
+# processor
+
+def _image_only_processor_class():
+    from transformers import Qwen3VLProcessor
+
+    class ImageOnlyQwen3VLProcessor(Qwen3VLProcessor):
+        """Qwen3VLProcessor without the (torchvision-only) video processor; saves as Qwen3VLProcessor."""
+
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            super().__init__(image_processor, tokenizer, video_processor=None, chat_template=chat_template)
+
+        def save_pretrained(self, save_directory, **kwargs):
+            out = super().save_pretrained(save_directory, **kwargs)
+            _write_real_processor_files(save_directory, self.image_processor)
+            return out
+
+    return ImageOnlyQwen3VLProcessor
+
+
+def _write_real_processor_files(save_directory, image_processor):
+    """Make the folder load as a full Qwen3VLProcessor (AutoProcessor, vLLM) where torchvision exists."""
+    cfg_path = os.path.join(save_directory, "processor_config.json")
+    cfg = json.load(open(cfg_path)) if os.path.exists(cfg_path) else {}
+    cfg["processor_class"] = "Qwen3VLProcessor"  # a subclass name here makes AutoProcessor return a tokenizer
+    cfg.pop("video_processor", None)
+    json.dump(cfg, open(cfg_path, "w"), indent=2)
+    video_cfg = {
+        "video_processor_type": "Qwen3VLVideoProcessor", "processor_class": "Qwen3VLProcessor",
+        "patch_size": image_processor.patch_size, "temporal_patch_size": image_processor.temporal_patch_size,
+        "merge_size": image_processor.merge_size, "image_mean": list(image_processor.image_mean),
+        "image_std": list(image_processor.image_std), "size": {"shortest_edge": 4096, "longest_edge": 25165824},
+    }
+    json.dump(video_cfg, open(os.path.join(save_directory, "video_preprocessor_config.json"), "w"), indent=2)
+    # the image processor also as its own file, the layout of the released Qwen3-VL checkpoints
+    image_cfg = {**cfg.get("image_processor", image_processor.to_dict()), "processor_class": "Qwen3VLProcessor"}
+    json.dump(image_cfg, open(os.path.join(save_directory, "preprocessor_config.json"), "w"), indent=2)
+
+
+def load_processor(path, min_pixels=None, max_pixels=None):
+    """The processor of a checkpoint dir or hub id; image-only when torchvision cannot be used."""
+    size = {}
+    if min_pixels is not None:
+        size["shortest_edge"] = int(min_pixels)
+    if max_pixels is not None:
+        size["longest_edge"] = int(max_pixels)
+    if _torchvision_works():
+        from transformers import AutoProcessor
+        processor = AutoProcessor.from_pretrained(path)
+    else:
+        from transformers import AutoTokenizer
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        image_processor = Qwen2VLImageProcessorPil.from_pretrained(path)
+        chat_template = getattr(tokenizer, "chat_template", None)
+        template_file = os.path.join(path, "chat_template.jinja") if os.path.isdir(path) else None
+        if template_file and os.path.exists(template_file):
+            chat_template = open(template_file).read()
+        processor = _image_only_processor_class()(image_processor, tokenizer, chat_template=chat_template)
+    if size:
+        processor.image_processor.size = {**processor.image_processor.size, **size}
+    return processor
+
+
+def build_processor(tokenizer, min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS):
+    """An image-only Qwen3-VL processor around `tokenizer` with Qwen3-VL's image geometry."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=PATCH_SIZE, merge_size=MERGE_SIZE, temporal_patch_size=TEMPORAL_PATCH_SIZE,
+        size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
+        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    return _image_only_processor_class()(image_processor, tokenizer, chat_template=CHAT_TEMPLATE)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the tiny model
+
+def build_tokenizer(texts, vocab_size=1024):
+    """A byte-level BPE trained on `texts` with Qwen's pre-tokenizer, wrapped as a Qwen2 tokenizer."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    bpe.decoder = decoders.ByteLevel()
+    n_base = vocab_size - len(QWEN_ADDED_TOKENS)
+    trainer = trainers.BpeTrainer(vocab_size=n_base, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(texts, trainer=trainer)
+    from tokenizers import AddedToken
+    bpe.add_tokens([AddedToken(t, special=s, normalized=False) for t, s in QWEN_ADDED_TOKENS])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        additional_special_tokens=[t for t, s in QWEN_ADDED_TOKENS if s and t not in ("<|im_end|>", "<|endoftext|>")],
+        clean_up_tokenization_spaces=False, model_max_length=131072, split_special_tokens=False)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+# A small built-in corpus so that build_tiny() works with no arguments (tests); the stage scripts pass the
+# texts of their data instead, so the tokenizer knows the words it will see.
+_DEFAULT_CORPUS = [
+    "Write a radiology report for this Chest X-ray.", "Where is the right lung located in this Chest X-ray?",
+    "The heart size is normal. No pleural effusion or pneumothorax. The lungs are clear.",
+    "Mild cardiomegaly. Small left pleural effusion. Right lower lobe consolidation.",
+    "The right lung is located at the coordinates [0.12, 0.2, 0.48, 0.81] on the image.",
+    "Are there any abnormalities on this Chest X-ray? The following abnormalities are identified: edema.",
+    "Please locate the following sentence: This finding is located at [0.5, 0.12, 0.8, 1.0] in the image.",
+    "<think>\nFirst I review the lungs, then the heart and mediastinum.\n</think>\n\nNo acute findings.",
+] * 4
+
+
+def build_tiny(texts=None, vocab_size=1024, hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2,
+               intermediate_size=384, vision_depth=2, vision_hidden=64, vision_heads=4,
+               min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS, seed=0):
+    """A tiny random Qwen3-VL (real architecture) and its processor, built offline in about a second."""
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    tokenizer = build_tokenizer(texts or _DEFAULT_CORPUS, vocab_size=vocab_size)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t, _ in QWEN_ADDED_TOKENS}
+    head_dim = hidden_size // num_heads
+    quarter = head_dim // 4  # mrope_section (t, h, w) must sum to head_dim / 2
+    config = Qwen3VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
+            num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
+            head_dim=head_dim, max_position_embeddings=4096, pad_token_id=ids["<|endoftext|>"],
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_interleaved": True,
+                             "mrope_section": [head_dim // 2 - 2 * quarter, quarter, quarter]},
+            bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"]),
+        vision_config=dict(
+            depth=vision_depth, hidden_size=vision_hidden, intermediate_size=4 * vision_hidden,
+            num_heads=vision_heads, patch_size=PATCH_SIZE, spatial_merge_size=MERGE_SIZE,
+            temporal_patch_size=TEMPORAL_PATCH_SIZE, out_hidden_size=hidden_size, num_position_embeddings=64,
+            deepstack_visual_indexes=[0]),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen3VLForConditionalGeneration(config)
+    _set_generation_defaults(model, tokenizer)
+    model.config._attn_implementation = "sdpa"
+    return model, build_processor(tokenizer, min_pixels, max_pixels)
+
+
+def _set_generation_defaults(model, tokenizer):
+    gc = model.generation_config
+    gc.eos_token_id = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")]
+    gc.pad_token_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")  # pad != EOS: EOS stays in the loss mask
+    gc.bos_token_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    gc.do_sample, gc.temperature, gc.top_p, gc.top_k = False, None, None, None
+
+
+# ----------------------------------------------------------------------------------------------------
+# loading and saving
+
+def default_device():
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def load_model(name_or_path, dtype=None, device=None, attn_implementation=None, min_pixels=None,
+               max_pixels=None):
+    """(model, processor) from a local checkpoint dir or a hub id (Qwen/Qwen3-VL-8B-Instruct, ...).
+
+    dtype defaults to bfloat16 on GPU and float32 on CPU; attention to flash_attention_2 when it imports.
+    """
+    from transformers import AutoModelForImageTextToText
+    if not os.path.isdir(name_or_path):
+        if os.path.sep in name_or_path.strip("/").replace("/", "", 1) or name_or_path.startswith((".", "/")):
+            raise FileNotFoundError(f"model path {name_or_path!r} is neither a local directory nor a hub id")
+        from huggingface_hub import snapshot_download
+        try:  # resolve the hub id now, so an offline machine gets one clear line instead of a traceback
+            name_or_path = snapshot_download(name_or_path, allow_patterns=["*.json", "*.safetensors", "*.jinja",
+                                                                          "*.txt", "*.model", "*.tiktoken"])
+        except Exception as e:
+            raise RuntimeError(
+                f"cannot get {name_or_path!r} from the Hugging Face hub ({type(e).__name__}); on an offline "
+                f"machine download it elsewhere and pass the local directory instead") from None
+    device = torch.device(device) if device is not None else default_device()
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = AutoModelForImageTextToText.from_pretrained(
+        name_or_path, dtype=dtype, attn_implementation=attn_implementation or attention_implementation(),
+        use_safetensors=True, trust_remote_code=False)
+    processor = load_processor(name_or_path, min_pixels=min_pixels, max_pixels=max_pixels)
+    _set_generation_defaults(model, processor.tokenizer)
+    return model.to(device), processor
+
+
+def save_checkpoint(model, processor, out_dir, state_dict=None, extra_files=None):
+    """Write an HF-format checkpoint (safetensors + configs + processor) atomically.
+
+    The folder is written next to `out_dir` under a temporary name and renamed into place, so a crash leaves
+    either the previous checkpoint or the new one, never half of one. `state_dict` (e.g. gathered from
+    FSDP shards) replaces the model's own; `extra_files` maps file names to callables writing them
+    (training state for resume) into the temporary folder before the rename.
+    """
+    out_dir = os.path.abspath(out_dir)
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".tmp-{os.path.basename(out_dir)}-{os.getpid()}-{time.time_ns()}")
+    try:
+        model.save_pretrained(tmp, state_dict=state_dict)
+        processor.save_pretrained(tmp)
+        for name, write in (extra_files or {}).items():
+            write(os.path.join(tmp, name))
+        for name in os.listdir(tmp):  # flush to disk before the rename makes it visible
+            path = os.path.join(tmp, name)
+            if os.path.isfile(path):
+                with open(path, "rb") as f:
+                    os.fsync(f.fileno())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if os.path.exists(out_dir):
+        old = os.path.join(parent, f".old-{os.path.basename(out_dir)}-{time.time_ns()}")
+        os.rename(out_dir, old)
+    os.rename(tmp, out_dir)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+    return out_dir
+
+
+# ----------------------------------------------------------------------------------------------------
+# distributed
+
+def init_distributed():
+    """(rank, local_rank, world_size, device) from torchrun's env; a plain process is rank 0 of 1."""
+    if "RANK" not in os.environ:
+        return 0, 0, 1, default_device()
+    rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank))
+        device = torch.device("cuda", local_rank)
+    else:
+        dist.init_process_group("gloo")
+        device = torch.device("cpu")
+    return rank, local_rank, world, device
+
+
+def is_distributed():
+    return dist.is_available() and dist.is_initialized()
+
+
+def print0(*args, **kwargs):
+    if not is_distributed() or dist.get_rank() == 0:
+        print(*args, **kwargs, flush=True)
+
+
+def all_reduce_mean(values):
+    """Average a dict of floats over ranks (for logging)."""
+    if not is_distributed():
+        return dict(values)
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64,
+                     device="cuda" if torch.cuda.is_available() else "cpu")
+    dist.all_reduce(t)
+    return {k: v / dist.get_world_size() for k, v in zip(keys, t.tolist())}
+
+
+def wrap_fsdp(model, bf16=None):
+    """FSDP2: shard every text decoder layer and vision block, then the root.
+
+    On GPU parameters are held in bf16 for compute with fp32 gradient reduction; on CPU everything stays fp32.
+    Create the optimizer after this call. Every rank must run the vision tower in every forward (give each
+    micro-batch an image, see data.py), or the collectives go out of step.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    bf16 = torch.cuda.is_available() if bf16 is None else bf16
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    for module in model.modules():
+        if type(module).__name__ in ("Qwen3VLTextDecoderLayer", "Qwen3VLMoeTextDecoderLayer",
+                                     "Qwen3VLVisionBlock", "Qwen3VLMoeVisionBlock"):
+            fully_shard(module, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+    return model
+
+
+def full_state_dict(model):
+    """The full (unsharded) state dict on CPU, gathered from FSDP2 shards if needed; every rank must call."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    if not is_distributed():
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def autocast(device):
+    """bf16 autocast on GPU, nothing on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
