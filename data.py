@@ -173,3 +173,217 @@ def make_record(rid, image, question, answer, task, **ground_truth):
               "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]}
     record.update(ground_truth)
     return record
+
+
+# ----------------------------------------------------------------------------------------------------
+# from records to model inputs
+
+def load_image(record, index=None):
+    """The record's image as 8-bit RGB: in-memory arrays (synthetic world), PNG/JPG (8- or 16-bit), DICOM."""
+    import numpy as np
+    from PIL import Image
+    rid = record_id(record, index)
+    if record.get("image_array") is not None:
+        array = np.asarray(record["image_array"])
+    else:
+        path = record.get("image")
+        if not path:
+            raise RecordError(f"record {rid}: has no image")
+        if not os.path.exists(path):
+            raise RecordError(f"record {rid}: image file not found: {path}")
+        try:
+            if path.lower().endswith(".dcm"):
+                array = _read_dicom(path)
+            else:
+                with Image.open(path) as img:
+                    img.load()
+                    array = np.asarray(img) if img.mode in ("I;16", "I;16B", "I", "F") else np.asarray(img.convert("RGB"))
+        except RecordError:
+            raise
+        except Exception as e:
+            raise RecordError(f"record {rid}: cannot read image {path} ({type(e).__name__}: {e})") from None
+    if array.dtype != np.uint8:  # 16-bit PNGs and DICOM pixel data: stretch the used range to 8 bits
+        array = array.astype(np.float64)
+        lo, hi = float(array.min()), float(array.max())
+        array = ((array - lo) / max(hi - lo, 1e-6) * 255).round().astype(np.uint8)
+    if array.ndim == 2:
+        array = np.stack([array] * 3, axis=-1)
+    return Image.fromarray(array[..., :3])
+
+
+def _read_dicom(path):
+    try:
+        import pydicom
+        from pydicom.pixels import apply_voi_lut
+    except ImportError:
+        raise RecordError(f"{path}: reading DICOM needs the optional package pydicom (pip install pydicom)") from None
+    ds = pydicom.dcmread(path)
+    array = apply_voi_lut(ds.pixel_array, ds).astype("float64")
+    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":  # inverted: air is white
+        array = array.max() - array
+    return array
+
+
+def to_messages(record, thinking=False):
+    """RadVLM/LLaVA conversations -> chat messages; `thinking` adds the paper's " /think" to the first question."""
+    messages = []
+    for i, turn in enumerate(record["conversations"]):
+        text = turn["value"]
+        if turn["from"] == "human":
+            if i == 0 and thinking:
+                text += THINK_SUFFIX
+            if "<image>" in text:
+                content = [{"type": "image"}, {"type": "text", "text": text.replace("<image>", "").strip()}]
+            else:
+                content = [{"type": "text", "text": text}]
+            messages.append({"role": "user", "content": content})
+        else:
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": text.strip()}]})
+    return messages
+
+
+def prompt_messages(record, thinking=False):
+    """The messages up to (without) the last answer: what the model sees when asked to generate it."""
+    return to_messages(record, thinking)[:-1]
+
+
+def reference_answer(record):
+    return record["conversations"][-1]["value"]
+
+
+def _assistant_header(tokenizer):
+    return tokenizer.convert_tokens_to_ids("<|im_start|>"), tokenizer("assistant\n", add_special_tokens=False)["input_ids"]
+
+
+def assistant_labels(input_ids, tokenizer):
+    """Labels = input_ids on every assistant answer and its closing <|im_end|>, -100 elsewhere.
+
+    Found on the token ids (after each `<|im_start|>assistant\\n`, up to and including the next
+    `<|im_end|>`), so it works with any Qwen chat template, also ones without {% generation %} markers.
+    """
+    import torch
+    im_start, header = _assistant_header(tokenizer)
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    ids = input_ids.tolist()
+    labels = torch.full_like(input_ids, -100)
+    i, n = 0, len(ids)
+    while i < n:
+        if ids[i] == im_start and ids[i + 1:i + 1 + len(header)] == header:
+            start = i + 1 + len(header)
+            end = start
+            while end < n and ids[end] != im_end:
+                end += 1
+            labels[start:end + 1] = input_ids[start:end + 1]  # the answer and its EOS; a cut-off answer has none
+            i = end
+        i += 1
+    return labels
+
+
+def tokenize_sample(record, processor, max_tokens=None, thinking=False, index=None):
+    """One record -> model inputs of one sample (1-D tensors), labels on the assistant turns only.
+
+    Raises RecordError naming the record for a missing/corrupt image, a malformed record, or more tokens than
+    `max_tokens` (never truncated: a cut through the image tokens would break the model's image alignment).
+    """
+    validate_record(record, index)
+    rid = record_id(record, index)
+    messages = to_messages(record, thinking)
+    text = processor.apply_chat_template(messages, tokenize=False)
+    images = [load_image(record, index)] if record.get("image") or record.get("image_array") is not None else None
+    enc = processor(text=[text], images=images, return_tensors="pt")
+    input_ids = enc["input_ids"][0]
+    if max_tokens is not None and len(input_ids) > max_tokens:
+        raise RecordError(f"record {rid}: {len(input_ids)} tokens is more than max_tokens={max_tokens}")
+    labels = assistant_labels(input_ids, processor.tokenizer)
+    if not (labels != -100).any():
+        raise RecordError(f"record {rid}: no assistant answer to learn from")
+    sample = {"id": rid, "input_ids": input_ids, "labels": labels, "mm_token_type_ids": enc["mm_token_type_ids"][0]}
+    if images:
+        sample["pixel_values"], sample["image_grid_thw"] = enc["pixel_values"], enc["image_grid_thw"]
+    return sample
+
+
+def image_filler(processor):
+    """The smallest image as a sample with no labels. pack_samples appends it to rows without an image, so
+    that every rank runs the vision tower in every step (FSDP2's collectives must stay in step)."""
+    import numpy as np
+    from PIL import Image
+    side = max(32, int(math.ceil(math.sqrt(processor.image_processor.size["shortest_edge"]) / 32) * 32))
+    text = "<|vision_start|><|image_pad|><|vision_end|>"
+    enc = processor(text=[text], images=[Image.fromarray(np.zeros((side, side, 3), np.uint8))], return_tensors="pt")
+    ids = enc["input_ids"][0]
+    return {"id": "image-filler", "input_ids": ids, "labels": ids.new_full(ids.shape, -100),
+            "mm_token_type_ids": enc["mm_token_type_ids"][0], "pixel_values": enc["pixel_values"],
+            "image_grid_thw": enc["image_grid_thw"]}
+
+
+def best_fit(lengths, capacity):
+    """Best-fit decreasing bin packing: lists of indices whose lengths sum to <= capacity."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    bins, free = [], []
+    for i in order:
+        fits = [b for b in range(len(bins)) if free[b] >= lengths[i]]
+        if fits:
+            b = min(fits, key=lambda b: free[b])
+            bins[b].append(i)
+            free[b] -= lengths[i]
+        else:
+            bins.append([i])
+            free.append(capacity - lengths[i])
+    return bins
+
+
+def pack_samples(samples, model, max_tokens, filler=None):
+    """Pack whole samples into rows of at most `max_tokens` tokens (padding-free SFT).
+
+    Each row is one sequence holding several samples back to back. What keeps them apart, with sdpa/eager
+    and `attention_mask=None, use_cache=False` in the forward (see ENGINEERING.md "Packing"):
+    position_ids of shape (4, 1, L): row 0 restarts at 0 for every sample (transformers turns these resets
+    into a block-diagonal mask, or varlen cu_seqlens with flash-attention), rows 1-3 are each sample's own
+    M-RoPE (t, h, w) positions from get_rope_index, so image tokens keep their 2-D positions.
+    The first label of each sample is masked (it would be predicted from the previous sample).
+    Samples longer than a row are not packed; they come back in `too_long` to be counted, never cut.
+    Returns (rows, too_long).
+    """
+    import torch
+    filler_len = len(filler["input_ids"]) if filler else 0
+    fitting = [s for s in samples if len(s["input_ids"]) + filler_len <= max_tokens]
+    too_long = [s for s in samples if len(s["input_ids"]) + filler_len > max_tokens]
+    has_image = [("pixel_values" in s) for s in fitting]
+    bins = best_fit([len(s["input_ids"]) for s in fitting], max_tokens - filler_len)
+    rows = []
+    for members in bins:
+        parts = [fitting[i] for i in members]
+        if filler is not None and not any(has_image[i] for i in members):
+            parts.append(filler)
+        rows.append(_concat_samples(parts, model))
+    return rows, too_long
+
+
+def _concat_samples(parts, model):
+    import torch
+    positions, labels = [], []
+    for s in parts:
+        rope, _ = model.model.get_rope_index(s["input_ids"][None], s["mm_token_type_ids"][None],
+                                             image_grid_thw=s.get("image_grid_thw"))
+        text_pos = torch.arange(len(s["input_ids"]))[None, None]
+        positions.append(torch.cat([text_pos, rope], dim=0))
+        sample_labels = s["labels"].clone()
+        sample_labels[0] = -100
+        labels.append(sample_labels)
+    row = {"input_ids": torch.cat([s["input_ids"] for s in parts])[None],
+           "labels": torch.cat(labels)[None],
+           "mm_token_type_ids": torch.cat([s["mm_token_type_ids"] for s in parts])[None],
+           "position_ids": torch.cat(positions, dim=2),
+           "ids": [s["id"] for s in parts if s["id"] != "image-filler"]}
+    with_image = [s for s in parts if "pixel_values" in s]
+    if with_image:
+        row["pixel_values"] = torch.cat([s["pixel_values"] for s in with_image])
+        row["image_grid_thw"] = torch.cat([s["image_grid_thw"] for s in with_image])
+    return row
+
+
+def model_inputs(row):
+    """The keyword arguments of a packed row for the model's forward (the packing-safe call)."""
+    keys = ("input_ids", "mm_token_type_ids", "position_ids", "pixel_values", "image_grid_thw")
+    return {k: row[k] for k in keys if k in row} | {"attention_mask": None, "use_cache": False}
