@@ -13,12 +13,17 @@ zeros dropped, several joined "[..], [..] and [..]". `format_boxes` / `parse_box
 formatter and parser of the project; the prompts of every task live here too.
 
     python data.py synth --n 500 --out out/synth     # PNGs + records.jsonl + contact_sheet.png
+    python data.py convert vindr-cxr --root DIR --out vindr.jsonl   # real datasets, see converters.py
 """
 
 import json
 import math
 import os
 import re
+
+import numpy as np
+import torch
+from PIL import Image
 
 TASKS = ("report", "classification", "anatomical_grounding", "abnormality_grounding", "phrase_grounding",
          "conversation")
@@ -157,6 +162,15 @@ def load_records(path):
     return records
 
 
+def open_records(source, split="train", n=None, image_size=128):
+    """A list-like of records: "synthetic" (n records of the generated world's `split`, images made on access)
+    or a RadVLM/LLaVA .json/.jsonl file, read whole."""
+    if source == "synthetic":
+        import synthetic
+        return synthetic.SyntheticRecords(split, n, size=image_size)
+    return load_records(source)
+
+
 def save_records(records, path):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
@@ -180,8 +194,6 @@ def make_record(rid, image, question, answer, task, **ground_truth):
 
 def load_image(record, index=None):
     """The record's image as 8-bit RGB: in-memory arrays (synthetic world), PNG/JPG (8- or 16-bit), DICOM."""
-    import numpy as np
-    from PIL import Image
     rid = record_id(record, index)
     if record.get("image_array") is not None:
         array = np.asarray(record["image_array"])
@@ -261,7 +273,6 @@ def assistant_labels(input_ids, tokenizer):
     Found on the token ids (after each `<|im_start|>assistant\\n`, up to and including the next
     `<|im_end|>`), so it works with any Qwen chat template, also ones without {% generation %} markers.
     """
-    import torch
     im_start, header = _assistant_header(tokenizer)
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     ids = input_ids.tolist()
@@ -306,8 +317,6 @@ def tokenize_sample(record, processor, max_tokens=None, thinking=False, index=No
 def image_filler(processor):
     """The smallest image as a sample with no labels. pack_samples appends it to rows without an image, so
     that every rank runs the vision tower in every step (FSDP2's collectives must stay in step)."""
-    import numpy as np
-    from PIL import Image
     side = max(32, int(math.ceil(math.sqrt(processor.image_processor.size["shortest_edge"]) / 32) * 32))
     text = "<|vision_start|><|image_pad|><|vision_end|>"
     enc = processor(text=[text], images=[Image.fromarray(np.zeros((side, side, 3), np.uint8))], return_tensors="pt")
@@ -345,7 +354,6 @@ def pack_samples(samples, model, max_tokens, filler=None):
     Samples longer than a row are not packed; they come back in `too_long` to be counted, never cut.
     Returns (rows, too_long).
     """
-    import torch
     filler_len = len(filler["input_ids"]) if filler else 0
     fitting = [s for s in samples if len(s["input_ids"]) + filler_len <= max_tokens]
     too_long = [s for s in samples if len(s["input_ids"]) + filler_len > max_tokens]
@@ -361,7 +369,6 @@ def pack_samples(samples, model, max_tokens, filler=None):
 
 
 def _concat_samples(parts, model):
-    import torch
     positions, labels = [], []
     for s in parts:
         rope, _ = model.model.get_rope_index(s["input_ids"][None], s["mm_token_type_ids"][None],
@@ -387,3 +394,68 @@ def model_inputs(row):
     """The keyword arguments of a packed row for the model's forward (the packing-safe call)."""
     keys = ("input_ids", "mm_token_type_ids", "position_ids", "pixel_values", "image_grid_thw")
     return {k: row[k] for k in keys if k in row} | {"attention_mask": None, "use_cache": False}
+
+
+# ----------------------------------------------------------------------------------------------------
+# the training stream: shuffled, rank-sharded, tokenized in background workers, packed, resumable
+
+def epoch_order(n, seed, epoch):
+    """A deterministic permutation of range(n) for this epoch, the same on every rank."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+
+
+def tokenize_window(records, indices, processor, max_tokens, strict=False, thinking=False):
+    """Tokenize records[indices]; bad records raise (strict) or come back as messages naming them."""
+    samples, problems = [], []
+    for i in indices:
+        try:
+            samples.append(tokenize_sample(records[i], processor, max_tokens=max_tokens, thinking=thinking, index=i))
+        except RecordError as e:
+            if strict:
+                raise
+            problems.append(str(e))
+    return samples, problems
+
+
+class PackedWindows(torch.utils.data.IterableDataset):
+    """This rank's training rows, window by window, in a fixed order that resumes exactly.
+
+    Each epoch's shuffled order is sharded across ranks; a rank's shard is cut into windows of `window`
+    records, each window tokenized and best-fit packed into rows. Under a DataLoader with N workers, worker k
+    builds global windows k, k+N, ... and the DataLoader's round-robin returns them in order, so the
+    tokenization and image decoding run in the background and the stream is the same for any N.
+    Yields {"epoch", "window", "rows", "problems"}; start at `start=(epoch, window)`.
+    """
+
+    def __init__(self, records, processor, model, max_tokens, window=64, rank=0, world=1, seed=0, start=(0, 0),
+                 strict=False, thinking=False):
+        self.records, self.processor, self.model, self.max_tokens = records, processor, model, max_tokens
+        self.window, self.rank, self.world, self.seed, self.start = window, rank, world, seed, tuple(start)
+        self.strict, self.thinking = strict, thinking
+        self.n_windows = math.ceil(len(records) / world / window)
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
+        if info:
+            torch.set_num_threads(1)
+        filler = image_filler(self.processor)
+        g = self.start[0] * self.n_windows + self.start[1]  # global window number, counted across epochs
+        g += (worker - g) % n_workers  # this worker's first window
+        while True:
+            epoch, w = divmod(g, self.n_windows)
+            mine = epoch_order(len(self.records), self.seed, epoch)[self.rank::self.world]
+            samples, problems = tokenize_window(self.records, mine[w * self.window:(w + 1) * self.window],
+                                                self.processor, self.max_tokens - len(filler["input_ids"]),
+                                                self.strict, self.thinking)
+            rows, _ = pack_samples(samples, self.model, self.max_tokens, filler)
+            yield {"epoch": epoch, "window": w, "rows": rows, "problems": problems}
+            g += n_workers
+
+
+if __name__ == "__main__":
+    import sys
+    commands = {"synth": "synthetic", "convert": "converters"}
+    if len(sys.argv) < 2 or sys.argv[1] not in commands:
+        raise SystemExit("usage: python data.py synth ... | python data.py convert DATASET --root DIR --out FILE.jsonl")
+    __import__(commands[sys.argv[1]]).main(sys.argv[2:])

@@ -141,11 +141,6 @@ def _write_real_processor_files(save_directory, image_processor):
 
 def load_processor(path, min_pixels=None, max_pixels=None):
     """The processor of a checkpoint dir or hub id; image-only when torchvision cannot be used."""
-    size = {}
-    if min_pixels is not None:
-        size["shortest_edge"] = int(min_pixels)
-    if max_pixels is not None:
-        size["longest_edge"] = int(max_pixels)
     if _torchvision_works():
         from transformers import AutoProcessor
         processor = AutoProcessor.from_pretrained(path)
@@ -159,8 +154,10 @@ def load_processor(path, min_pixels=None, max_pixels=None):
         if template_file and os.path.exists(template_file):
             chat_template = open(template_file).read()
         processor = _image_only_processor_class()(image_processor, tokenizer, chat_template=chat_template)
-    if size:
-        processor.image_processor.size = {**processor.image_processor.size, **size}
+    size = processor.image_processor.size
+    processor.image_processor.size = {  # the pixel budget per image: min_pixels .. max_pixels
+        "shortest_edge": int(min_pixels if min_pixels is not None else size["shortest_edge"]),
+        "longest_edge": int(max_pixels if max_pixels is not None else size["longest_edge"])}
     return processor
 
 
@@ -398,3 +395,87 @@ def autocast(device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
+
+
+def barrier():
+    if is_distributed():
+        dist.barrier()
+
+
+# ----------------------------------------------------------------------------------------------------
+# training checkpoints: what exact resume needs, next to an HF-format model
+
+def save_training_checkpoint(out_dir, step, model, optimizer, processor, train_state, keep_last=2):
+    """Write out_dir/step_NNNNNNN atomically and point out_dir/latest at it; every rank must call.
+
+    The folder holds the HF-format model (loadable by transformers and vLLM) and, for exact resume, the
+    sharded model + optimizer state (torch.distributed.checkpoint, written by every rank), each rank's RNG
+    state, and `train_state.json` (step, data cursor, ...). It is written under a temporary name and renamed
+    when complete; `latest` is replaced atomically afterwards, so a crash at any moment leaves the previous
+    checkpoint as the latest. Only the newest `keep_last` step folders are kept.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    rank = dist.get_rank() if is_distributed() else 0
+    name = f"step_{step:07d}"
+    final, tmp = os.path.join(out_dir, name), os.path.join(out_dir, f".tmp-{name}")
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    barrier()
+    model_state, optim_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=os.path.join(tmp, "train_state"))
+    torch.save({"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None},
+               os.path.join(tmp, f"rng_rank{rank}.pt"))
+    full = full_state_dict(model)
+    barrier()
+    if rank == 0:
+        model.save_pretrained(tmp, state_dict=full)
+        processor.save_pretrained(tmp)
+        with open(os.path.join(tmp, "train_state.json"), "w") as f:
+            json.dump(train_state, f, indent=1)
+        for root, _, files in os.walk(tmp):
+            for file in files:
+                with open(os.path.join(root, file), "rb") as f:
+                    os.fsync(f.fileno())
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        with open(os.path.join(out_dir, "latest.tmp"), "w") as f:
+            f.write(name)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(os.path.join(out_dir, "latest.tmp"), os.path.join(out_dir, "latest"))
+        steps = sorted(d for d in os.listdir(out_dir) if d.startswith("step_"))
+        for old in steps[:-keep_last] if keep_last > 0 else []:
+            shutil.rmtree(os.path.join(out_dir, old), ignore_errors=True)
+    barrier()
+    return final
+
+
+def latest_checkpoint(out_dir):
+    """The folder `out_dir/latest` points at, or None."""
+    pointer = os.path.join(out_dir, "latest")
+    if not os.path.exists(pointer):
+        return None
+    path = os.path.join(out_dir, open(pointer).read().strip())
+    return path if os.path.isdir(path) else None
+
+
+def load_training_checkpoint(path, model, optimizer):
+    """Restore model + optimizer shards and this rank's RNG from a training checkpoint; returns train_state."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    model_state, optim_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optimizer": optim_state}
+    dcp.load(state, checkpoint_id=os.path.join(path, "train_state"))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    rank = dist.get_rank() if is_distributed() else 0
+    rng_file = os.path.join(path, f"rng_rank{rank}.pt")
+    if os.path.exists(rng_file):
+        rng = torch.load(rng_file, weights_only=True)
+        torch.set_rng_state(rng["cpu"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
+    with open(os.path.join(path, "train_state.json")) as f:
+        return json.load(f)

@@ -30,3 +30,35 @@ def tiny(tiny_checkpoint):
 def gray_image(width, height, seed=0):
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (height, width), dtype=np.uint8), mode="L")
+
+
+REPORTS = ["No acute cardiopulmonary process.", "Small left pleural effusion.", "Moderate cardiomegaly.",
+           "Right lower lobe consolidation.", "Mild pulmonary edema.", "The lungs are clear."]
+
+
+def write_records(folder, n, bad=False):
+    """n small report/grounding records with PNG images in `folder`/records.jsonl (plus two bad ones)."""
+    import json
+    import os
+    os.makedirs(folder, exist_ok=True)
+    records = []
+    for i in range(n):
+        w, h = [(64, 64), (96, 64), (64, 96), (128, 96)][i % 4]
+        gray_image(w, h, seed=i).save(os.path.join(folder, f"{i}.png"))
+        if i % 3 == 2:
+            box = [round(0.1 + 0.02 * (i % 10), 2), 0.2, 0.6, round(0.7 + 0.01 * (i % 5), 2)]
+            records.append({"id": f"g{i}", "image": f"{i}.png", "task": "anatomical_grounding", "boxes": [box],
+                            "conversations": [{"from": "human", "value": "<image>\nWhere is the heart?"},
+                                              {"from": "gpt", "value": f"The heart is located at the coordinates "
+                                               f"[{box[0]}, 0.2, 0.6, {box[3]}] on the image."}]})
+        else:
+            records.append({"id": f"r{i}", "image": f"{i}.png", "task": "report",
+                            "conversations": [{"from": "human", "value": "<image>\nWrite a radiology report."},
+                                              {"from": "gpt", "value": REPORTS[i % len(REPORTS)]}]})
+    if bad:
+        records.insert(3, {"id": "missing-image", "image": "nope.png", "conversations": records[0]["conversations"]})
+        records.insert(7, {"id": "no-answer", "image": "0.png", "conversations": [{"from": "human", "value": "<image>\nHi"}]})
+    path = os.path.join(folder, "records.jsonl")
+    with open(path, "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in records))
+    return path

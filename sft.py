@@ -1,0 +1,264 @@
+"""
+sft.py: stage 1, supervised fine-tuning of Qwen3-VL on multi-task chest X-ray instructions.
+
+The paper's "RadVLM": a full fine-tune of Qwen3-VL-8B-Instruct on ~1.1 M instruction records (reports,
+abnormality classification, anatomical / abnormality / phrase grounding, conversations) with lr 1e-5,
+1 epoch, 10 % warm-up then cosine, bf16, images up to 262,144 pixels. The loss is the token-mean
+cross-entropy on the assistant answers (and their closing <|im_end|>), over whole samples packed into rows
+without padding (see data.pack_samples for why packing with M-RoPE needs 4-row position ids).
+
+    python sft.py                                                   # CPU: tiny Qwen3-VL on the synthetic world
+    python sft.py config/sft_paper.py --data=train.jsonl            # 1 GPU
+    torchrun --nproc_per_node=8 sft.py config/sft_paper.py --data=train.jsonl
+    torchrun --nproc_per_node=8 --max-restarts=3 sft.py ... --resume  # crash-tolerant: resumes from latest
+
+Settings are the globals below; override with config files and --key=value (configurator.py).
+Deliberately left out: LoRA, sequence parallelism, dynamic-resolution bucketing, mixing of dataset weights
+(mix your JSONL yourself), and a data loader that skips ahead without re-reading the current window.
+"""
+
+import itertools
+import json
+import math
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from configurator import configure
+from data import PackedWindows, model_inputs, open_records, pack_samples, tokenize_window
+from model import (autocast, build_tiny, init_distributed, latest_checkpoint, load_model,
+                   load_training_checkpoint, print0, save_training_checkpoint, wrap_fsdp)
+
+# model and data
+init_from = "tiny"        # "tiny" (random tiny Qwen3-VL built from a config), a checkpoint dir, or a hub id
+data = "synthetic"        # "synthetic" (the generated chest X-ray world) or a RadVLM/LLaVA .json/.jsonl file
+val_data = "synthetic"    # held-out records for val_loss: "synthetic", a file, or "" for none
+n_train = 30000           # synthetic training records (ignored for files)
+n_val = 96                # held-out records used for val_loss
+image_size = 128          # side of the synthetic images in pixels
+min_pixels = 1024         # processor pixel budget per image (the paper: max 262,144 = 512 x 512 for SFT)
+max_pixels = 16384
+thinking = False          # append the " /think" request to every question (cold-start data does this itself)
+# optimization
+max_tokens = 2048         # tokens per packed row
+rows_per_step = 2         # packed rows per optimizer step on each rank (gradient accumulation micro-steps)
+epochs = 1                # passes over the data
+max_steps = 0             # stop after this many steps (0: at the end of `epochs`)
+lr = 2e-3                 # peak learning rate of the language model (and merger)
+vision_lr = 1e-3          # peak learning rate of the vision tower
+freeze_vision = False     # keep the vision tower fixed
+warmup = 0.1              # fraction of steps of linear warm-up, then cosine to 10 % of the peak
+weight_decay = 0.05       # AdamW weight decay on matrices (not on norms and biases)
+beta1 = 0.9
+beta2 = 0.98
+grad_clip = 1.0           # clip the global gradient norm (0: off)
+grad_checkpointing = False  # recompute activations in the backward pass to save memory
+# system
+out_dir = "out/sft"
+save_every = 500          # checkpoint every N steps (and at the end)
+keep_last = 2             # step folders to keep
+eval_every = 100          # val_loss every N steps (and at the end)
+window = 64               # records tokenized and packed together (bigger: better packing, slower resume)
+num_workers = 1           # background processes that decode images, tokenize and pack
+strict = False            # a bad record stops the run instead of being skipped and counted
+resume = False            # continue from out_dir/latest
+seed = 0
+settings = configure(globals())
+
+# ---------------------------------------------------------------------------------------------------
+rank, local_rank, world, device = init_distributed()
+master = rank == 0
+torch.manual_seed(seed)
+if init_from == "tiny":
+    import synthetic
+    model, processor = build_tiny(texts=synthetic.corpus_texts(), seed=seed, min_pixels=min_pixels, max_pixels=max_pixels)
+    model.to(device)
+else:
+    model, processor = load_model(init_from, device=device, min_pixels=min_pixels, max_pixels=max_pixels)
+model.config.use_cache = False
+if grad_checkpointing:
+    model.gradient_checkpointing_enable()
+vision_params = set(model.model.visual.parameters())
+for p in vision_params:
+    p.requires_grad_(not freeze_vision)
+if world > 1:
+    wrap_fsdp(model)
+    vision_params = set(model.model.visual.parameters())  # fully_shard swapped them for DTensors
+# AdamW with a lower learning rate for the vision tower and no decay on norms/biases, as is usual
+groups = {}
+for name, p in model.named_parameters():
+    if p.requires_grad:
+        key = ("vision" if p in vision_params else "text", p.dim() >= 2)
+        groups.setdefault(key, []).append(p)
+optimizer = torch.optim.AdamW(
+    [{"params": ps, "base_lr": vision_lr if part == "vision" else lr, "weight_decay": weight_decay if decay else 0.0}
+     for (part, decay), ps in groups.items()],
+    betas=(beta1, beta2), fused=device.type == "cuda")
+
+train_records = open_records(data, "train", n_train, image_size)
+val_records = open_records(val_data, "val", n_val, image_size) if val_data else []
+model.train()
+
+step, cursor, skipped, tokens_seen, total_steps = 0, (0, 0, 0), 0, 0, max_steps
+if resume and latest_checkpoint(out_dir):
+    state = load_training_checkpoint(latest_checkpoint(out_dir), model, optimizer)
+    step, cursor, skipped, tokens_seen = state["step"], tuple(state["cursor"]), state["skipped"], state["tokens_seen"]
+    total_steps = state["total_steps"]  # the schedule of the original run, not a new estimate
+    print0(f"resumed from {latest_checkpoint(out_dir)} at step {step}")
+
+stream = PackedWindows(train_records, processor, model, max_tokens, window, rank, world, seed, start=cursor[:2],
+                       strict=strict)
+windows = iter(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=num_workers,
+                                           multiprocessing_context="fork") if num_workers else stream)
+
+
+def train_rows(windows, skip_in_first_window):
+    """(epoch, cursor after the row, row) for every training row of this rank, in order, from the resume point."""
+    global skipped
+    for item in windows:
+        if skip_in_first_window == 0:
+            skipped += len(item["problems"])
+            for problem in item["problems"][:3]:
+                print(f"[rank {rank}] skipped {problem}", flush=True)
+        n = len(item["rows"])
+        for r in range(skip_in_first_window, n):
+            nxt = (item["epoch"], item["window"], r + 1) if r + 1 < n else (item["epoch"], item["window"] + 1, 0)
+            if nxt[1] == stream.n_windows:
+                nxt = (item["epoch"] + 1, 0, 0)
+            yield item["epoch"], nxt, item["rows"][r]
+        skip_in_first_window = 0
+
+
+if not total_steps:  # estimate from how many records the first window packs per row
+    first = next(windows)
+    windows = itertools.chain([first], windows)
+    per_row = (min(window, len(train_records)) - len(first["problems"])) / max(1, len(first["rows"]))
+    total_steps = max(1, math.ceil(epochs * len(train_records) / world / per_row / rows_per_step))
+rows = train_rows(windows, cursor[2])
+
+
+def lr_factor(it):
+    """Linear warm-up, then cosine from 1 down to 0.1 at total_steps."""
+    warm = max(1, int(warmup * total_steps))
+    if it < warm:
+        return (it + 1) / warm
+    progress = min(1.0, (it - warm) / max(1, total_steps - warm))
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def to_device(row):
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in row.items()}
+
+
+def row_loss_sum(row):
+    """Sum of the next-token cross-entropy over the row's label tokens (float32 logits)."""
+    with autocast(device):
+        logits = model(**model_inputs(row)).logits
+    return F.cross_entropy(logits[0, :-1].float(), row["labels"][0, 1:], ignore_index=-100, reduction="sum")
+
+
+val_rows = []
+if val_records:
+    val_samples, _ = tokenize_window(val_records, range(len(val_records)), processor, max_tokens)
+    packed, _ = pack_samples(val_samples, model, max_tokens)
+    val_rows = packed[:len(packed) // world * world][rank::world]  # equal counts: FSDP needs every rank in step
+
+
+def evaluate_val_loss():
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    with torch.no_grad():
+        for row in val_rows:
+            row = to_device(row)
+            total += torch.stack([row_loss_sum(row).double(), (row["labels"][0, 1:] != -100).sum().double()])
+    if world > 1:
+        torch.distributed.all_reduce(total)
+    model.train()
+    return (total[0] / total[1].clamp(min=1)).item()
+
+
+def save(step, cursor):
+    save_training_checkpoint(out_dir, step, model, optimizer, processor, keep_last=keep_last, train_state={
+        "step": step, "total_steps": total_steps, "cursor": list(cursor), "skipped": skipped, "tokens_seen": tokens_seen, "settings": settings})
+
+
+n_params = sum(p.numel() for p in model.parameters()) * (world if world > 1 else 1)
+peak_flops = 989e12 if device.type == "cuda" else None  # bf16 dense H100/H200; MFU is reported on GPU only
+if master:
+    os.makedirs(out_dir, exist_ok=True)
+    log_file = open(os.path.join(out_dir, "log.jsonl"), "a")
+print0(f"sft: {n_params / 1e6:.2f} M parameters, {len(train_records)} training records, {world} rank(s), "
+       f"{total_steps} steps of {rows_per_step} x {max_tokens}-token rows per rank")
+if step == 0 and val_rows:
+    first_val = evaluate_val_loss()
+    print0(f"step 0 val_loss {first_val:.4f}")
+    if master:
+        log_file.write(json.dumps({"step": 0, "val_loss": first_val}) + "\n")
+bar = tqdm(total=total_steps, initial=step, disable=not master, dynamic_ncols=True)
+while step < total_steps:
+    t0 = time.time()
+    batch = []
+    for epoch, nxt, row in rows:
+        if epoch >= epochs:
+            break
+        batch.append(to_device(row))
+        cursor = nxt
+        if len(batch) == rows_per_step:
+            break
+    out_of_data = torch.tensor(float(len(batch) < rows_per_step), device=device)
+    if world > 1:  # every rank must stop at the same step, or the others wait forever
+        torch.distributed.all_reduce(out_of_data, op=torch.distributed.ReduceOp.MAX)
+    if out_of_data.item():
+        break
+    # normalize by the label tokens of the whole step on all ranks: the exact token mean, whatever the packing
+    counts = torch.tensor([float(sum((r["labels"][0, 1:] != -100).sum() for r in batch)),
+                           float(sum(r["input_ids"].shape[1] for r in batch))], device=device)
+    if world > 1:
+        torch.distributed.all_reduce(counts)
+    n_label, n_tokens = counts.tolist()
+    loss_sum = 0.0
+    for i, row in enumerate(batch):
+        if world > 1:  # FSDP2: reduce-scatter the gradients only after the last micro-step
+            model.set_requires_gradient_sync(i == len(batch) - 1)
+        loss = row_loss_sum(row)
+        if not torch.isfinite(loss):
+            raise SystemExit(f"non-finite loss at step {step + 1} on rank {rank}, records {row['ids']}")
+        (loss * world / n_label).backward()
+        loss_sum += loss.item()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
+    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * lr_factor(step)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    step += 1
+    tokens_seen += int(n_tokens)
+    dt = time.time() - t0
+    totals = torch.tensor([loss_sum, float(skipped)], dtype=torch.float64, device=device)
+    if world > 1:
+        torch.distributed.all_reduce(totals)
+    record = {"step": step, "loss": totals[0].item() / n_label, "lr": lr * lr_factor(step - 1),
+              "grad_norm": grad_norm.item(), "tokens": int(n_tokens), "tokens_per_s": n_tokens / dt,
+              "skipped": int(totals[1].item())}
+    if peak_flops:
+        record["mfu"] = 6 * n_params * n_tokens / dt / (peak_flops * world)
+    if val_rows and (step % eval_every == 0 or step == total_steps):
+        record["val_loss"] = evaluate_val_loss()
+    if master:
+        log_file.write(json.dumps(record) + "\n")
+        log_file.flush()
+        bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.1e}", tok_s=f"{record['tokens_per_s']:.0f}",
+                        **({"val": f"{record['val_loss']:.3f}"} if "val_loss" in record else {}))
+        bar.update(1)
+    if step % save_every == 0:
+        save(step, cursor)
+bar.close()
+if val_rows and step % eval_every and step != total_steps:
+    print0(f"final val_loss {evaluate_val_loss():.4f}")
+save(step, cursor)
+print0(f"done: {step} steps, {tokens_seen} tokens, {skipped} records skipped; model in {latest_checkpoint(out_dir)}")
+if world > 1:
+    torch.distributed.destroy_process_group()
