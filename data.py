@@ -204,8 +204,8 @@ def load_image(record, index=None):
         if not os.path.exists(path):
             raise RecordError(f"record {rid}: image file not found: {path}")
         try:
-            if path.lower().endswith(".dcm"):
-                array = _read_dicom(path)
+            if path.lower().endswith((".dcm", ".dicom")):
+                array = read_dicom(path)
             else:
                 with Image.open(path) as img:
                     img.load()
@@ -223,17 +223,20 @@ def load_image(record, index=None):
     return Image.fromarray(array[..., :3])
 
 
-def _read_dicom(path):
+def read_dicom(path):
+    """A DICOM radiograph as 8-bit grayscale: modality LUT (rescale slope/intercept), then the file's VOI LUT
+    or window, stretched to 0-255; MONOCHROME1 (bright = low values) inverted so that bone is white."""
     try:
         import pydicom
-        from pydicom.pixels import apply_voi_lut
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut
     except ImportError:
         raise RecordError(f"{path}: reading DICOM needs the optional package pydicom (pip install pydicom)") from None
     ds = pydicom.dcmread(path)
-    array = apply_voi_lut(ds.pixel_array, ds).astype("float64")
-    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":  # inverted: air is white
-        array = array.max() - array
-    return array
+    pixels = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds).astype(np.float64)
+    pixels = (pixels - pixels.min()) / max(pixels.max() - pixels.min(), 1e-9)
+    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
+        pixels = 1.0 - pixels
+    return np.round(pixels * 255).astype(np.uint8)
 
 
 def to_messages(record, thinking=False):
@@ -261,6 +264,24 @@ def prompt_messages(record, thinking=False):
 
 def reference_answer(record):
     return record["conversations"][-1]["value"]
+
+
+def prompt_batch(records, processor, thinking=False):
+    """Left-padded model inputs of the records' prompts (everything before the last answer) for generate."""
+    texts = [processor.apply_chat_template(prompt_messages(r, thinking), tokenize=False, add_generation_prompt=True)
+             for r in records]
+    images = [load_image(r, i) for i, r in enumerate(records) if r.get("image") or r.get("image_array") is not None]
+    if images and len(images) != len(records):
+        raise RecordError("a generation batch mixes records with and without images; batch them separately")
+    return processor(text=texts, images=images or None, return_tensors="pt", padding=True, padding_side="left")
+
+
+def generation_kwargs(tokenizer):
+    """Stop at <|im_end|> (or <|endoftext|>), pad with <|endoftext|>, and never sample another special token:
+    a generated <|image_pad|> would be read as an image slot when the sequence is fed back."""
+    eos = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")]
+    return {"eos_token_id": eos, "pad_token_id": tokenizer.pad_token_id,
+            "suppress_tokens": [i for i in tokenizer.all_special_ids if i not in eos]}
 
 
 def _assistant_header(tokenizer):

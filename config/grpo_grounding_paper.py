@@ -1,0 +1,8 @@
+# The paper's GRPO run for grounding: as the report run, with the soft-F1 IoU reward and 4096-token answers.
+#   torchrun --nproc_per_node=8 grpo.py config/grpo_grounding_paper.py --init_from=out/sft_paper --data=grounding_train.jsonl
+exec(open("config/grpo_report_paper.py").read())
+task = "grounding"
+data = "grounding_train.jsonl"
+max_new_tokens = 4096
+max_steps = 600               # the paper trains 10 epochs of its grounding prompts; set from your data size
+out_dir = "out/grpo_grounding_paper"

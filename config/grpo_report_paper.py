@@ -1,0 +1,28 @@
+# The paper's GRPO run for report generation (verl settings, PAPER.md): 512 prompts x 8 samples per step,
+# 4 updates of 128 prompts, lr 1e-6, beta 0.01 (k3), clip 0.2/0.28, dual clip 3, token-mean, ~300 steps.
+#   torchrun --nproc_per_node=8 grpo.py config/grpo_report_paper.py --init_from=out/sft_paper --data=mimic_train.jsonl
+init_from = "out/sft_paper"
+task = "report"
+data = "mimic_train.jsonl"
+report_reward = "radcliq"     # needs the metric weights as local paths (see rewards.py)
+min_pixels = 1024
+max_pixels = 451584           # 672 x 672
+prompts_per_step = 512
+group_size = 8
+mini_batch = 128
+micro_batch = 8
+max_new_tokens = 1024         # 4096 with --thinking=True
+temperature = 1.0
+top_p = 1.0
+lr = 1e-6
+weight_decay = 0.01
+grad_clip = 1.0
+beta = 0.01
+eps_low = 0.2
+eps_high = 0.28
+dual_clip = 3.0
+loss_agg = "token-mean"
+scale_std = True
+max_steps = 300
+save_every = 50
+out_dir = "out/grpo_report_paper"

@@ -1,0 +1,371 @@
+"""
+grpo.py: stage 3, Group Relative Policy Optimization with clinically grounded rewards.
+
+Each step takes P prompts (report generation and/or grounding), samples G answers per prompt from the
+current policy, scores them (reports: label F1 offline by default, -RadCliQ with the paper's metric models;
+grounding: soft-F1 of Hungarian-matched IoU), and pushes up the answers that beat their own group:
+
+    A_i       = (r_i - mean(r_1..r_G)) / (std(r_1..r_G) + eps)                 group-relative advantage
+    rho_i,t   = pi_theta(o_i,t | q, o_i,<t) / pi_old(o_i,t | q, o_i,<t)
+    J(theta)  = 1/sum_i|o_i| sum_i sum_t [ min(rho_i,t A_i, clip(rho_i,t, 1-eps_low, 1+eps_high) A_i)
+                                           - beta KL_k3(pi_theta || pi_ref)_i,t ]
+    KL_k3     = exp(l_ref - l) - (l_ref - l) - 1,  l = log pi_theta(o_i,t), l_ref = log pi_ref(o_i,t)
+
+with the paper's settings: eps_low 0.2 / eps_high 0.28 ("clip-higher"), dual clip c = 3 for negative
+advantages, beta 0.01 against the frozen starting model, token-mean over the mini-batch, several optimizer
+updates per rollout batch (so old log-probs are computed once, right after generation).
+
+    python grpo.py                                                     # CPU, after `python sft.py`
+    python grpo.py --task=grounding --thinking=True --init_from=out/coldstart
+    python grpo.py config/grpo_report_paper.py --init_from=RadVLM-8B   # 1 GPU (small P for memory)
+    torchrun --nproc_per_node=8 grpo.py config/grpo_report_paper.py --init_from=RadVLM-8B
+
+Why the loss printed is ~0: on-policy, the surrogate's value is sum(A)=0 by construction; its gradient
+is not. Watch reward_mean, kl, clip_frac and response_length instead.
+Deliberately left out: vLLM rollouts (HF generate with a KV cache instead, slower but one code path),
+dynamic sampling, overlong shaping, entropy bonus (0 in the paper), a value model (that is PPO).
+"""
+
+import json
+import math
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from configurator import configure
+from data import GROUNDING_TASKS, epoch_order, generation_kwargs, open_records, prompt_batch, reference_answer
+from model import (autocast, barrier, build_tiny, init_distributed, latest_checkpoint, load_model,
+                   load_training_checkpoint, print0, save_training_checkpoint, wrap_fsdp)
+import rewards
+
+# model and data
+init_from = "out/sft"     # the starting policy: a training output dir (its latest step), checkpoint dir or hub id
+task = "both"             # "report", "grounding" or "both" (alternating prompts)
+data = "synthetic"        # "synthetic" or a RadVLM/LLaVA .json/.jsonl file with report / grounding records
+n_train = 20000           # synthetic prompts to draw from (ignored for files)
+image_size = 128          # side of the synthetic images in pixels
+min_pixels = 1024         # processor pixel budget (the paper: 1,024 .. 451,584 at RL and evaluation)
+max_pixels = 16384
+thinking = False          # ask for <think>...</think> first; rewards score only the answer after it
+report_reward = "label_f1"  # label_f1 | radcliq | bertscore | radgraph | gleu (the last four need metric weights)
+# rollouts
+prompts_per_step = 16     # P: prompts per step over all ranks
+group_size = 8            # G: samples per prompt
+max_new_tokens = 96       # longest answer (the paper: 1024 reports, 4096 grounding/thinking)
+temperature = 1.0
+top_p = 1.0
+# optimization
+mini_batch = 8            # prompts per optimizer update (P / mini_batch updates per step)
+micro_batch = 16          # sequences per forward/backward (memory only; the update is the same)
+lr = 2e-5                 # the paper: 1e-6 constant on 8B
+weight_decay = 0.01
+grad_clip = 1.0
+beta = 0.01               # KL weight; 0 loads no reference model at all
+eps_low = 0.2
+eps_high = 0.28
+dual_clip = 3.0           # bound on the loss of negative-advantage tokens with huge ratios (0: off)
+loss_agg = "token-mean"   # token-mean | seq-mean (original GRPO) | constant (Dr.GRPO: / (n_seqs * max_new_tokens))
+scale_std = True          # divide advantages by the group std (False: Dr.GRPO)
+max_steps = 60
+# system
+out_dir = "out/grpo"
+save_every = 20
+keep_last = 2
+resume = False
+seed = 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# the math: advantages, KL, loss
+
+def group_advantages(rewards, group_ids, scale_std=True, eps=1e-6):
+    """(r - mean of its group) / (std of its group + eps); a group whose rewards are all equal gets zeros."""
+    rewards = torch.as_tensor(rewards, dtype=torch.float32)
+    group_ids = torch.as_tensor(group_ids)
+    _, inverse = torch.unique(group_ids, return_inverse=True)
+    n_groups = int(inverse.max()) + 1
+    count = torch.zeros(n_groups).index_add_(0, inverse, torch.ones_like(rewards))
+    mean = torch.zeros(n_groups).index_add_(0, inverse, rewards) / count
+    var = torch.zeros(n_groups).index_add_(0, inverse, (rewards - mean[inverse]) ** 2) / (count - 1).clamp(min=1)
+    advantages = rewards - mean[inverse]
+    if scale_std:
+        advantages = advantages / (var.sqrt()[inverse] + eps)
+    return advantages
+
+
+def kl_k3(logprobs, ref_logprobs):
+    """Schulman's k3 estimator of KL(pi || pi_ref) per token: >= 0, unbiased, low variance. The log-ratio is
+    clamped before exp (verl's fix for NaNs when a token's probabilities differ by e^20 or more)."""
+    log_ratio = (ref_logprobs - logprobs).clamp(-20.0, 20.0)
+    return (log_ratio.exp() - log_ratio - 1).clamp(max=10.0)
+
+
+def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, beta=0.01, eps_low=0.2, eps_high=0.28,
+              dual_clip=3.0, loss_agg="token-mean", max_new_tokens=None, normalizer=None):
+    """The negative GRPO objective above for a batch of sequences ([B, T] per-token tensors, [B] advantages).
+
+    `normalizer` overrides the token count of token-mean (the whole mini-batch over all ranks and micro-batches,
+    so that splitting it changes nothing). Returns (loss, stats)."""
+    adv = advantages[:, None]
+    ratio = torch.exp(logprobs - old_logprobs)
+    pg_unclipped = -adv * ratio
+    pg_clipped = -adv * ratio.clamp(1 - eps_low, 1 + eps_high)
+    pg = torch.maximum(pg_unclipped, pg_clipped)  # the pessimistic (min of objectives) branch
+    if dual_clip > 0:  # a negative advantage times a huge ratio is bounded by -A * c
+        pg = torch.where(adv < 0, torch.minimum(pg, -adv * dual_clip), pg)
+    kl = kl_k3(logprobs, ref_logprobs) if ref_logprobs is not None else torch.zeros_like(pg)
+    per_token = pg + beta * kl
+    mask = mask.float()
+    if loss_agg == "token-mean":
+        loss = (per_token * mask).sum() / (normalizer if normalizer is not None else mask.sum().clamp(min=1))
+    elif loss_agg == "seq-mean":
+        per_seq = (per_token * mask).sum(1) / mask.sum(1).clamp(min=1)
+        loss = per_seq.sum() / (normalizer if normalizer is not None else len(per_seq))
+    elif loss_agg == "constant":
+        loss = (per_token * mask).sum() / ((normalizer if normalizer is not None else mask.shape[0]) * max_new_tokens)
+    else:
+        raise ValueError(f"unknown loss_agg {loss_agg!r}")
+    with torch.no_grad():
+        clipped = (pg_clipped > pg_unclipped).float()
+        n = mask.sum().clamp(min=1)
+        stats = {"kl": (kl * mask).sum() / n, "clip_frac": (clipped * mask).sum() / n,
+                 "ratio_max": (ratio * mask).max()}
+    return loss, stats
+
+
+# ---------------------------------------------------------------------------------------------------
+# rollouts
+
+def token_logprobs(model, batch, n_prompt, with_entropy=False):
+    """log pi(token) of every completion token ([B, T]), and optionally the policy's entropy there."""
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values",
+                                    "image_grid_thw")}
+    with autocast(batch["input_ids"].device):
+        logits = model(**inputs, use_cache=False).logits[:, n_prompt - 1:-1].float()
+    logprobs = torch.log_softmax(logits, -1)
+    chosen = logprobs.gather(-1, batch["input_ids"][:, n_prompt:, None]).squeeze(-1)
+    if not with_entropy:
+        return chosen, None
+    with torch.no_grad():
+        entropy = -(logprobs.exp() * logprobs).sum(-1)
+    return chosen, entropy
+
+
+def sample_rollouts(model, processor, records, group_size, thinking, device, synced):
+    """G sampled answers per record. Every prompt's image is processed once; generate's own expansion
+    repeats its pixels for the G samples in order (rollout j belongs to prompt j // G, its group id)."""
+    tok = processor.tokenizer
+    prompt = prompt_batch(records, processor, thinking).to(device)
+    stop = generation_kwargs(tok)
+    with torch.no_grad(), autocast(device):
+        sequences = model.generate(**prompt, do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
+                                   max_new_tokens=max_new_tokens, num_return_sequences=group_size,
+                                   synced_gpus=synced, **stop)
+    n_prompt = prompt["input_ids"].shape[1]
+    completion = sequences[:, n_prompt:]
+    is_eos = torch.isin(completion, torch.tensor(stop["eos_token_id"], device=device))
+    # keep every token up to and including the first EOS: the EOS is what teaches the policy to stop
+    after_eos = (is_eos.cumsum(1) - is_eos.long()) > 0
+    completion_mask = ~after_eos
+    completion = completion.masked_fill(after_eos, tok.pad_token_id)
+    repeat = lambda t: t.repeat_interleave(group_size, 0)  # noqa: E731
+    patches = prompt["image_grid_thw"].prod(-1).tolist()
+    pixel_chunks = torch.split(prompt["pixel_values"], patches)
+    batch = {
+        "input_ids": torch.cat([repeat(prompt["input_ids"]), completion], 1),
+        "attention_mask": torch.cat([repeat(prompt["attention_mask"]), completion_mask.long()], 1),
+        "mm_token_type_ids": torch.cat([repeat(prompt["mm_token_type_ids"]), torch.zeros_like(completion)], 1),
+        "pixel_chunks": [pixel_chunks[j // group_size] for j in range(len(sequences))],
+        "image_grid_thw": repeat(prompt["image_grid_thw"]),
+        "completion_mask": completion_mask,
+        "group_ids": torch.arange(len(records), device=device).repeat_interleave(group_size),
+    }
+    texts = [tok.decode(c[m], skip_special_tokens=True) for c, m in zip(completion, completion_mask)]
+    return batch, texts, n_prompt
+
+
+def select(batch, idx):
+    """Rows `idx` of a rollout batch, with their images' pixels gathered in the same order."""
+    out = {k: v[idx] for k, v in batch.items() if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == len(batch["group_ids"])}
+    out["pixel_values"] = torch.cat([batch["pixel_chunks"][i] for i in idx.tolist()])
+    out["pixel_chunks"] = [batch["pixel_chunks"][i] for i in idx.tolist()]
+    return out
+
+
+def task_of(record):
+    return "grounding" if record.get("task") in GROUNDING_TASKS else record.get("task", "report")
+
+
+def main():
+    settings = configure(globals())
+    rank, _, world, device = init_distributed()
+    master = rank == 0
+    torch.manual_seed(seed + rank)  # each rank samples differently; resume restores every rank's RNG
+    if prompts_per_step % world or (prompts_per_step // world) % max(1, mini_batch // world) or mini_batch % world:
+        raise SystemExit(f"prompts_per_step={prompts_per_step} and mini_batch={mini_batch} must split evenly over "
+                         f"{world} ranks, and mini_batch must divide prompts_per_step")
+
+    if init_from == "tiny":
+        import synthetic
+        load = lambda: build_tiny(texts=synthetic.corpus_texts(), seed=seed, min_pixels=min_pixels,  # noqa: E731
+                                  max_pixels=max_pixels)
+    else:
+        path = latest_checkpoint(init_from) or init_from
+        if not os.path.exists(path) and "/" not in path.strip("./"):
+            raise SystemExit(f"no checkpoint at {init_from!r}: run `python sft.py` first (or pass --init_from=...)")
+        load = lambda: load_model(path, device=device, min_pixels=min_pixels, max_pixels=max_pixels)  # noqa: E731
+    policy, processor = load()
+    policy.to(device)
+    reference = None
+    if beta > 0:  # the frozen starting point for the KL term
+        reference, _ = load()
+        reference.to(device).eval().requires_grad_(False)
+    if world > 1:
+        wrap_fsdp(policy)
+        if reference is not None:
+            wrap_fsdp(reference)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999),
+                                  fused=device.type == "cuda")
+
+    records = open_records(data, "train", n_train, image_size)
+    wanted = {"report": ("report",), "grounding": ("grounding",), "both": ("report", "grounding")}[task]
+    prompt_pool = [i for i in range(len(records)) if task_of(records[i]) in wanted]
+    if not prompt_pool:
+        raise SystemExit(f"no {task} records in {data}")
+
+    step = 0
+    if resume and latest_checkpoint(out_dir):
+        state = load_training_checkpoint(latest_checkpoint(out_dir), policy, optimizer)
+        step = state["step"]
+        print0(f"resumed from {latest_checkpoint(out_dir)} at step {step}")
+    if master:
+        os.makedirs(out_dir, exist_ok=True)
+        log_file = open(os.path.join(out_dir, "log.jsonl"), "a")
+    per_rank = prompts_per_step // world
+    updates = prompts_per_step // mini_batch
+    print0(f"grpo: {task} prompts, {prompts_per_step} x {group_size} rollouts per step on {world} rank(s), "
+           f"{updates} update(s) per step, beta {beta}, reward {report_reward}/soft-F1 IoU, thinking {thinking}")
+
+    if world > 1:  # a freshly sharded model must run one plain forward before its first generate (FSDP2)
+        with torch.no_grad():
+            policy(**prompt_batch([records[prompt_pool[0]]], processor).to(device), use_cache=False)
+    bar = tqdm(total=max_steps, initial=step, disable=not master, dynamic_ncols=True)
+    while step < max_steps:
+        times = {}
+        # --- prompts of this step: a deterministic walk through shuffled epochs of the pool
+        epoch, offset = divmod(step * prompts_per_step, len(prompt_pool))
+        order = epoch_order(len(prompt_pool), seed, epoch)
+        order = order[offset:] + epoch_order(len(prompt_pool), seed, epoch + 1)
+        step_records = [records[prompt_pool[i]] for i in order[:prompts_per_step]][rank * per_rank:(rank + 1) * per_rank]
+
+        # --- rollouts with the current policy
+        t0 = time.time()
+        policy.eval()
+        batch, completions, n_prompt = sample_rollouts(policy, processor, step_records, group_size, thinking, device,
+                                                       synced=world > 1)
+        times["generate"] = time.time() - t0
+
+        # --- rewards, once per completion
+        t0 = time.time()
+        reward_list, components = [], {}
+        for j, record in enumerate(step_records):
+            group = completions[j * group_size:(j + 1) * group_size]
+            r, parts = rewards.score(task_of(record), group, [reference_answer(record)] * group_size,
+                                     reward=report_reward, thinking=thinking)
+            reward_list += list(r)
+            for name, values in parts.items():
+                components.setdefault(f"reward_{task_of(record)}_{name}", []).extend(values)
+        reward_t = torch.tensor(reward_list, dtype=torch.float32, device=device)
+        advantages = group_advantages(reward_t.cpu(), batch["group_ids"].cpu(), scale_std=scale_std).to(device)
+        times["reward"] = time.time() - t0
+
+        # --- old and reference log-probs, computed once for all updates of this step
+        t0 = time.time()
+        n = len(reward_t)
+        old_logprobs = torch.zeros_like(batch["completion_mask"], dtype=torch.float32)
+        ref_logprobs = torch.zeros_like(old_logprobs) if reference is not None else None
+        with torch.no_grad():
+            for start in range(0, n, micro_batch):
+                idx = torch.arange(start, min(n, start + micro_batch), device=device)
+                mb = select(batch, idx)
+                old_logprobs[idx] = token_logprobs(policy, mb, n_prompt)[0]
+                if reference is not None:
+                    ref_logprobs[idx] = token_logprobs(reference, mb, n_prompt)[0]
+        times["reference"] = time.time() - t0
+
+        # --- policy updates: P / mini_batch optimizer steps over the rollout batch
+        t0 = time.time()
+        policy.train()
+        seqs_per_update = mini_batch // world * group_size
+        stats_sum = {"kl": 0.0, "clip_frac": 0.0, "entropy": 0.0, "loss": 0.0}
+        n_stats = 0
+        for u in range(updates):
+            update_idx = torch.arange(u * seqs_per_update, (u + 1) * seqs_per_update, device=device)
+            mask = batch["completion_mask"][update_idx]
+            # the mini-batch's normalizer over all ranks, so micro-batching and sharding change nothing
+            norm = torch.tensor([float(mask.sum()) if loss_agg == "token-mean" else float(len(update_idx))],
+                                device=device)
+            if world > 1:
+                torch.distributed.all_reduce(norm)
+            norm = norm.item() / world  # FSDP averages gradients over ranks; undo it in the normalizer
+            micro_starts = list(range(0, seqs_per_update, micro_batch))
+            for k, start in enumerate(micro_starts):
+                idx = update_idx[start:start + micro_batch]
+                if world > 1:
+                    policy.set_requires_gradient_sync(k == len(micro_starts) - 1)
+                mb = select(batch, idx)
+                logprobs, entropy = token_logprobs(policy, mb, n_prompt, with_entropy=True)
+                loss, stats = grpo_loss(logprobs, old_logprobs[idx], ref_logprobs[idx] if ref_logprobs is not None
+                                        else None, advantages[idx], mb["completion_mask"], beta, eps_low, eps_high,
+                                        dual_clip, loss_agg, max_new_tokens, normalizer=norm)
+                if not torch.isfinite(loss) or not torch.isfinite(stats["kl"]):
+                    raise SystemExit(f"non-finite loss or KL at step {step + 1}, update {u + 1} on rank {rank}")
+                loss.backward()
+                m = mb["completion_mask"].float()
+                stats_sum["kl"] += stats["kl"].item()
+                stats_sum["clip_frac"] += stats["clip_frac"].item()
+                stats_sum["entropy"] += ((entropy * m).sum() / m.sum().clamp(min=1)).item()
+                stats_sum["loss"] += loss.item()
+                n_stats += 1
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), grad_clip)
+            grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        times["train"] = time.time() - t0
+        step += 1
+
+        # --- logging: averages over ranks
+        group_std = torch.stack([reward_t[batch["group_ids"] == g].std() for g in batch["group_ids"].unique()])
+        record = {"reward_mean": reward_t.mean().item(), "reward_std": reward_t.std().item(),
+                  "zero_var_frac": (group_std < 1e-6).float().mean().item(),
+                  "response_length": batch["completion_mask"].sum(1).float().mean().item(),
+                  "kl": stats_sum["kl"] / n_stats, "clip_frac": stats_sum["clip_frac"] / n_stats,
+                  "entropy": stats_sum["entropy"] / n_stats, "loss": stats_sum["loss"], "grad_norm": grad_norm.item(),
+                  **{k: sum(v) / len(v) for k, v in components.items()}, **{f"time_{k}": v for k, v in times.items()}}
+        if world > 1:
+            keys = sorted(record)
+            t = torch.tensor([record[k] for k in keys], dtype=torch.float64, device=device)
+            torch.distributed.all_reduce(t)
+            record = {k: v / world for k, v in zip(keys, t.tolist())}
+        record = {"step": step, **record}
+        if master:
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
+            bar.set_postfix(reward=f"{record['reward_mean']:.3f}", kl=f"{record['kl']:.4f}",
+                            len=f"{record['response_length']:.0f}")
+            bar.update(1)
+        if step % save_every == 0 or step == max_steps:
+            save_training_checkpoint(out_dir, step, policy, optimizer, processor, keep_last=keep_last,
+                                     train_state={"step": step, "settings": settings})
+    bar.close()
+    print0(f"done: {step} steps; policy in {latest_checkpoint(out_dir)}")
+    barrier()
+    if world > 1:
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+import math
+
+import torch
+
+from grpo import group_advantages, grpo_loss, kl_k3
+
+
+def test_group_advantages_by_hand():
+    rewards = [1.0, 0.0, 0.5, 0.5, 0.2, 0.2, 0.2, 0.8]
+    groups = [7, 7, 7, 7, 3, 3, 3, 3]  # group ids need not be 0..n-1 or sorted
+    adv = group_advantages(rewards, groups)
+    std_a = math.sqrt(((0.5) ** 2 + 0.5 ** 2 + 0 + 0) / 3)  # unbiased std of [1, 0, .5, .5]
+    assert torch.allclose(adv[:4], torch.tensor([0.5, -0.5, 0.0, 0.0]) / (std_a + 1e-6), atol=1e-6)
+    mean_b = 0.35
+    std_b = math.sqrt((3 * 0.15 ** 2 + 0.45 ** 2) / 3)
+    assert torch.allclose(adv[4:], (torch.tensor([0.2, 0.2, 0.2, 0.8]) - mean_b) / (std_b + 1e-6), atol=1e-5)
+    drgrpo = group_advantages(rewards, groups, scale_std=False)
+    assert torch.allclose(drgrpo[:4], torch.tensor([0.5, -0.5, 0.0, 0.0]))
+
+
+def test_zero_variance_groups_get_zero_advantage():
+    adv = group_advantages([0.3, 0.3, 0.3, 1.0, 0.0], [0, 0, 0, 1, 1])
+    assert torch.equal(adv[:3], torch.zeros(3))
+    assert adv[3] > 0 > adv[4]
+
+
+def test_k3_is_nonnegative_zero_at_equality_and_finite_for_extremes():
+    logp = torch.randn(1000) * 3
+    ref = torch.randn(1000) * 3
+    assert (kl_k3(logp, ref) >= 0).all()
+    assert torch.equal(kl_k3(logp, logp), torch.zeros(1000))
+    extreme = kl_k3(torch.tensor([0.0, -1e4, 0.0]), torch.tensor([-1e4, 0.0, float("-inf")]))
+    assert torch.isfinite(extreme).all()
+
+
+def _reference_loss(logp, old, ref, adv, mask, beta, eps_low, eps_high, dual_clip):
+    """The objective written out token by token, with Python floats."""
+    total, count = 0.0, 0
+    for i in range(len(logp)):
+        for t in range(len(logp[0])):
+            if not mask[i][t]:
+                continue
+            ratio = math.exp(logp[i][t] - old[i][t])
+            a = adv[i]
+            objective = min(ratio * a, min(max(ratio, 1 - eps_low), 1 + eps_high) * a)
+            loss = -objective
+            if a < 0:
+                loss = min(loss, -a * dual_clip)
+            d = ref[i][t] - logp[i][t]
+            loss += beta * (math.exp(d) - d - 1)
+            total += loss
+            count += 1
+    return total / count
+
+
+def test_loss_equals_per_token_reference():
+    torch.manual_seed(0)
+    B, T = 6, 9
+    old = -torch.rand(B, T) * 3
+    logp = old + torch.randn(B, T) * 0.6  # ratios well outside [0.8, 1.28], and a few huge ones
+    logp[0, 0] = old[0, 0] + 3.0
+    ref = old + torch.randn(B, T) * 0.3
+    adv = torch.tensor([1.5, -1.0, 0.0, -2.0, 0.7, -0.3])
+    mask = torch.rand(B, T) > 0.3
+    loss, stats = grpo_loss(logp, old, ref, adv, mask, beta=0.04, eps_low=0.2, eps_high=0.28, dual_clip=3.0)
+    expected = _reference_loss(logp.tolist(), old.tolist(), ref.tolist(), adv.tolist(), mask.tolist(), 0.04, 0.2,
+                               0.28, 3.0)
+    assert abs(loss.item() - expected) < 1e-5
+    assert 0 < stats["clip_frac"] < 1
+
+
+def test_loss_aggregations():
+    torch.manual_seed(1)
+    logp = -torch.rand(2, 4)
+    adv = torch.tensor([1.0, -1.0])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0]]).bool()
+    # on-policy (ratio 1), no KL: per-token loss is -A
+    token_mean, _ = grpo_loss(logp, logp, None, adv, mask, beta=0.0)
+    assert abs(token_mean.item() - (-4 + 1) / 5) < 1e-6
+    seq_mean, _ = grpo_loss(logp, logp, None, adv, mask, beta=0.0, loss_agg="seq-mean")
+    assert abs(seq_mean.item() - 0.0) < 1e-6
+    constant, _ = grpo_loss(logp, logp, None, adv, mask, beta=0.0, loss_agg="constant", max_new_tokens=8)
+    assert abs(constant.item() - (-3) / (2 * 8)) < 1e-6
+
+
+def test_gradient_pushes_up_positive_advantage_tokens():
+    logits = torch.zeros(2, 3, 5, requires_grad=True)
+    tokens = torch.tensor([[1, 2, 3], [1, 2, 3]])
+    logp = torch.log_softmax(logits, -1).gather(-1, tokens[..., None]).squeeze(-1)
+    loss, _ = grpo_loss(logp, logp.detach(), None, torch.tensor([1.0, -1.0]), torch.ones(2, 3).bool(), beta=0.0)
+    loss.backward()
+    chosen_grad = logits.grad.gather(-1, tokens[..., None]).squeeze(-1)
+    assert (chosen_grad[0] < 0).all() and (chosen_grad[1] > 0).all()  # descent raises row 0, lowers row 1
