@@ -269,6 +269,10 @@ def load_model(name_or_path, dtype=None, device=None, attn_implementation=None, 
     dtype defaults to bfloat16 on GPU and float32 on CPU; attention to flash_attention_2 when it imports.
     """
     from transformers import AutoModelForImageTextToText
+    if os.path.isdir(name_or_path) and not os.path.exists(os.path.join(name_or_path, "config.json")):
+        if latest_checkpoint(name_or_path) is None:
+            raise FileNotFoundError(f"{name_or_path} holds neither a checkpoint (config.json) nor a 'latest' step")
+        name_or_path = latest_checkpoint(name_or_path)  # a training output dir: its newest step
     if not os.path.isdir(name_or_path):
         if os.path.sep in name_or_path.strip("/").replace("/", "", 1) or name_or_path.startswith((".", "/")):
             raise FileNotFoundError(f"model path {name_or_path!r} is neither a local directory nor a hub id")
@@ -333,6 +337,10 @@ def init_distributed():
     """(rank, local_rank, world_size, device) from torchrun's env; a plain process is rank 0 of 1."""
     if "RANK" not in os.environ:
         return 0, 0, 1, default_device()
+    if is_distributed():  # already set up by the calling stage (coldstart.py runs sft.py in its processes)
+        local_rank = int(os.environ["LOCAL_RANK"])
+        device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        return dist.get_rank(), local_rank, dist.get_world_size(), device
     rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
