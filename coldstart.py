@@ -1,0 +1,213 @@
+"""
+coldstart.py: stage 2, a short SFT on reasoning traces so that the model can "think" before it answers.
+
+The paper's "RadVLM-Thinking": a teacher VLM is shown the image, the question AND the gold answer and asked
+for a step-by-step radiological reasoning that arrives at that answer. Traces that are well formed and whose
+final answer scores well against the gold answer are kept; the training target becomes
+`<think>\\n{trace}\\n</think>\\n\\n{gold answer}` and the question ends with " /think", the same request
+grpo.py and evaluate.py use with --thinking=True. Then the SFT model is fine-tuned on these records with
+sft.py's own loop (run in this process, not copied).
+
+    python coldstart.py                                               # CPU: rule-based teacher, after sft.py
+    python coldstart.py --teacher=Qwen3-VL-32B-Instruct --data=train.jsonl --init_from=out/sft_paper
+    torchrun --nproc_per_node=8 coldstart.py --teacher=... --data=... # traces sharded over ranks, then SFT
+
+The offline default teacher reads the synthetic world's ground truth (every finding, its side, size and
+box; the anatomy) and writes a genuine systematic review: what is looked at, what is seen, where, hence the
+answer. Restarting skips records whose traces are already written.
+Deliberately left out: trace rewriting/cleaning by a second LLM, and rejection sampling of several traces.
+"""
+
+import json
+import os
+import random
+import runpy
+import sys
+
+import torch
+from PIL import Image
+
+from configurator import configure
+from data import (GROUNDING_TASKS, THINK_SUFFIX, generation_kwargs, open_records, parse_boxes, prompt_batch,
+                  reference_answer, save_records)
+from model import init_distributed, load_model, print0, barrier
+import rewards
+
+init_from = "out/sft"     # the model to fine-tune: a training output dir, a checkpoint dir or a hub id
+teacher = "rule"          # "rule" (the synthetic world's ground truth) or a local VLM checkpoint dir
+data = "synthetic"        # records to write traces for: "synthetic" or a .json/.jsonl file
+n_records = 3000          # synthetic records (report and grounding, as the paper's two trace sets)
+image_size = 128
+min_words = 30            # a shorter trace is dropped (the paper asked its teacher for at least ~300)
+min_score = 0.5           # a trace whose final answer scores below this against the gold answer is dropped
+teacher_max_new_tokens = 768
+batch_size = 8
+out_dir = "out/coldstart"
+sft_overrides = "--max_steps=400 --lr=1e-3 --vision_lr=5e-4 --warmup=0.05 --eval_every=100 --save_every=200"
+seed = 0
+settings = configure(globals())
+
+TEACHER_PROMPT = (
+    "You are an expert radiologist teaching a resident. Below are a chest X-ray, a question about it and its "
+    "correct answer. Write the step-by-step reasoning a radiologist follows to arrive at this answer: a "
+    "systematic review of the image (what you look at, what you see and where), at least {min_words} words, "
+    "without saying that the answer was given to you. Finish with a line 'Final answer: ' followed by the "
+    "answer.\n\nQuestion: {question}\nCorrect answer: {answer}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# the rule-based teacher: a systematic review written from the synthetic world's ground truth
+
+def where(box):
+    """Words for where a box lies, in the patient's frame (the patient's right is the image's left)."""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    side = "right" if cx < 0.45 else "left" if cx > 0.55 else "central"
+    zone = "upper" if cy < 0.4 else "lower" if cy > 0.6 else "middle"
+    return f"the patient's {side} {zone} zone" if side != "central" else f"the central {zone} chest"
+
+
+def describe_finding(f):
+    a = f["attrs"]
+    words = [a.get("severity") or a.get("size") or "", a.get("side") or "", f["name"]]
+    return " ".join(w for w in words if w) + f" in {where(f['box'])}"
+
+
+def rule_trace(record, study, rng):
+    """A review in the order a radiologist reads a film, ending with the conclusion the answer states."""
+    findings = study["findings"]
+    by_name = {f["name"]: f for f in findings}
+    steps = ["I review this frontal chest radiograph systematically."]
+    devices = [f for f in findings if f["name"] in ("endotracheal tube", "central venous catheter", "pacemaker")]
+    steps.append("Lines and tubes: " + ("I see " + ", ".join(describe_finding(d) for d in devices) + "."
+                                         if devices else "none are present."))
+    heart = study["anatomy"].get("heart")
+    if "cardiomegaly" in by_name:
+        steps.append(f"Heart: the cardiac silhouette is wider than half of the thorax, so there is "
+                     f"{by_name['cardiomegaly']['attrs'].get('severity', '')} cardiomegaly.")
+    elif heart:
+        steps.append("Heart: the cardiac silhouette is less than half the width of the thorax, so its size is normal.")
+    lungs = [f for f in findings if f["name"] in ("consolidation", "lung opacity", "atelectasis", "edema", "nodule", "mass")]
+    steps.append("Lungs: " + ("I see " + "; ".join(describe_finding(f) for f in lungs) + "."
+                              if lungs else "both lung fields are clear, with normal vascular markings."))
+    pleura = [f for f in findings if f["name"] in ("pleural effusion", "pneumothorax")]
+    steps.append("Pleura: " + ("I see " + "; ".join(describe_finding(f) for f in pleura) + "."
+                               if pleura else "the costophrenic angles are sharp and there is no pleural line."))
+    task, answer = record.get("task"), reference_answer(record)
+    boxes = parse_boxes(answer)
+    if task in GROUNDING_TASKS and boxes:
+        question = record["conversations"][0]["value"].replace("<image>", "").strip()
+        steps.append(f"The question asks: {question}")
+        for box in boxes:
+            steps.append(f"The structure asked for lies in {where(box)}; its left edge is near {box[0]:.2f} and its "
+                         f"right edge near {box[2]:.2f} of the image width, its top near {box[1]:.2f} and its "
+                         f"bottom near {box[3]:.2f} of the image height.")
+    elif task == "classification":
+        steps.append("Listing the abnormalities I found gives the answer.")
+    else:
+        steps.append("I write the report from these observations, stating the normal findings explicitly.")
+    return " ".join(steps)
+
+
+# ---------------------------------------------------------------------------------------------------
+
+def thinking_record(record, trace):
+    """The record with its question asking for thinking and its answer preceded by the trace; an in-memory
+    synthetic image is written next to the traces so that the records file stands on its own."""
+    turns = [dict(t) for t in record["conversations"]]
+    turns[0]["value"] += THINK_SUFFIX
+    turns[-1]["value"] = f"<think>\n{trace.strip()}\n</think>\n\n{turns[-1]['value'].strip()}"
+    out = {k: v for k, v in record.items() if k not in ("image_array", "conversations")}
+    out["conversations"] = turns
+    if record.get("image_array") is not None:
+        out["image"] = os.path.abspath(os.path.join(out_dir, "images", f"{record['id']}.png"))
+        os.makedirs(os.path.dirname(out["image"]), exist_ok=True)
+        Image.fromarray(record["image_array"]).save(out["image"])
+    return out
+
+
+def check_trace(record, trace, final_answer):
+    """None if the trace is kept, else the reason it is dropped."""
+    if "<think>" in trace or "</think>" in trace:
+        return "nested think tags"
+    if len(trace.split()) < min_words:
+        return "too short"
+    if final_answer is None:
+        return "no final answer"
+    task = "grounding" if record.get("task") in GROUNDING_TASKS else record.get("task", "report")
+    score, _ = rewards.score(task, [final_answer], [reference_answer(record)])
+    if score[0] < min_score:
+        return "final answer scores low"
+    return None
+
+
+def split_final_answer(text):
+    """(trace, final answer) of a teacher's output ending in 'Final answer: ...'."""
+    head, sep, tail = text.rpartition("Final answer:")
+    return (head.strip(), tail.strip()) if sep else (text.strip(), None)
+
+
+def main():
+    rank, _, world, device = init_distributed()
+    if teacher == "rule" and data != "synthetic":
+        raise SystemExit("the rule-based teacher knows only the synthetic world; pass --teacher=PATH for other data")
+    records = open_records(data, "train", n_records, image_size)
+    if data == "synthetic":  # the paper's two trace sets: report generation and grounding
+        records = [r for r in records if r.get("task") == "report" or r.get("task") in GROUNDING_TASKS]
+    os.makedirs(out_dir, exist_ok=True)
+    part_file = os.path.join(out_dir, f"traces.rank{rank}.jsonl")
+    done = {json.loads(line)["id"] for line in open(part_file)} if os.path.exists(part_file) else set()
+    mine = [r for r in records[rank::world] if r["id"] not in done]
+    print0(f"coldstart: writing traces for {len(mine)} records per rank ({len(done)} already written)")
+    if teacher != "rule":
+        model, processor = load_model(teacher, device=device)
+        model.eval()
+    rng = random.Random(seed + rank)
+    dropped = {}
+    with open(part_file, "a") as out:
+        for start in range(0, len(mine), batch_size):
+            batch = mine[start:start + batch_size]
+            if teacher == "rule":
+                import synthetic
+                outputs = [rule_trace(r, synthetic.study_of(r, image_size), rng) + "\nFinal answer: " +
+                           reference_answer(r) for r in batch]
+            else:
+                asks = [{**r, "conversations": [{"from": "human", "value": "<image>\n" + TEACHER_PROMPT.format(
+                    min_words=min_words, question=r["conversations"][0]["value"].replace("<image>", "").strip(),
+                    answer=reference_answer(r))}, {"from": "gpt", "value": ""}]} for r in batch]
+                inputs = prompt_batch(asks, processor).to(device)
+                with torch.no_grad():
+                    generated = model.generate(**inputs, do_sample=False, max_new_tokens=teacher_max_new_tokens,
+                                               **generation_kwargs(processor.tokenizer))
+                outputs = processor.tokenizer.batch_decode(generated[:, inputs["input_ids"].shape[1]:],
+                                                           skip_special_tokens=True)
+            for record, output in zip(batch, outputs):
+                trace, final = split_final_answer(output)
+                reason = check_trace(record, trace, final)
+                line = {"id": record["id"], "kept": reason is None, "reason": reason}
+                if reason is None:
+                    line["record"] = thinking_record(record, trace)
+                else:
+                    dropped[reason] = dropped.get(reason, 0) + 1
+                out.write(json.dumps(line) + "\n")
+            out.flush()
+    barrier()
+    traces_file = os.path.join(out_dir, "traces.jsonl")
+    if rank == 0:
+        lines = [json.loads(line) for r in range(world)
+                 for line in open(os.path.join(out_dir, f"traces.rank{r}.jsonl"))]
+        kept = [line["record"] for line in lines if line["kept"]]
+        reasons = {}
+        for line in lines:
+            if not line["kept"]:
+                reasons[line["reason"]] = reasons.get(line["reason"], 0) + 1
+        save_records(kept, traces_file)
+        print0(f"traces: {len(kept)} kept, dropped {reasons or 'none'} -> {traces_file}")
+    barrier()
+    # the cold-start SFT itself: sft.py's loop, in this process, on the thinking records
+    sys.argv = ["sft.py", f"--init_from={init_from}", f"--data={traces_file}", "--val_data=",
+                f"--out_dir={os.path.join(out_dir, 'model')}", f"--image_size={image_size}", *sft_overrides.split()]
+    runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "sft.py"), run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()

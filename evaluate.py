@@ -1,0 +1,659 @@
+"""
+evaluate.py: the unified evaluation: answers from a checkpoint (or from anywhere), scored like the paper.
+
+Every model gets the same prompts, pixels, greedy decoding and metrics (PAPER.md "Evaluation"), so an SFT run,
+a GRPO run and an outside model (MAIRA-2, CheXagent, ... via --predictions) are comparable. The test set is the
+synthetic world's test split or a RadVLM/LLaVA file; each record is scored by its task (reports, grounding,
+classification; conversations are skipped; a record without a task is a report).
+
+    python evaluate.py --init_from=out/sft                  # after `python sft.py`: 200 synthetic test records
+    python evaluate.py --init_from=tiny --n_test=32         # a random tiny Qwen3-VL: a smoke test of the pipeline
+    python evaluate.py --init_from=out/grpo --thinking=True --log=out/sft/log.jsonl,out/grpo/log.jsonl
+    python evaluate.py --init_from=RadVLM-8B --data=test.jsonl --max_pixels=451584 --max_new_tokens=1024 \\
+        --bertscore_model=W/distilroberta-base --chexbert_checkpoint=W/chexbert.pth \\
+        --chexbert_tokenizer=W/bert-base-uncased --radgraph_model_dir=W/radgraph --green_model=W/GREEN-radllama2-7b
+    torchrun --nproc_per_node=8 evaluate.py --init_from=RadVLM-8B --data=test.jsonl  # generation sharded over ranks
+    python evaluate.py --data=test.jsonl --predictions=maira2.jsonl --out_dir=out/eval_maira2  # {"id", "answer"} lines
+    python evaluate.py --compare out/eval_sft out/eval_grpo out/eval_maira2  # side by side: markdown on stdout
+
+Writes to out_dir: results.json, table.md (laid out like the paper's Tables 1 and 2), predictions.jsonl (id, task,
+prompt, answer, reference: itself a valid --predictions file), contact_sheet.png (gold boxes green, predicted red,
+the answer under each image) and curves.png (reward / loss against step from --log, or init_from's log.jsonl).
+Every metric in results.json is {"value": x, "ci": [lo, hi]} (a seeded 95 % percentile bootstrap over the test
+records) or {"value": null, "unavailable": "why"}: a metric whose weights were not given is never reported as 0.
+
+Reports: ROUGE-L (rouge-score's rougeL F1: lower-cased alphanumeric tokens, no stemming); BLEU-4 (rewards.bleu4:
+sentence-level, unsmoothed, so a text without a matching 4-gram scores 0); label F1 micro / macro of the rule-based
+labeler rewards.extract_labels over the 14 CheXpert observations and the usual 5 (suffix _5), present or uncertain
+counting as positive (the paper's convention); label_f1_reward (the GRPO report reward); answer_chars (ANC). With
+local weights: BERTScore (distilroberta-base, layer 5, baseline-rescaled, as in RadCliQ), CheXbert F1 (its 14 heads;
+positive or uncertain is positive, f1chexbert's "rrg" mode), RadGraph F1 (radgraph_level), RadCliQ-v1 (lower is
+better; rewards.radcliq_rewards, so 3.0 for a text of 5 characters or fewer) and GREEN. Per-sample metrics are
+averaged over samples; F1s are pooled over the test set, and a macro average skips labels absent from both gold and
+predictions (sklearn would count them as 0; on MIMIC-CXR's test split every label occurs and the two agree).
+Grounding, per task kind and dataset (`source`): mAP@0.5 as the paper computes it (average_precision_50), mean IoU
+of the matched boxes, and the soft-F1 GRPO reward. Classification: micro / macro F1 of the listed abnormalities.
+With --thinking the text after the last </think> is scored (none: an empty answer), and thinking.well_formed is
+the fraction of outputs with a </think> and an answer after it.
+Deliberately left out: sampled decoding (greedy only); FSDP at evaluation (each rank holds a whole model, so a model
+too big for one GPU needs a sharded generator such as vLLM); RaTEScore and other LLM judges than GREEN.
+"""
+
+import json
+import math
+import os
+import re
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from tqdm import tqdm
+
+import rewards
+from configurator import configure
+from data import (GROUNDING_TASKS, generation_kwargs, load_image, open_records, parse_boxes, prompt_batch, record_id,
+                  reference_answer)
+from model import autocast, build_tiny, init_distributed, latest_checkpoint, load_model, print0
+
+# model and data
+init_from = "out/sft"     # "tiny", a training out dir (its latest step), a checkpoint dir, or a hub id
+data = "synthetic"        # "synthetic" (the generated world's test split) or a RadVLM/LLaVA .json/.jsonl test file
+n_test = 200              # synthetic test records (ignored for files)
+image_size = 128          # side of the synthetic images in pixels
+min_pixels = 1024         # processor pixel budget (the paper evaluates at 1,024 .. 451,584)
+max_pixels = 16384
+thinking = False          # ask for <think>...</think> first; the metrics score the answer after it
+max_new_tokens = 256      # longest answer (the paper: 1024 for reports, 4096 with thinking)
+batch_size = 16           # prompts per generate call on each rank
+predictions = ""          # a JSONL of {"id", "answer"} to score instead of generating (any model's outputs)
+# output
+out_dir = "out/eval"
+bootstrap = 1000          # resamples of the test records for the 95 % confidence intervals (0: none)
+seed = 0
+contact_sheet_n = 16      # test images drawn in contact_sheet.png
+log = ""                  # training log.jsonl file(s), comma-separated, for curves.png (default: init_from's own)
+# metric weights: local paths only, nothing is downloaded; a metric without its weights is "unavailable"
+bertscore_model = ""      # distilroberta-base folder (BERTScore, RadCliQ)
+chexbert_checkpoint = ""  # chexbert.pth (CheXbert F1, RadCliQ)
+chexbert_tokenizer = ""   # bert-base-uncased folder (CheXbert's tokenizer)
+radgraph_model_dir = ""   # the radgraph package's model_cache_dir holding radgraph-xl/ (RadGraph F1, RadCliQ)
+radgraph_level = "radcliq"  # RadGraph F1: "radcliq" ((entity F1 + relation F1) / 2) or simple / partial / complete
+green_model = ""          # GREEN-radllama2-7b folder (the GREEN LLM judge)
+
+SCORED_TASKS = ("report", "classification", *GROUNDING_TASKS)
+GROUNDING_KINDS = {"anatomical_grounding": "anatomical", "abnormality_grounding": "abnormality",
+                   "phrase_grounding": "phrase"}
+FIVE = [rewards.OBSERVATIONS.index(name) for name in
+        ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")]  # CheXbert's usual 5 labels
+
+
+def task_of(record):
+    return record.get("task") or "report"
+
+
+def has_image(record):
+    return bool(record.get("image")) or record.get("image_array") is not None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# metrics of one answer
+
+def rouge_l(prediction, reference):
+    """ROUGE-L F1 as rouge-score's rougeL: lower-cased [a-z0-9]+ tokens, longest common subsequence."""
+    a, b = re.findall(r"[a-z0-9]+", prediction.lower()), re.findall(r"[a-z0-9]+", reference.lower())
+    previous = [0] * (len(b) + 1)  # LCS lengths of a[:i] against every prefix of b, one row at a time
+    for x in a:
+        current = [0]
+        for j, y in enumerate(b):
+            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
+        previous = current
+    return 2 * previous[-1] / (len(a) + len(b)) if previous[-1] else 0.0  # = 2PR / (P + R)
+
+
+def average_precision_50(predicted, gold):
+    """The paper's per-sample AP@0.5, and the IoUs of the matched pairs. Predictions are taken in output order
+    (there are no confidences); each is matched to the best still-unused gold box, a true positive if their IoU
+    is >= 0.5. AP is the area under the precision-recall curve with VOC's all-point interpolation (precision at
+    recall r = the best precision at any recall >= r). No gold box: 1 if nothing was predicted, else 0."""
+    if not gold:
+        return float(not predicted), []
+    unused, hits, matched = list(range(len(gold))), [], []
+    for box in predicted:
+        iou, j = max(((rewards.box_iou(box, gold[j]), j) for j in unused), key=lambda c: c[0], default=(0.0, None))
+        hits.append(iou >= 0.5)
+        if iou >= 0.5:
+            unused.remove(j)
+            matched.append(iou)
+    if not matched:
+        return 0.0, []
+    tp = np.cumsum(hits)
+    precision, recall = tp / np.arange(1, len(hits) + 1), tp / len(gold)
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]
+    return float(np.sum(np.diff(recall, prepend=0.0) * envelope)), matched
+
+
+def abnormality_set(text):
+    """The names a classification answer lists, or {"no finding"} for an answer that says the study is normal
+    (rewards' rule, no names and a "no" / "normal" / "none": what scores 1 against a normal gold answer)."""
+    return rewards.abnormality_names(text) or ({"no finding"} if rewards.classification_reward(text, "") else set())
+
+
+def rule_labels(texts):
+    """[N, 14] booleans: observation stated present or uncertain by the rule-based labeler (OBSERVATIONS order)."""
+    labels = [[bool(rewards.extract_labels(t).get(o, 0)) for o in rewards.OBSERVATIONS] for t in texts]
+    return np.array(labels, dtype=bool).reshape(len(texts), len(rewards.OBSERVATIONS))
+
+
+def chexbert_labels(texts, weights):
+    """The same [N, 14] booleans from CheXbert: its 14 linear heads (13 x {blank, positive, negative, uncertain},
+    then No Finding x {blank, positive}) over the [CLS] vector of rewards' CheXbertEmbedder."""
+    embedder = rewards._chexbert(weights)  # the encoder, loaded once and shared with RadCliQ
+    state = torch.load(weights["chexbert_checkpoint"], map_location="cpu", weights_only=True)
+    state = state.get("model_state_dict", state)
+    prefix = next(k for k in state if k.endswith("linear_heads.0.weight"))[:-len("0.weight")]
+    cls = embedder(texts).float()
+    classes = torch.stack([(cls @ state[f"{prefix}{i}.weight"].float().T + state[f"{prefix}{i}.bias"].float()).argmax(1)
+                           for i in range(14)], 1)
+    heads = rewards.OBSERVATIONS[1:] + rewards.OBSERVATIONS[:1]  # CheXbert's order: No Finding last
+    return ((classes == 1) | (classes == 3)).numpy()[:, [heads.index(o) for o in rewards.OBSERVATIONS]]
+
+
+# GREEN (Ostmeier et al. 2024) as its green_score package runs the local judge: this prompt (every line after the
+# first indented by 4 spaces) with reference and candidate cut to 300 words, its chat template, greedy decoding.
+GREEN_PROMPT = textwrap.indent("""\
+Objective: Evaluate the accuracy of a candidate radiology report in comparison to a reference radiology report \
+composed by expert radiologists.
+
+Process Overview: You will be presented with:
+
+1. The criteria for making a judgment.
+2. The reference radiology report.
+3. The candidate radiology report.
+4. The desired format for your assessment.
+
+1. Criteria for Judgment:
+
+For each candidate report, determine:
+
+The count of clinically significant errors.
+The count of clinically insignificant errors.
+
+Errors can fall into one of these categories:
+
+a) False report of a finding in the candidate.
+b) Missing a finding present in the reference.
+c) Misidentification of a finding's anatomic location/position.
+d) Misassessment of the severity of a finding.
+e) Mentioning a comparison that isn't in the reference.
+f) Omitting a comparison detailing a change from a prior study.
+Note: Concentrate on the clinical findings rather than the report's writing style. Evaluate only the findings that \
+appear in both reports.
+
+2. Reference Report:
+{reference}
+
+3. Candidate Report:
+{candidate}
+
+4. Reporting Your Assessment:
+
+Follow this specific format for your output, even if no errors are found:
+```
+[Explanation]:
+<Explanation>
+
+[Clinically Significant Errors]:
+(a) <Error Type>: <The number of errors>. <Error 1>; <Error 2>; ...; <Error n>
+....
+(f) <Error Type>: <The number of errors>. <Error 1>; <Error 2>; ...; <Error n>
+
+[Clinically Insignificant Errors]:
+(a) <Error Type>: <The number of errors>. <Error 1>; <Error 2>; ...; <Error n>
+....
+(f) <Error Type>: <The number of errors>. <Error 1>; <Error 2>; ...; <Error n>
+
+[Matched Findings]:
+<The number of matched findings>. <Finding 1>; <Finding 2>; ...; <Finding n>
+```
+""", "    ").lstrip()
+GREEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}\n{% if message['from'] == 'human' %}\n{{ '<|user|>\\n' + message['value'] + "
+    "eos_token }}\n{% elif message['from'] == 'gpt' %}\n{{ '<|assistant|>\\n'  + message['value'] + eos_token }}\n"
+    "{% endif %}\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}")
+
+
+def green_score(judgement):
+    """matched findings / (matched findings + clinically significant errors (a)-(f)), parsed as green_score does;
+    0 when the judge names no matched finding (also when its answer cannot be parsed)."""
+    def section(name):
+        found = re.search(rf"\[{name}\]:\s*(.*?)(?:\n\s*\n|\Z)", judgement, re.DOTALL)
+        return "" if found is None or found.group(1).startswith("No") else found.group(1)
+    matched = re.findall(r"^\b\d+\b(?=\.)", section("Matched Findings"), re.MULTILINE)
+    if not matched or int(matched[0]) == 0:
+        return 0.0
+    errors, body = {}, section("Clinically Significant Errors")
+    for line in sorted(re.findall(r"\([a-f]\) .*", body)) or sorted(re.findall(r"\([1-6]\) .*", body)):
+        count = re.search(r"(?<=: )\b\d+\b(?=\.)", line)
+        if count:
+            errors[line[:3]] = int(count.group())
+    return int(matched[0]) / (int(matched[0]) + sum(errors.values()))
+
+
+def green_scores(candidates, references, model_dir, batch_size=8, max_length=2048):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, add_eos_token=True, padding_side="left")
+    tokenizer.chat_template, tokenizer.pad_token = GREEN_CHAT_TEMPLATE, tokenizer.eos_token
+    judge = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float16 if device == "cuda" else torch.float32)
+    judge.to(device).eval()
+    cut = lambda text: " ".join(text.split()[:300])  # noqa: E731
+    scores = []
+    for start in range(0, len(candidates), batch_size):
+        pairs = zip(candidates[start:start + batch_size], references[start:start + batch_size])
+        chats = [[{"from": "human", "value": GREEN_PROMPT.format(reference=cut(r), candidate=cut(c))},
+                  {"from": "gpt", "value": ""}] for c, r in pairs]
+        texts = [tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) for chat in chats]
+        batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length).to(device)
+        with torch.no_grad():
+            out = judge.generate(**batch, max_length=max_length, do_sample=False, eos_token_id=tokenizer.eos_token_id,
+                                 pad_token_id=tokenizer.pad_token_id)
+        judgements = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        scores += [green_score(j) for j in judgements]
+    return scores
+
+
+# ----------------------------------------------------------------------------------------------------------
+# metrics of a test set: statistics are functions of (resampled) record indices, then bootstrapped
+
+def mean_of(values):
+    values = np.asarray(values, dtype=float)
+    return lambda idx: float(values[idx].mean())
+
+
+def f1(tp, fp, fn, average):
+    """Micro or macro F1 from per-label counts; macro averages the labels that occur in gold or prediction."""
+    if average == "micro":
+        tp, fp, fn = tp.sum(), fp.sum(), fn.sum()
+        return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else math.nan
+    seen = tp + fp + fn > 0
+    return float(np.mean(2 * tp[seen] / (2 * tp + fp + fn)[seen])) if seen.any() else math.nan
+
+
+def f1_statistics(name, predicted, gold, columns=slice(None), suffix=""):
+    """{name_micro, name_macro}: F1 pooled over records, on some label columns of [N, C] boolean matrices."""
+    p, g = predicted[:, columns], gold[:, columns]
+    counts = np.stack([p & g, p & ~g, ~p & g]).astype(np.int64)  # tp, fp, fn per record and label
+    return {f"{name}_{average}{suffix}": (lambda idx, average=average: f1(*counts[:, idx].sum(1), average))
+            for average in ("micro", "macro")}
+
+
+def with_ci(statistic, n, n_boot, seed):
+    """The statistic on all n records, and the 2.5 / 97.5 percentiles over n_boot resamples of them (with
+    replacement, seeded: every metric of a group sees the same resamples)."""
+    value = statistic(np.arange(n))
+    rng = np.random.default_rng(seed)
+    boots = np.array([statistic(rng.integers(0, n, n)) for _ in range(n_boot)], dtype=float)
+    boots = boots[np.isfinite(boots)]
+    result = {"value": float(value) if math.isfinite(value) else None}
+    if n_boot:
+        result["ci"] = [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))] if len(boots) else None
+    return result
+
+
+def needs(weights, *names):
+    """Raise MissingModelError naming each weight setting of a metric that is not an existing local path."""
+    missing = [n for n in names if not weights.get(n) or not os.path.exists(weights[n])]
+    if missing:
+        raise rewards.MissingModelError(f"needs {', '.join(n + '=PATH' for n in missing)} (local paths: nothing "
+                                        f"is downloaded)")
+
+
+def model_statistics(answers, references, weights):
+    """The model-based report metrics, each in turn; one without its weights (or package) becomes a string: why."""
+    def bertscore():
+        needs(weights, "bertscore_model")
+        return {"bertscore": mean_of(rewards._bert_scorer(weights, "radcliq")(answers, references))}
+
+    def chexbert():
+        needs(weights, "chexbert_checkpoint", "chexbert_tokenizer")
+        labels = chexbert_labels(answers + references, weights)
+        predicted, gold = labels[:len(answers)], labels[len(answers):]
+        return {**f1_statistics("chexbert_f1", predicted, gold),
+                **f1_statistics("chexbert_f1", predicted, gold, FIVE, "_5")}
+
+    def radgraph():
+        needs(weights, "radgraph_model_dir")
+        scorer = rewards._radgraph(weights)
+        scored = [i for i, (a, r) in enumerate(zip(answers, references)) if a.strip() and r.strip()]
+        values = np.zeros(len(answers))  # an empty text has no entities: F1 0 (the package cannot annotate "")
+        values[scored] = scorer([answers[i] for i in scored], [references[i] for i in scored],
+                                level=weights.get("radgraph_level", "radcliq"))
+        return {"radgraph_f1": mean_of(values)}
+
+    def radcliq():
+        needs(weights, "radgraph_model_dir", "bertscore_model", "chexbert_checkpoint", "chexbert_tokenizer")
+        with warnings.catch_warnings(record=True) as caught:  # radcliq_rewards floors a failed batch with a warning
+            warnings.simplefilter("always")
+            values, _ = rewards.radcliq_rewards(answers, references, **weights)
+        failed = [str(w.message) for w in caught if "RadCliQ scoring failed" in str(w.message)]
+        return {"radcliq_v1": failed[0] if failed else mean_of([-v for v in values])}
+
+    def green():
+        needs(weights, "green_model")
+        return {"green": mean_of(green_scores(answers, references, weights["green_model"]))}
+
+    stats = {}
+    for metric, keys in ((bertscore, ["bertscore"]), (radgraph, ["radgraph_f1"]), (radcliq, ["radcliq_v1"]),
+                         (chexbert, [f"chexbert_f1_{a}{s}" for s in ("", "_5") for a in ("micro", "macro")]),
+                         (green, ["green"])):
+        try:
+            stats.update(metric())
+        except rewards.MissingModelError as e:
+            stats.update({key: str(e) for key in keys})
+    return stats
+
+
+def report_statistics(answers, records, weights):
+    references = [reference_answer(r) for r in records]
+    predicted, gold = rule_labels(answers), rule_labels(references)
+    return {"rouge_l": mean_of([rouge_l(a, r) for a, r in zip(answers, references)]),
+            "bleu4": mean_of([rewards.bleu4(a, r) for a, r in zip(answers, references)]),
+            **f1_statistics("label_f1", predicted, gold), **f1_statistics("label_f1", predicted, gold, FIVE, "_5"),
+            "label_f1_reward": mean_of([rewards.label_f1(a, r) for a, r in zip(answers, references)]),
+            "answer_chars": mean_of([len(a) for a in answers]), **model_statistics(answers, references, weights)}
+
+
+def grounding_statistics(answers, records):
+    ap, ious = zip(*[average_precision_50(parse_boxes(a), r.get("boxes") or parse_boxes(reference_answer(r)))
+                     for a, r in zip(answers, records)])
+    iou_sum, n_matched = np.array([sum(x) for x in ious]), np.array([len(x) for x in ious])
+    return {"map50": mean_of(ap),
+            "miou": lambda idx: iou_sum[idx].sum() / n_matched[idx].sum() if n_matched[idx].sum() else math.nan,
+            "soft_f1": mean_of([rewards.grounding_reward(a, reference_answer(r)) for a, r in zip(answers, records)])}
+
+
+def classification_statistics(answers, records):
+    predicted, gold = [abnormality_set(a) for a in answers], [abnormality_set(reference_answer(r)) for r in records]
+    names = sorted(set().union(*predicted, *gold))
+    matrix = lambda sets: np.array([[n in s for n in names] for s in sets], bool).reshape(len(sets), -1)  # noqa: E731
+    sample_f1 = [rewards.classification_reward(a, reference_answer(r)) for a, r in zip(answers, records)]
+    return {**f1_statistics("f1", matrix(predicted), matrix(gold)), "sample_f1": mean_of(sample_f1)}
+
+
+def score(records, completions, thinking=False, n_boot=1000, seed=0, weights=None):
+    """results.json's metric sections for the records' raw completions (one per record)."""
+    answers = [rewards.final_answer(c, thinking) for c in completions]
+    tasks = [task_of(r) for r in records]
+
+    def summarize(indices, statistics, *args):
+        stats = statistics([answers[i] for i in indices], [records[i] for i in indices], *args)
+        return {"n": len(indices), **{name: {"value": None, "unavailable": s} if isinstance(s, str) else
+                                      with_ci(s, len(indices), n_boot, seed) for name, s in stats.items()}}
+    results = {}
+    reports = [i for i, t in enumerate(tasks) if t == "report"]
+    if reports:
+        results["report"] = summarize(reports, report_statistics, weights or {})
+    grounding, groups = [i for i, t in enumerate(tasks) if t in GROUNDING_TASKS], {}
+    for task, kind in GROUNDING_KINDS.items():  # each kind, each of its datasets, then all of them
+        members = [i for i in grounding if tasks[i] == task]
+        groups.update({kind: members} if members else {})
+        for source in sorted({records[i].get("source") for i in members} - {None}):
+            groups[f"{kind}/{source}"] = [i for i in members if records[i].get("source") == source]
+    if grounding:
+        results["grounding"] = {name: summarize(members, grounding_statistics)
+                                for name, members in {**groups, "all": grounding}.items()}
+    classification = [i for i, t in enumerate(tasks) if t == "classification"]
+    if classification:
+        results["classification"] = summarize(classification, classification_statistics)
+    if thinking:
+        well_formed = mean_of(["</think>" in c and bool(a.strip()) for c, a in zip(completions, answers)])
+        results["thinking"] = summarize(list(range(len(records))), lambda a, r: {"well_formed": well_formed})
+    return results
+
+
+# ----------------------------------------------------------------------------------------------------------
+# answers: generated here, or read from a predictions file
+
+def generate_answers(model, processor, records, batch_size, thinking, max_new_tokens, device, progress=True):
+    """Greedy answers to the records' prompts, in record order; only the new tokens, special tokens dropped.
+    Records with and without an image go in separate batches (one processor call cannot mix them)."""
+    stop = generation_kwargs(processor.tokenizer)
+    groups = [[i for i, r in enumerate(records) if has_image(r) == image] for image in (True, False)]
+    answers = [None] * len(records)
+    for idx in tqdm([g[s:s + batch_size] for g in groups for s in range(0, len(g), batch_size)], disable=not progress,
+                    desc="generate", dynamic_ncols=True):
+        inputs = prompt_batch([records[i] for i in idx], processor, thinking).to(device)
+        with torch.no_grad(), autocast(device):
+            out = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens, **stop)
+        texts = processor.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        for i, text in zip(idx, texts):
+            answers[i] = text
+    return answers
+
+
+def read_predictions(path, ids):
+    """The answers of a {"id", "answer"} JSONL file in the order of `ids`; a test record without one is an error."""
+    answers = {}
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                row = json.loads(line)
+                if not isinstance(row, dict) or "id" not in row or not isinstance(row.get("answer"), str):
+                    raise SystemExit(f'{path}:{n}: expected {{"id": ..., "answer": "..."}}')
+                answers[str(row["id"])] = row["answer"]
+    missing = [i for i in ids if i not in answers]
+    if missing:
+        raise SystemExit(f"{path}: no answer for {len(missing)} of {len(ids)} test records "
+                         f"(first: {', '.join(missing[:3])})")
+    return [answers[i] for i in ids]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# what people look at: the paper's tables, a contact sheet, training curves
+
+def cell(metric, scale, fmt):
+    if metric is None:  # not measured in this run
+        return ""
+    if not isinstance(metric, dict):  # a count
+        return f"{metric:{fmt}}"
+    if metric["value"] is None:  # no weights (n/a), or undefined (a mean IoU without a matched box)
+        return "n/a" if "unavailable" in metric else "-"
+    ci = metric.get("ci")
+    return f"{metric['value'] * scale:{fmt}}" + (f" [{ci[0] * scale:{fmt}}, {ci[1] * scale:{fmt}}]" if ci else "")
+
+
+def markdown_table(title, runs, columns):
+    """A row per run that has any of the columns: (header, path into results.json, scale, format)."""
+    def lookup(results, path):
+        for key in path:
+            results = results.get(key) if isinstance(results, dict) else None
+        return results
+    rows = [[name] + [cell(lookup(r, path), scale, fmt) for _, path, scale, fmt in columns] for name, r in runs
+            if any(lookup(r, path) is not None for _, path, _, _ in columns)]
+    head = [f"### {title}", "",
+            "| run | " + " | ".join(c[0] for c in columns) + " |", "|---" * (1 + len(columns)) + "|"]
+    return "\n".join(head + ["| " + " | ".join(row) + " |" for row in rows]) if rows else ""
+
+
+def paper_tables(runs):
+    """Markdown laid out like the paper's Tables 1 and 2 (a row per run, values with 95 % CIs), then the rest."""
+    report = [("n", "n", 1, "d"), ("R-L", "rouge_l", 100, ".1f"), ("BLEU-4", "bleu4", 100, ".1f"),
+              ("label F1 micro", "label_f1_micro", 100, ".1f"), ("label F1 macro", "label_f1_macro", 100, ".1f"),
+              ("B-S", "bertscore", 100, ".1f"), ("CXb micro", "chexbert_f1_micro", 100, ".1f"),
+              ("CXb macro", "chexbert_f1_macro", 100, ".1f"), ("RGF1", "radgraph_f1", 100, ".1f"),
+              ("GREEN", "green", 100, ".1f"), ("RadCliQ", "radcliq_v1", 1, ".2f"), ("ANC", "answer_chars", 1, ".0f")]
+    groups = list(dict.fromkeys(g for _, r in runs for g in r.get("grounding", {})))
+    tables = [
+        markdown_table("Report generation (Table 1): %; RadCliQ-v1 lower is better; ANC = mean characters; "
+                       "n/a = no weights given", runs, [(h, ("report", k), s, f) for h, k, s, f in report]),
+        markdown_table("Grounding (Table 2): mAP@0.5 %, mean IoU of the matched boxes %, soft-F1 reward %", runs,
+                       [(f"mAP@0.5 {g}", ("grounding", g, "map50"), 100, ".1f") for g in groups]
+                       + [("mIoU", ("grounding", "all", "miou"), 100, ".1f"),
+                          ("soft-F1", ("grounding", "all", "soft_f1"), 100, ".1f")]),
+        markdown_table("Classification: F1 % of the listed abnormalities", runs,
+                       [("n", ("classification", "n"), 1, "d")] + [(h, ("classification", k), 100, ".1f") for h, k in
+                                                                  (("micro", "f1_micro"), ("macro", "f1_macro"),
+                                                                   ("per sample", "sample_f1"))]),
+        markdown_table("Thinking: % of outputs with a </think> and an answer after it", runs,
+                       [("well-formed", ("thinking", "well_formed"), 100, ".1f")])]
+    return "\n\n".join(t for t in tables if t) + "\n"
+
+
+def draw_contact_sheet(records, answers, path, cols=4, side=192, text_lines=8):
+    """Test images with gold boxes (green) and predicted boxes (red); under each its id and task, the answer
+    (white) and the start of the gold answer (green)."""
+    font, line_height = ImageFont.load_default(), 12
+    tiles = []
+    for record, answer in zip(records, answers):
+        image = load_image(record)
+        scale = side / max(image.size)
+        image = image.resize((round(image.width * scale), round(image.height * scale)))
+        tile = Image.new("RGB", (side, side + line_height * (text_lines + 1) + 4), "black")
+        tile.paste(image)
+        draw = ImageDraw.Draw(tile)
+        gold = record.get("boxes") or parse_boxes(reference_answer(record))
+        for boxes, color in ((gold, "#30ff30"), (parse_boxes(answer), "#ff3030")):
+            for box in boxes:  # clipped to the image, corners sorted: a model may write anything
+                (x0, x1), (y0, y1) = sorted(np.clip([box[0], box[2]], 0, 1)), sorted(np.clip([box[1], box[3]], 0, 1))
+                draw.rectangle([x0 * image.width, y0 * image.height, x1 * image.width, y1 * image.height],
+                               outline=color, width=2)
+        lines = ([(f"{record_id(record)} ({task_of(record)})", "#a0a0a0")]
+                 + [(t, "white") for t in (textwrap.wrap(answer, side // 6) or ["(blank answer)"])[:text_lines - 3]]
+                 + [(t, "#30ff30") for t in textwrap.wrap("gold: " + reference_answer(record), side // 6)[:3]])
+        for k, (line, color) in enumerate(lines):
+            draw.text((3, side + 2 + line_height * k), line, fill=color, font=font)
+        tiles.append(tile)
+    sheet = Image.new("RGB", (cols * (side + 4), math.ceil(len(tiles) / cols) * (tiles[0].height + 4)), "#606060")
+    for i, tile in enumerate(tiles):
+        sheet.paste(tile, ((i % cols) * (side + 4) + 2, (i // cols) * (tile.height + 4) + 2))
+    sheet.save(path)
+
+
+def draw_curves(log_paths, path, width=720, height=300):
+    """reward_mean, and loss / val_loss, against step: one panel each, a colored line per run and series."""
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+    runs = [(os.path.basename(os.path.dirname(os.path.abspath(p))),  # a run is named by its folder: out/sft -> sft
+             [json.loads(line) for line in open(p) if line.strip()]) for p in log_paths]
+    panels = []
+    for keys in (("reward_mean",), ("loss", "val_loss")):
+        series = [(f"{run} {key}", [(r["step"], r[key]) for r in rows
+                                    if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])])
+                  for run, rows in runs for key in keys]
+        if any(points for _, points in series):
+            panels.append((" / ".join(keys), [(label, points) for label, points in series if points]))
+    if not panels:
+        return False
+    font = ImageFont.load_default()
+    image = Image.new("RGB", (width, height * len(panels)), "white")
+    draw = ImageDraw.Draw(image)
+    for p, (title, series) in enumerate(panels):
+        x0, x1, y0, y1 = 64, width - 16, p * height + 24, (p + 1) * height - 40  # the plot area in pixels
+        xs, ys = [x for _, pts in series for x, _ in pts], [y for _, pts in series for _, y in pts]
+        x_lo, x_hi, y_lo, y_hi = min(xs), max(xs) + (max(xs) == min(xs)), min(ys), max(ys) + (max(ys) == min(ys))
+        px = lambda x: x0 + (x - x_lo) / (x_hi - x_lo) * (x1 - x0)  # noqa: E731
+        py = lambda y: y1 - (y - y_lo) / (y_hi - y_lo) * (y1 - y0)  # noqa: E731
+        draw.rectangle([x0, y0, x1, y1], outline="black")
+        for t in (0, 0.25, 0.5, 0.75, 1):  # ticks and their values on both axes
+            x, y = x_lo + t * (x_hi - x_lo), y_lo + t * (y_hi - y_lo)
+            draw.line([px(x), y1, px(x), y1 + 4], fill="black")
+            draw.text((px(x) - 10, y1 + 6), f"{x:.0f}", fill="black", font=font)
+            draw.line([x0 - 4, py(y), x0, py(y)], fill="black")
+            draw.text((4, py(y) - 6), f"{y:.3g}", fill="black", font=font)
+        draw.text((x0, y0 - 18), title, fill="black", font=font)
+        draw.text(((x0 + x1) // 2 - 12, y1 + 22), "step", fill="black", font=font)
+        for k, (label, points) in enumerate(series):
+            pixels = [(px(x), py(y)) for x, y in sorted(points)]
+            if len(pixels) > 1:
+                draw.line(pixels, fill=colors[k % len(colors)], width=2)
+            else:  # a single point: a dot
+                (x, y), = pixels
+                draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colors[k % len(colors)])
+        draw.rectangle([x1 - 160, y0 + 4, x1 - 4, y0 + 12 + 14 * len(series)], fill="white", outline="#c0c0c0")
+        for k, (label, _) in enumerate(series):  # the legend, over the curves
+            draw.line([x1 - 154, y0 + 14 + 14 * k, x1 - 134, y0 + 14 + 14 * k], fill=colors[k % len(colors)], width=3)
+            draw.text((x1 - 130, y0 + 8 + 14 * k), label, fill="black", font=font)
+    image.save(path)
+    return True
+
+
+def compare(dirs):
+    """The paper's tables with a row per evaluation folder (each holding a results.json)."""
+    return paper_tables([(d, json.load(open(os.path.join(d, "results.json")))) for d in dirs])
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+def main():
+    if sys.argv[1:2] == ["--compare"]:  # not a setting: a different command
+        print(compare(sys.argv[2:]))
+        return
+    settings = configure({k: v for k, v in globals().items() if k.islower()})  # UPPER_CASE names are not settings
+    globals().update(settings)
+    rank, _, world, device = init_distributed()
+    source = open_records(data, "test", n_test, image_size)
+    records, ids = [], []
+    for i in range(len(source)):
+        record = source[i]  # synthetic records draw their image on access: once each, here
+        if task_of(record) in SCORED_TASKS:
+            records.append(record)
+            ids.append(record_id(record, i))
+    print0(f"evaluate: {len(records)} of {len(source)} test records are scored; {world} rank(s)")
+    if predictions:
+        completions = read_predictions(predictions, ids)
+    else:
+        if init_from == "tiny":
+            import synthetic
+            model, processor = build_tiny(texts=synthetic.corpus_texts(), seed=seed, min_pixels=min_pixels,
+                                          max_pixels=max_pixels)
+        else:
+            path = latest_checkpoint(init_from) or init_from
+            if not os.path.isfile(os.path.join(path, "config.json")) and (os.path.isdir(path) or "/" not in path):
+                raise SystemExit(f"no checkpoint at {init_from!r}: run `python sft.py` first (or pass --init_from=...)")
+            model, processor = load_model(path, device=device, min_pixels=min_pixels, max_pixels=max_pixels)
+        # each rank answers every world-th record with its own whole model: no collective until the gather
+        mine = list(range(rank, len(records), world))
+        answers = generate_answers(model.to(device).eval(), processor, [records[i] for i in mine], batch_size,
+                                   thinking, max_new_tokens, device, progress=rank == 0)
+        shards = [list(zip(mine, answers))]
+        if world > 1:
+            shards = [None] * world
+            torch.distributed.all_gather_object(shards, list(zip(mine, answers)))
+        completions = [answer for _, answer in sorted(pair for shard in shards for pair in shard)]
+        del model  # the metric models may need the memory
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    if rank == 0:
+        weights = {k: settings[k] for k in ("bertscore_model", "chexbert_checkpoint", "chexbert_tokenizer",
+                                            "radgraph_model_dir", "radgraph_level", "green_model")}
+        results = {"model": predictions or init_from, "data": data,
+                   **score(records, completions, thinking, bootstrap, seed, weights), "settings": settings}
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "predictions.jsonl"), "w") as f:
+            for rid, record, completion in zip(ids, records, completions):
+                prompt = [t["value"] for t in record["conversations"] if t["from"] == "human"][-1]
+                f.write(json.dumps({"id": rid, "task": task_of(record), "prompt": prompt.replace("<image>", "").strip(),
+                                    "answer": completion, "reference": reference_answer(record)}) + "\n")
+        with open(os.path.join(out_dir, "results.json"), "w") as f:
+            json.dump(results, f, indent=1)
+        table = paper_tables([(results["model"], results)])
+        with open(os.path.join(out_dir, "table.md"), "w") as f:
+            f.write(table)
+        shown = [i for i, r in enumerate(records) if has_image(r)][:contact_sheet_n]
+        if shown:
+            answers = [rewards.final_answer(completions[i], thinking) for i in shown]
+            draw_contact_sheet([records[i] for i in shown], answers, os.path.join(out_dir, "contact_sheet.png"))
+        own_log = os.path.join(init_from, "log.jsonl")  # the training log of the run evaluated, if that is one
+        logs = log.split(",") if log else [own_log] if not predictions and os.path.isfile(own_log) else []
+        drew = bool(logs) and draw_curves(logs, os.path.join(out_dir, "curves.png"))
+        print(table)
+        print(f"wrote {out_dir}/results.json, table.md, predictions.jsonl" + (", contact_sheet.png" if shown else "")
+              + (", curves.png" if drew else ""))
+    if world > 1:
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

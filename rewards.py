@@ -1,0 +1,731 @@
+"""
+rewards.py: every reward of the project, as pure functions of (completion, reference) texts.
+
+GRPO scores thousands of completions per step, so the default rewards are plain Python over precompiled
+regexes (>= 10,000 completions/s on one core: `python bench/bench_rewards.py`). The paper's model-based
+report reward (RadCliQ) and its Table 3 ablations are optional extras that load local weights lazily.
+
+    rewards, components = score(task, completions, answers, reward=None, thinking=False, **settings)
+
+- task: "report" | "classification" | "grounding", or a record task of data.TASKS (every *_grounding task
+  is "grounding"), or a list with one task per completion (a mixed batch).
+- reward: the report reward, one of REPORT_REWARDS (default "label_f1"); grounding and classification
+  have one reward each and ignore it.
+- thinking: score only the text after the last `</think>`. A completion without one is scored as an empty
+  answer, which is the task's floor (grounding 0, label_f1 0, RadCliQ -3), as in the paper.
+- returns one float per completion and {name: one float per completion} for logging (nan where a value
+  does not apply to that completion).
+
+The rewards:
+- grounding_reward: the paper's soft-F1 of Hungarian-matched IoU (boxes parsed by data.parse_boxes).
+- classification_reward: F1 between the sets of abnormality names listed in the answer and the gold.
+- label_f1 (default report reward, offline): 0.75 x F1 between the findings that extract_labels (a
+  rule-based CheXpert labeler) finds stated present or possible in prediction and reference ("No Finding"
+  is a class of its own, so a correctly reported normal study scores well and an empty one 0) + 0.25 x F1
+  of the findings stated absent (so a complete report beats a one-word answer). A finding the prediction
+  both asserts and denies on the same side counts as a false positive, and degenerate text (the same few
+  words repeated) scores 0.
+- radcliq: -RadCliQ-v1 (Yu et al. 2023): RadGraph F1, BERTScore, CheXbert-embedding cosine and BLEU,
+  standardized and weighted by the published model; texts lower-cased and cut to 2,048 characters, -3 when
+  either is 5 characters or shorter or scoring fails.
+- bertscore, radgraph ("complete" level), gleu, bleu4: the Table 3 ablation rewards.
+
+Settings of the model-based rewards (local paths; nothing is ever downloaded; a missing one raises
+MissingModelError naming it): bertscore_model=DIR (distilroberta-base for radcliq, distilbert-base-uncased
+for bertscore), bertscore_layers, bertscore_baseline (F baseline or a bert-score .tsv); chexbert_checkpoint=
+FILE (chexbert.pth) and chexbert_tokenizer=DIR (bert-base-uncased); radgraph_model_dir=DIR (the radgraph
+package's model_cache_dir, holding radgraph-xl/) and radgraph_model_type; device (default: cuda if any).
+
+Deliberately left out: GREEN and the other LLM-judged metrics (evaluation only, not rewards), and a
+separate format reward (the paper has none).
+"""
+
+import bisect
+import functools
+import math
+import os
+import re
+import warnings
+from collections import Counter
+
+from data import GROUNDING_TASKS, parse_boxes
+
+MAX_REPORT_CHARS = 2048  # the paper cuts both texts to this length before scoring a report
+REPORT_REWARDS = ("label_f1", "radcliq", "bertscore", "radgraph", "gleu", "bleu4")
+
+
+def final_answer(completion, thinking=False):
+    """The text a reward scores: all of it, or with thinking only what follows the last `</think>`
+    ("" when there is none, which every reward scores at its floor)."""
+    if not thinking:
+        return completion
+    end = completion.rfind("</think>")
+    return "" if end < 0 else completion[end + len("</think>"):]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Grounding: soft-F1 of Hungarian-matched IoU
+
+def box_iou(a, b):
+    """IoU of two [x0, y0, x1, y1] boxes; an inverted or empty box has area 0, so IoU 0 (never NaN)."""
+    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = max(0.0, a[2] - a[0]) * max(0.0, a[3] - a[1]) + max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1]) - inter
+    iou = inter / union if union > 0 else 0.0
+    return iou if 0.0 <= iou <= 1.0 else 0.0  # huge coordinates can overflow to inf/inf = nan
+
+
+def min_cost_assignment(cost):
+    """One-to-one assignment of min(rows, cols) pairs minimizing the total cost: the Hungarian algorithm with
+    row/column potentials (Kuhn-Munkres, O(n^2 m)), for a rectangular list-of-lists matrix. Returns sorted
+    (row, col) pairs. Each row i is inserted in turn; a Dijkstra-like search over columns along reduced
+    costs cost[i][j] - u[i] - v[j] >= 0 finds the cheapest augmenting path, and the potentials keep every
+    matched pair at reduced cost 0, which certifies optimality."""
+    if not cost or not cost[0]:
+        return []
+    transposed = len(cost) > len(cost[0])
+    if transposed:  # the search below inserts rows, so it wants rows <= columns
+        cost = [list(column) for column in zip(*cost)]
+    n, m = len(cost), len(cost[0])
+    u, v = [0.0] * (n + 1), [0.0] * (m + 1)  # potentials; index 0 is a virtual row/column
+    row_of = [0] * (m + 1)  # row_of[j]: 1-based row matched to column j, 0 if free
+    for i in range(1, n + 1):
+        row_of[0], j0 = i, 0
+        best = [math.inf] * (m + 1)  # cheapest reduced cost to reach each column so far
+        came_from = [0] * (m + 1)
+        done = [False] * (m + 1)
+        while row_of[j0]:  # grow the search tree until it reaches a free column
+            done[j0] = True
+            i0, delta, j1 = row_of[j0], math.inf, 0
+            for j in range(1, m + 1):
+                if not done[j]:
+                    reduced = cost[i0 - 1][j - 1] - u[i0] - v[j]
+                    if reduced < best[j]:
+                        best[j], came_from[j] = reduced, j0
+                    if best[j] < delta:
+                        delta, j1 = best[j], j
+            for j in range(m + 1):
+                if done[j]:
+                    u[row_of[j]] += delta
+                    v[j] -= delta
+                else:
+                    best[j] -= delta
+            j0 = j1
+        while j0:  # flip the augmenting path back to the virtual column
+            j1 = came_from[j0]
+            row_of[j0] = row_of[j1]
+            j0 = j1
+    pairs = [(row_of[j] - 1, j - 1) for j in range(1, m + 1) if row_of[j]]
+    return sorted((j, i) for i, j in pairs) if transposed else sorted(pairs)
+
+
+def grounding_reward(completion, answer, thinking=False):
+    """The paper's grounding reward: Hungarian-match predicted to gold boxes on 1 - IoU, keep pairs with
+    IoU > 0, TP = sum of their IoUs, precision = TP / (TP + FP), recall = TP / n_gold, reward = their
+    harmonic mean; 0 when either side has no box."""
+    predicted, gold = parse_boxes(final_answer(completion, thinking)), parse_boxes(answer)
+    if not predicted or not gold:
+        return 0.0
+    ious = [[box_iou(p, g) for g in gold] for p in predicted]
+    matched = [ious[i][j] for i, j in min_cost_assignment([[1.0 - x for x in row] for row in ious])]
+    matched = [x for x in matched if x > 0]
+    tp = sum(matched)
+    if tp == 0:
+        return 0.0
+    precision = tp / (tp + len(predicted) - len(matched))
+    recall = tp / len(gold)
+    return 2 * precision * recall / (precision + recall)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Classification: F1 of the listed abnormality names
+
+_LIST_ITEM_SPLIT = re.compile(r",|;|\band\b")
+_ARTICLE = re.compile(r"^(?:an?|the) ")
+_NORMAL_ANSWER = re.compile(r"\bno\b|\bnormal\b|\bnone\b")
+
+
+def abnormality_names(text):
+    """{'cardiomegaly', 'edema', 'pleural effusion'} from '... identified: cardiomegaly, edema and pleural
+    effusion.' (the list after the last colon; no colon, no names)."""
+    text = text.lower()
+    colon = text.rfind(":")
+    if colon < 0:
+        return set()
+    items = (_ARTICLE.sub("", item.strip(" .\n\t")) for item in _LIST_ITEM_SPLIT.split(text[colon + 1:]))
+    return {item for item in items if item}
+
+
+def set_f1(predicted, gold):
+    tp = len(predicted & gold)
+    return 2 * tp / (len(predicted) + len(gold)) if tp else 0.0  # = 2PR / (P + R)
+
+
+def classification_reward(completion, answer, thinking=False):
+    """F1 of the abnormality-name sets; a normal gold is matched only by an answer that says so."""
+    text = final_answer(completion, thinking)
+    predicted, gold = abnormality_names(text), abnormality_names(answer)
+    if not gold:
+        return float(not predicted and bool(_NORMAL_ANSWER.search(text.lower())))
+    return set_f1(predicted, gold)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Report labeler: rule-based CheXpert observations (mention phrases, negation, uncertainty, normal statements)
+
+OBSERVATIONS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
+                "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
+                "Pleural Other", "Fracture", "Support Devices")
+PATHOLOGIES = OBSERVATIONS[1:-1]  # what "No Finding" rules out (CheXpert: support devices do not count)
+
+_HEART = r"(?:heart|cardiac)(?: (?:size|silhouette|shadow|contours?|diameter))?"
+_MEDIASTINUM = r"mediastin(?:um|al)(?: (?:silhouette|contours?|shadow|width|structures))?"
+_AND_MORE = r"(?:,? and (?:the )?[a-z]+(?: [a-z]+){0,2})?"  # "heart size and pulmonary vascularity are normal"
+_VERB = r"(?: (?:is|are|appears?|remains?|seems?|again|still|xxxx))*"  # xxxx: an anonymized word (IU reports)
+_NORMAL = (r"(?: \w+)? (?:normal|within (?:the )?(?:normal limits|limits of normal)|unremarkable"
+           r"|not (?:\w+ )?(?:enlarged|widened))")
+_LARGE = r"(?: (?!not\b)\w+){0,2}? (?:enlarged|enlargement|large|increased|widened|widening|prominent)"
+
+# (observations, forced value, phrase). Phrases start where a word starts; at one position the first listed
+# phrase wins, so normal and borderline statements precede the plain mentions that start with the same words.
+# A forced value replaces what the context would give (0: a normal statement; -1: borderline). Observations ()
+# with 0 mark a statement that only tells that the report says something normal (evidence for "No Finding");
+# () with None, a phrase that contains a mention word but is no finding ("pericardial effusion").
+_PHRASES = [
+    ((), None, r"pericardial effusions?|joint effusions?|(?:soft )?tissue (?:edema|densit(?:y|ies))"
+               r"|granulomatous infection|(?:lytic|osseous|bony|bone|sclerotic|blastic) lesions?"
+               r"|(?:calcified|bone|bony) densit(?:y|ies)"),
+    (("Cardiomegaly",), -1,
+     rf"{_HEART}{_VERB}(?: at)?(?: the)? (?:upper limits? (?:of )?normal|(?:top|high|upper)[- ]normal"
+     r"|borderline(?: \w+)?)|borderline (?:heart|cardiac) (?:size|enlargement)|borderline cardiomegaly"),
+    (("Cardiomegaly", "Enlarged Cardiomediastinum"), 0,
+     rf"(?:cardio-?|{_HEART},? and (?:the )?){_MEDIASTINUM}{_AND_MORE}{_VERB}{_NORMAL}|normal cardio-?{_MEDIASTINUM}"),
+    (("Cardiomegaly",), 0, rf"{_HEART}{_AND_MORE}{_VERB}{_NORMAL}|normal(?:[- ]sized?)? {_HEART}"),
+    (("Enlarged Cardiomediastinum",), 0, rf"{_MEDIASTINUM}{_AND_MORE}{_VERB}{_NORMAL}|normal {_MEDIASTINUM}"),
+    (("Edema",), 0,
+     rf"(?:pulmonary )?vascula(?:ture|rity){_AND_MORE}{_VERB}{_NORMAL}|normal (?:pulmonary )?vascula\w*"),
+    (("Pleural Effusion",), 0,
+     r"(?:costophrenic|cp) (?:angles?|sulc(?:us|i)|recess(?:es)?)(?: are| is| appear| remain)*(?: \w+)?"
+     r" (?:sharp|clear|preserved|normal)|sharp costophrenic"),
+    (("Fracture",), 0, r"no (?:acute )?(?:bony|osseous|skeletal) (?:abnormalit\w*|injur\w*|lesions?)"),
+    ((), 0,
+     r"no acute (?:cardiopulmonary |intrathoracic |thoracic |cardiac |pulmonary |chest |radiographic )?"
+     r"(?:abnormalit\w*|process|disease|findings?|pathology)|lungs? (?:are |is |appears? |remains? )?(?:\w+ )?clear"
+     r"|clear lungs?|(?:normal|negative|unremarkable) (?:chest|study|exam\w*|radiograph\w*)|normal\b"),
+    (("Cardiomegaly",), None,
+     rf"cardiomegaly|{_HEART}{_VERB}{_LARGE}|(?:enlarged|large) (?:heart|cardiac)|(?:heart|cardiac) enlargement"
+     r"|enlargement of the (?:heart|cardiac)|increase in (?:the )?(?:heart|cardiac) size"),
+    (("Cardiomegaly", "Enlarged Cardiomediastinum"), None,
+     rf"cardio-?{_MEDIASTINUM}{_VERB}{_LARGE}|(?:enlarged|widened) cardio-?mediastin\w*"),
+    (("Enlarged Cardiomediastinum",), None,
+     rf"{_MEDIASTINUM}{_VERB}{_LARGE}|(?:widened|widening of the|enlarged|prominent|prominence of the) (?:\w+ )?"
+     r"mediastin\w*|mediastinal (?:widening|enlargement)"),
+    (("Pleural Other",), None,
+     r"pleural (?:thickening|scar\w*|plaques?|calcifications?|reaction)|fibrothorax|(?:apical )?pleural caps?"
+     r"|apical capping|fissural thickening|thickening (?:of|in) the (?:\w+ )?fissure|(?:thickening|calcification) of"
+     r" the (?:\w+ )?pleura|pleur(?:o-?|al-)parenchymal (?:scar\w*|thickening|opacit\w*|changes?)"),
+    (("Lung Lesion", "Lung Opacity"), None, r"nodular (?:opacit(?:y|ies)|densit(?:y|ies))"),
+    (("Lung Lesion",), None,
+     r"(?:fibro|reticulo|micro)?nodul(?:e|es|ar)|mass(?:es)?\b(?! effect)|tumou?rs?|neoplas\w*|carcinoma|malignan\w*"
+     r"|metasta\w*|cancer|lesions?\b"),
+    (("Consolidation",), None, r"(?:air[- ]?space )?consolidat(?:ion|ions|ive|ed|ing)"),
+    (("Lung Opacity",), None,
+     r"opaci(?:ty|ties|fication|fications|fied)|infiltrat(?:e|es|ion|ions|ive)|ground[- ]glass|fibrotic changes?"
+     r"|air[- ]?space (?:disease|process|opacit\w*|filling)|densit(?:y|ies)"
+     r"|reticula(?:r|tion)\w*|interstitial (?:markings?|opacit\w*|pattern|prominence|thickening|(?:lung )?disease"
+     r"|changes?)|scar(?:s|ring|red)?\b"),
+    (("Edema",), None,
+     r"edema|(?:(?:pulmonary )?(?:vascular|venous) )?(?:congestion|engorgement)|engorged\b|chf\b"
+     r"|congestive (?:heart )?failure|heart failure|cephalization|kerley|venous hypertension"
+     r"|vascular (?:prominence|indistinctness|redistribution)|(?:prominen|indistinct)\w* (?:of the )?(?:\w+ )?"
+     r"(?:vascula\w*|vessels)"),
+    (("Pneumonia",), None, r"(?:broncho)?pneumonias?|pneumonitis|infect(?:ion|ions|ious)"),
+    (("Atelectasis",), None,
+     r"atelecta(?:sis|ses|tic)|(?:lobar|segmental|lung|lobe) collapse|collapsed (?:\w+ )?(?:lobe|lung)"
+     r"|collapse of (?:the |a )?(?:\w+ ){0,3}?(?:lobes?|lungs?)"),
+    (("Pneumothorax", "Pleural Effusion"), None, r"(?:hydro|hemo|haemo)pneumothora(?:x|ces)"),
+    (("Pneumothorax",), None, r"pneumothora(?:x|ces)|ptx\b|pleural air"),
+    (("Pleural Effusion",), None,
+     r"effusions?|pleural fluid|(?:hydro|hemo)thorax"
+     r"|fluid (?:in|within|tracking into) the (?:\w+ )?(?:fissures?|pleural spaces?)"),
+    (("Fracture",), None, r"fractur\w*|fx\b"),
+    (("Support Devices",), None,
+     r"tubes?\b|catheters?|picc\b|(?:central|venous|arterial|midline|dialysis|port|jugular|subclavian)(?: venous)?"
+     r" (?:lines?|catheters?)|pacemakers?|pacers?\b|defibrillators?|a?icds?\b|loop recorders?|leads\b|stents?\b"
+     r"|mediport|port-?a-?cath|portacath|(?:prosthetic|replacement|mechanical) (?:\w+ )?valves?"
+     r"|valve (?:replacement|prosthesis)|drains?\b|hardware|coils?\b|swan[- ]ganz|tips?\b|generators?|stimulators?"
+     r"|shunt|devices?\b|prosthe(?:sis|tic)|fixation|anchors?"),
+]
+# One pass over the text. Speed (the engine tries every phrase wherever a word starts): the lookahead skips
+# other positions, and each phrase's empty group comes after it, which keeps the engine's quick first-letter
+# rejection; m.lastgroup names the phrase that matched.
+_MENTION = re.compile(r"\b(?=[a-z])(?:"
+                      + "|".join(f"(?:{phrase})(?P<p{i}>)" for i, (_, _, phrase) in enumerate(_PHRASES)) + ")")
+_PHRASE_OF_GROUP = {f"p{i}": (observations, forced) for i, (observations, forced, _) in enumerate(_PHRASES)}
+
+# A negation or uncertainty cue reaches every mention after it in its clause ("no effusion or
+# pneumothorax") but not across clause breaks: sentence ends, contrasts, "which", a new "there is".
+_CLAUSE_BREAK = re.compile(r"[.;:!?](?:\s|$)|\n|\b(?:but|however|although|though|whereas|except|aside from|apart from"
+                           r"|other than|otherwise|which|with|there (?:is|are|has been|have been))\b")
+_NEGATION_BEFORE = re.compile(
+    r"\bno\b(?! (?:significant |appreciable |definite |interval |substantial )?(?:change|increase|decrease|"
+    r"improvement|worsening|progression|growth))|(?<!can )\bnot\b(?! (?:be )?(?:excluded|ruled out|exclude))"
+    r"|\b(?:without|negative for|free of|absence of|resolution of|resolved|clear of|clearing of|cleared|rather than|nor"
+    r"|removal of)\b")
+_NEGATION_AFTER = re.compile(
+    r"[^,]{0,40}?\b(?:(?:has|have) (?:\w+ )?(?:resolved|cleared|been removed)|resolved|no longer|absent|removed"
+    r"|(?:is|are|was|were) not (?:\w+ )?(?:seen|present|identified|visualized|evident|appreciated|demonstrated"
+    r"|visible|noted))\b")
+_UNCERTAIN = re.compile(
+    r"\b(?:may|might|could|possibl[ey]|probabl[ey]|likely|question\w*|suspect\w*|suspicio\w*|concern\w*|favou?r\w*"
+    r"|suggest\w*|cannot (?:be )?(?:excluded?|ruled? out)|can not|not (?:be )?(?:excluded|ruled out)|rule out|versus|vs"
+    r"|differential|equivocal|borderline|indeterminate|underlying|worrisome)\b|\?")
+_SIDE = re.compile(r"\b(?:(bilateral\w*|bibasilar|both)|(left)|(right))\b")
+
+
+def _clause_side(text, start, end):
+    side = _SIDE.search(text, start, end)
+    return None if side is None else ("both", "left", "right")[side.lastindex - 1]
+
+
+def _same_side(a, b):
+    return a is None or b is None or a == b or "both" in (a, b)
+
+
+@functools.lru_cache(maxsize=1 << 16)  # references recur in every group of a GRPO batch
+def _read_report(report):
+    """(labels, contradicted observations) of one report; see extract_labels."""
+    text = report.lower()
+    breaks = [0] + [m.start() for m in _CLAUSE_BREAK.finditer(text)] + [len(text)]
+    statements = {}  # observation -> [(value, clause start, clause end)]
+    says_normal = False
+    for m in _MENTION.finditer(text):
+        observations, forced = _PHRASE_OF_GROUP[m.lastgroup]
+        if not observations and forced is None:
+            continue
+        k = bisect.bisect_right(breaks, m.start())
+        start, end = breaks[k - 1], breaks[k]
+        if forced == 0 or _NEGATION_BEFORE.search(text, start, m.start()) or _NEGATION_AFTER.match(text, m.end(), end):
+            value = 0
+        elif forced == -1 or _UNCERTAIN.search(text, start, end):
+            value = -1
+        else:
+            value = 1
+        says_normal |= value == 0
+        for observation in observations:
+            statements.setdefault(observation, []).append((value, start, end))
+    labels, contradicted = {}, set()
+    for observation, found in statements.items():
+        values = {value for value, _, _ in found}
+        labels[observation] = 1 if 1 in values else (-1 if -1 in values else 0)  # CheXpert: positive wins
+        if 1 in values and 0 in values:  # stated present and absent: a contradiction unless on different sides
+            present = [_clause_side(text, start, end) for value, start, end in found if value == 1]
+            absent = [_clause_side(text, start, end) for value, start, end in found if value == 0]
+            if any(_same_side(a, b) for a in present for b in absent):
+                contradicted.add(observation)
+    if says_normal and not any(labels.get(o, 0) for o in PATHOLOGIES):
+        labels["No Finding"] = 1
+    return labels, frozenset(contradicted)
+
+
+def extract_labels(report):
+    """{CheXpert observation: 1 (present) | 0 (absent) | -1 (uncertain)} stated in a free-text report;
+    observations the report does not mention are left out. Mentions (phrase lists in _PHRASES) are read in
+    their clause: a negation cue before them ("no", "without", "free of", "resolved", ...) or after them
+    ("has resolved", "is not seen") makes them 0, an uncertainty cue in the clause ("may", "possible",
+    "cannot be excluded", "versus", ...) -1, and normal statements ("heart size is normal") give 0. An
+    observation stated several ways is positive if any statement is (CheXpert's rule). "No Finding" is 1
+    when no pathology is positive or uncertain and the report says something normal or negative."""
+    return dict(_read_report(report)[0])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Offline report reward
+
+def _is_degenerate(text):
+    """A long text made of a handful of distinct words (a token or sentence repeated over and over)."""
+    words = text.split()
+    return len(words) >= 50 and len(set(words)) < len(words) / 4
+
+
+def _stated_findings(report):
+    """(findings stated present or possible, findings stated absent, contradicted findings)."""
+    labels, contradicted = _read_report(report[:MAX_REPORT_CHARS])
+    present = {o for o, value in labels.items() if value}  # uncertain counts as positive (paper)
+    return present, {o for o, value in labels.items() if value == 0}, contradicted
+
+
+def _set_f1(predicted, gold, wrong=frozenset()):
+    tp = len((predicted - wrong) & gold)
+    if tp == 0:
+        return 0.0
+    precision, recall = tp / len(predicted), tp / len(gold)
+    return 2 * precision * recall / (precision + recall)
+
+
+NEGATION_WEIGHT = 0.25  # share of the reward for stating the reference's normal findings as normal
+
+
+def label_f1(prediction, reference, thinking=False):
+    """0.75 x F1 of the findings stated present or possible (plus "No Finding") + 0.25 x F1 of the findings
+    stated absent, prediction against reference. The negated part makes a complete report ("... No
+    pneumothorax. The heart size is normal.") beat a one-word answer naming the right finding; when the
+    reference negates nothing, only the first part counts. A contradicted finding is a false positive;
+    empty or degenerate predictions score 0; when neither text states any positive finding, a non-empty
+    prediction gets the first part (it agrees that there is none)."""
+    text = final_answer(prediction, thinking)
+    if not text.strip() or _is_degenerate(text[:MAX_REPORT_CHARS]):
+        return 0.0
+    predicted, predicted_absent, contradicted = _stated_findings(text)
+    gold, gold_absent, _ = _stated_findings(reference)
+    positive = 1.0 if not predicted and not gold else _set_f1(predicted, gold, contradicted)
+    if not gold_absent:
+        return positive
+    negative = _set_f1(predicted_absent - contradicted, gold_absent)
+    return (1 - NEGATION_WEIGHT) * positive + NEGATION_WEIGHT * negative
+
+
+# ----------------------------------------------------------------------------------------------------------
+# N-gram report rewards: BLEU-4 and GLEU (Google BLEU)
+
+_TOKEN = re.compile(r"[a-z0-9]+|[^a-z0-9\s]")
+
+
+def _ngram_counts(tokens, n):
+    return Counter(zip(*(tokens[i:] for i in range(n))))
+
+
+def bleu4(prediction, reference):
+    """Sentence BLEU-4: geometric mean of clipped 1-4-gram precisions times the brevity penalty, no smoothing."""
+    hyp, ref = _TOKEN.findall(prediction.lower()), _TOKEN.findall(reference.lower())
+    if not hyp or not ref:
+        return 0.0
+    log_precision = 0.0
+    for n in range(1, 5):
+        matches = sum((_ngram_counts(hyp, n) & _ngram_counts(ref, n)).values())
+        if matches == 0:
+            return 0.0
+        log_precision += math.log(matches / (len(hyp) - n + 1)) / 4
+    return math.exp(min(0.0, 1 - len(ref) / len(hyp)) + log_precision)
+
+
+def gleu(prediction, reference):
+    """Sentence GLEU (Wu et al. 2016, as nltk's sentence_gleu): matching 1-4-grams over the larger of the
+    two 1-4-gram totals, i.e. min(precision, recall)."""
+    hyp, ref = _TOKEN.findall(prediction.lower()), _TOKEN.findall(reference.lower())
+    matches = hyp_total = ref_total = 0
+    for n in range(1, 5):
+        h, r = _ngram_counts(hyp, n), _ngram_counts(ref, n)
+        matches += sum((h & r).values())
+        hyp_total, ref_total = hyp_total + sum(h.values()), ref_total + sum(r.values())
+    return matches / max(hyp_total, ref_total) if matches else 0.0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# RadCliQ-v1 and its model-based parts (optional extras: local weights, loaded on first use)
+
+# feature: (mean, scale, coefficient) of Yu et al.'s released RadCliQ-v1 model (StandardScaler + linear fit)
+RADCLIQ_V1 = {
+    "radgraph": (0.53792312, 0.30282584, -0.377083683),
+    "bertscore": (0.61757256, 0.22430938, -0.370300100),
+    "semb": (0.76479421, 0.25394391, -0.252616218),
+    "bleu": (0.44738335, 0.29892717, 4.31504841e-12),  # BLEU is effectively unused
+}
+RADCLIQ_V1_INTERCEPT = 2.46655256e-10
+RADCLIQ_FLOOR = -3.0
+# bert-score's rescale baselines (F column of rescale_baseline/en/<model>.tsv, row = layer) for the two
+# encoders of the paper, both at bert-score's default layer 5
+BERTSCORE_DEFAULTS = {"radcliq": (5, 0.8473319),   # distilroberta-base
+                      "bertscore": (5, 0.66620487)}  # distilbert-base-uncased
+
+
+def radcliq_v1(radgraph, bertscore, semb, bleu):
+    """RadCliQ-v1 of one pair from its four features (lower is better); the paper's reward is minus this."""
+    features = {"radgraph": radgraph, "bertscore": bertscore, "semb": semb, "bleu": bleu}
+    return RADCLIQ_V1_INTERCEPT + sum(coef * (features[name] - mean) / scale
+                                      for name, (mean, scale, coef) in RADCLIQ_V1.items())
+
+
+class MissingModelError(RuntimeError):
+    """A model-based reward was asked for without the local weights (or package) it needs."""
+
+
+def _default_device():
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class BertScorer:
+    """BERTScore F1 (Zhang et al. 2020) on a local transformers encoder, computed as the bert-score package
+    does with idf=False: hidden states of layer `num_layers`, each token matched to its most similar token
+    of the other text (cosine, special tokens included as match targets), precision and recall averaged
+    over the non-special tokens, F1 rescaled as (F - baseline) / (1 - baseline)."""
+
+    def __init__(self, model_path, num_layers, baseline=None, device=None, batch_size=64):
+        import torch
+        from transformers import AutoModel, AutoTokenizer, GPT2Tokenizer, RobertaTokenizer
+        self.torch, self.device = torch, device or _default_device()
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.model = AutoModel.from_pretrained(model_path).eval().to(self.device)
+        self.num_layers, self.batch_size = num_layers, batch_size
+        if isinstance(baseline, str):  # a bert-score baseline file: columns LAYER,P,R,F, one row per layer
+            with open(baseline) as f:
+                baseline = float(f.read().split()[1 + num_layers].split(",")[3])
+        self.baseline = baseline
+        # like bert-score, byte-level BPE tokenizers get a leading space so the first word is encoded as the rest
+        byte_level = isinstance(self.tokenizer, (GPT2Tokenizer, RobertaTokenizer))
+        self.encode_kwargs = {"add_prefix_space": True} if byte_level else {}
+        self.special_ids = {self.tokenizer.cls_token_id, self.tokenizer.sep_token_id}
+        # bert-score truncates at the tokenizer's model_max_length; some tokenizers leave that unset (1e30)
+        self.max_length = min(self.tokenizer.model_max_length, self.model.config.max_position_embeddings)
+
+    def _token_ids(self, text):
+        kwargs = self.encode_kwargs if text.strip() else {}  # an empty text is just the special tokens
+        return self.tokenizer.encode(text.strip(), add_special_tokens=True, truncation=True,
+                                     max_length=self.max_length, **kwargs)
+
+    def _embed(self, texts):
+        """{text: (unit-norm token embeddings [L, D], token weights [L])} for distinct texts, batched."""
+        torch, out = self.torch, {}
+        for i in range(0, len(texts), self.batch_size):
+            batch = texts[i:i + self.batch_size]
+            ids = [self._token_ids(t) for t in batch]
+            input_ids = torch.full((len(ids), max(map(len, ids))), self.tokenizer.pad_token_id)
+            mask = torch.zeros_like(input_ids)
+            for row, token_ids in enumerate(ids):
+                input_ids[row, :len(token_ids)] = torch.tensor(token_ids)
+                mask[row, :len(token_ids)] = 1
+            with torch.no_grad():
+                hidden = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
+                                    output_hidden_states=True).hidden_states[self.num_layers].float().cpu()
+            for row, (text, token_ids) in enumerate(zip(batch, ids)):
+                emb = hidden[row, :len(token_ids)]
+                weights = torch.tensor([float(t not in self.special_ids) for t in token_ids])
+                out[text] = (emb / emb.norm(dim=-1, keepdim=True), weights)
+        return out
+
+    def __call__(self, candidates, references):
+        embedded = self._embed(sorted(set(candidates) | set(references)))
+        scores = []
+        for candidate, reference in zip(candidates, references):
+            (c, wc), (r, wr) = embedded[candidate], embedded[reference]
+            f1 = 0.0  # bert-score's value for an empty text
+            if wc.sum() > 0 and wr.sum() > 0:
+                similarity = c @ r.T
+                precision = float((similarity.max(dim=1).values * wc).sum() / wc.sum())
+                recall = float((similarity.max(dim=0).values * wr).sum() / wr.sum())
+                f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+            scores.append(f1 if self.baseline is None else (f1 - self.baseline) / (1 - self.baseline))
+        return scores
+
+
+class CheXbertEmbedder:
+    """[CLS] embedding of CheXbert (Smit et al. 2020): its checkpoint (chexbert.pth: a DataParallel state
+    dict of a BERT encoder plus 14 linear heads) loaded into a transformers BertModel; sizes are read off
+    the weights (bert-base-uncased for the real one)."""
+
+    def __init__(self, checkpoint, tokenizer_path, device=None):
+        import torch
+        from transformers import AutoTokenizer, BertConfig, BertModel
+        self.torch, self.device = torch, device or _default_device()
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state = state.get("model_state_dict", state)
+        bert = {k.split("bert.", 1)[1]: v for k, v in state.items() if k.startswith(("module.bert.", "bert."))}
+        hidden = bert["embeddings.word_embeddings.weight"].shape[1]
+        config = BertConfig(
+            vocab_size=bert["embeddings.word_embeddings.weight"].shape[0], hidden_size=hidden,
+            num_hidden_layers=1 + max(int(k.split(".")[2]) for k in bert if k.startswith("encoder.layer.")),
+            num_attention_heads=max(1, hidden // 64),  # BERT's heads are 64 wide
+            intermediate_size=bert["encoder.layer.0.intermediate.dense.weight"].shape[0],
+            max_position_embeddings=bert["embeddings.position_embeddings.weight"].shape[0],
+            type_vocab_size=bert["embeddings.token_type_embeddings.weight"].shape[0])
+        self.model = BertModel(config, add_pooling_layer="pooler.dense.weight" in bert)
+        missing, unexpected = self.model.load_state_dict(bert, strict=False)
+        missing = [k for k in missing + unexpected if not k.endswith("position_ids")]  # a buffer in old versions
+        if missing:
+            raise ValueError(f"{checkpoint} does not fit a BERT encoder: {missing[:5]}")
+        self.model.eval().to(self.device)
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+
+    def __call__(self, texts, batch_size=64):
+        """[CLS] vectors of the final layer, one per text (reports truncated to BERT's 512 tokens)."""
+        vectors = []
+        for i in range(0, len(texts), batch_size):
+            batch = self.tokenizer([" ".join(t.split()) for t in texts[i:i + batch_size]], padding=True,
+                                   truncation=True, max_length=512, return_tensors="pt").to(self.device)
+            with self.torch.no_grad():
+                vectors.append(self.model(**batch).last_hidden_state[:, 0].float().cpu())
+        return self.torch.cat(vectors)
+
+    def similarity(self, predictions, references):
+        distinct = sorted(set(predictions) | set(references))
+        vectors = dict(zip(distinct, self(distinct)))
+        cos = self.torch.nn.functional.cosine_similarity
+        return [float(cos(vectors[p], vectors[r], dim=0)) for p, r in zip(predictions, references)]
+
+
+class RadGraphScorer:
+    """RadGraph annotations through the `radgraph` package (its RadGraph-XL by default), and the two F1s the
+    rewards use: RadCliQ's (entity F1 + relation F1) / 2, and the package's "complete" reward."""
+
+    def __init__(self, model_dir, model_type="radgraph-xl", device=None):
+        try:
+            from radgraph import RadGraph
+            from radgraph.rewards import compute_reward
+        except ImportError as e:
+            raise MissingModelError("RadGraph F1 needs the radgraph package: pip install radgraph==0.1.18") from e
+        if not os.path.isdir(os.path.join(model_dir, model_type)):
+            raise MissingModelError(f"radgraph_model_dir={model_dir!r} has no {model_type}/ folder (the radgraph "
+                                    f"package's model_cache_dir with the {model_type} archive unpacked)")
+        device = device or _default_device()
+        self.model = RadGraph(model_type=model_type, model_cache_dir=model_dir,
+                              cuda=0 if device.startswith("cuda") else -1)
+        self.compute_reward = compute_reward
+
+    def annotate(self, texts):
+        distinct = sorted(set(texts))
+        annotations = self.model(distinct)
+        return {text: annotations[str(i)] for i, text in enumerate(distinct)}
+
+    @staticmethod
+    def radcliq_f1(prediction, reference):
+        """Mean of the entity F1 (on token text + label) and the relation F1 (on both ends + relation type)."""
+        def entities(a):
+            return {(e["tokens"], e["label"]) for e in a["entities"].values()}
+
+        def relations(a):
+            ents = a["entities"]
+            return {((e["tokens"], e["label"]), (ents[j]["tokens"], ents[j]["label"]), kind)
+                    for e in ents.values() for kind, j in e["relations"] if j in ents}
+        return (set_f1(entities(prediction), entities(reference))
+                + set_f1(relations(prediction), relations(reference))) / 2
+
+    def __call__(self, predictions, references, level="radcliq"):
+        annotated = self.annotate(predictions + references)
+        pairs = [(annotated[p], annotated[r]) for p, r in zip(predictions, references)]
+        if level == "radcliq":
+            return [self.radcliq_f1(p, r) for p, r in pairs]
+        return [self.compute_reward(p, r, level) for p, r in pairs]
+
+
+_LOADED = {}  # loaded scorers by (kind, settings): a model is read from disk once per process
+
+
+def _setting_path(settings, name, needed_for):
+    path = settings.get(name)
+    if not path or not os.path.exists(path):
+        raise MissingModelError(f"{needed_for} needs the setting {name}=PATH (a local file or folder); "
+                                f"got {path!r}. Nothing is downloaded.")
+    return path
+
+
+def _bert_scorer(settings, reward):
+    path = _setting_path(settings, "bertscore_model", f"the {reward} reward (BERTScore)")
+    layers, baseline = BERTSCORE_DEFAULTS[reward]
+    key = ("bertscore", path, settings.get("bertscore_layers", layers), settings.get("bertscore_baseline", baseline))
+    if key not in _LOADED:
+        _LOADED[key] = BertScorer(path, key[2], key[3], settings.get("device"))
+    return _LOADED[key]
+
+
+def _chexbert(settings):
+    checkpoint = _setting_path(settings, "chexbert_checkpoint", "RadCliQ's CheXbert similarity")
+    tokenizer = _setting_path(settings, "chexbert_tokenizer", "RadCliQ's CheXbert similarity (its bert-base-uncased "
+                                                              "tokenizer)")
+    key = ("chexbert", checkpoint, tokenizer)
+    if key not in _LOADED:
+        _LOADED[key] = CheXbertEmbedder(checkpoint, tokenizer, settings.get("device"))
+    return _LOADED[key]
+
+
+def _radgraph(settings):
+    model_dir = _setting_path(settings, "radgraph_model_dir", "RadGraph F1")
+    key = ("radgraph", model_dir, settings.get("radgraph_model_type", "radgraph-xl"))
+    if key not in _LOADED:
+        _LOADED[key] = RadGraphScorer(model_dir, key[2], settings.get("device"))
+    return _LOADED[key]
+
+
+def radcliq_rewards(predictions, references, **settings):
+    """-RadCliQ-v1 for each pair of final answers, batched, plus its four features (nan where floored)."""
+    predictions = [p.lower()[:MAX_REPORT_CHARS] for p in predictions]
+    references = [r.lower()[:MAX_REPORT_CHARS] for r in references]
+    n = len(predictions)
+    rewards = [RADCLIQ_FLOOR] * n
+    features = {name: [math.nan] * n for name in ("radgraph", "bertscore", "semb", "bleu4")}
+    scored = [i for i in range(n) if len(predictions[i]) > 5 and len(references[i]) > 5]
+    if not scored:
+        return rewards, features
+    scorers = _radgraph(settings), _bert_scorer(settings, "radcliq"), _chexbert(settings)  # fail early if missing
+    preds, refs = [predictions[i] for i in scored], [references[i] for i in scored]
+    try:
+        values = {"radgraph": scorers[0](preds, refs), "bertscore": scorers[1](preds, refs),
+                  "semb": scorers[2].similarity(preds, refs), "bleu4": [bleu4(p, r) for p, r in zip(preds, refs)]}
+    except Exception as e:  # the paper scores a failed batch at the floor rather than stopping training
+        warnings.warn(f"RadCliQ scoring failed, {len(scored)} completions get {RADCLIQ_FLOOR}: {e!r}")
+        return rewards, features
+    for j, i in enumerate(scored):
+        for name in features:
+            features[name][i] = values[name][j]
+        rewards[i] = -radcliq_v1(values["radgraph"][j], values["bertscore"][j], values["semb"][j], values["bleu4"][j])
+    return rewards, features
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One entry point for GRPO
+
+def task_kind(task):
+    """'report' | 'classification' | 'grounding' for a short or a record task name."""
+    if task == "grounding" or task in GROUNDING_TASKS:
+        return "grounding"
+    if task in ("report", "classification"):
+        return task
+    raise ValueError(f"no reward for task {task!r} (rewarded: report, classification, grounding, "
+                     f"{', '.join(GROUNDING_TASKS)})")
+
+
+def _score_kind(kind, reward, answers, golds, settings):
+    """(rewards, components) of final answers that all belong to one task kind."""
+    if kind == "grounding":
+        values = [grounding_reward(a, g) for a, g in zip(answers, golds)]
+        return values, {"grounding": values, "n_boxes": [float(len(parse_boxes(a))) for a in answers]}
+    if kind == "classification":
+        values = [classification_reward(a, g) for a, g in zip(answers, golds)]
+        return values, {"classification": values}
+    if reward == "label_f1":
+        values = [label_f1(a, g) for a, g in zip(answers, golds)]
+        return values, {"label_f1": values, "n_findings": [float(len(_stated_findings(a)[0])) for a in answers]}
+    if reward == "radcliq":
+        values, features = radcliq_rewards(answers, golds, **settings)
+        return values, {"radcliq": values, **features}
+    answers = [a.lower()[:MAX_REPORT_CHARS] for a in answers]  # the ablations see the texts RadCliQ sees
+    golds = [g.lower()[:MAX_REPORT_CHARS] for g in golds]
+    if reward == "bertscore":
+        values = _bert_scorer(settings, "bertscore")(answers, golds)
+    elif reward == "radgraph":
+        values = _radgraph(settings)(answers, golds, level="complete")
+    elif reward in ("gleu", "bleu4"):
+        values = [(gleu if reward == "gleu" else bleu4)(a, g) for a, g in zip(answers, golds)]
+    else:
+        raise ValueError(f"unknown report reward {reward!r} (known: {', '.join(REPORT_REWARDS)})")
+    return values, {reward: values}
+
+
+def score(task, completions, answers, reward=None, thinking=False, **settings):
+    """Rewards of a batch of completions against their gold answers; see the module docstring."""
+    n = len(completions)
+    tasks = [task] * n if isinstance(task, str) else list(task)
+    if not len(tasks) == len(answers) == n:
+        raise ValueError(f"{n} completions, {len(answers)} answers and {len(tasks)} tasks: they must match")
+    kinds = [task_kind(t) for t in tasks]
+    rewards, components = [0.0] * n, {}
+    for kind in dict.fromkeys(kinds):  # each kind is scored as one batch (model-based rewards batch on the GPU)
+        index = [i for i in range(n) if kinds[i] == kind]
+        values, parts = _score_kind(kind, reward or "label_f1", [final_answer(completions[i], thinking) for i in index],
+                                    [answers[i] for i in index], settings)
+        for j, i in enumerate(index):
+            rewards[i] = values[j]
+        for name, column in parts.items():
+            full = components.setdefault(name, [math.nan] * n)
+            for j, i in enumerate(index):
+                full[i] = column[j]
+    return rewards, components

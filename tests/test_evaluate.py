@@ -1,0 +1,299 @@
+"""evaluate.py: mAP@0.5 against a brute-force reference, ROUGE-L / BLEU-4 / GREEN parsing on hand-computed
+examples, the predictions-file mode end to end, "unavailable" (never 0) without weights, the model-based metrics
+on tiny local weights, and generation with a tiny checkpoint."""
+import json
+import os
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import evaluate
+import rewards
+from conftest import write_records
+from data import load_records, reference_answer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL_METRICS = ("bertscore", "chexbert_f1_micro", "chexbert_f1_macro", "chexbert_f1_micro_5", "chexbert_f1_macro_5",
+                 "radgraph_f1", "radcliq_v1", "green")
+torch.set_num_threads(1)
+
+
+def run_evaluate(*args, check=True):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "evaluate.py"), *args], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(proc.stdout[-3000:] + proc.stderr[-3000:])
+    return proc
+
+
+def report_record(rid, answer):
+    return {"id": rid, "task": "report", "conversations": [{"from": "human", "value": "Write a radiology report."},
+                                                           {"from": "gpt", "value": answer}]}
+
+
+# ---------------------------------------------------------------------------------------------------
+# mAP@0.5
+
+def brute_force_ap(predicted, gold):
+    """The paper's AP@0.5 written out plainly: predictions in order, each matched to the unused gold box of highest
+    IoU if that IoU is >= 0.5; then VOC's all-point interpolated AP the classic way (recall padded with 0 and 1,
+    precision with 0 and 0, precision made non-increasing from the right, summed over the points where recall
+    changes)."""
+    def iou(a, b):
+        inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+        union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+        return inter / union
+    if not gold:
+        return float(not predicted)
+    used, recalls, precisions, hits = [False] * len(gold), [], [], 0
+    for k, p in enumerate(predicted, 1):
+        best, best_j = 0.0, None
+        for j, g in enumerate(gold):
+            if not used[j] and iou(p, g) > best:
+                best, best_j = iou(p, g), j
+        if best >= 0.5:
+            used[best_j] = True
+            hits += 1
+        recalls.append(hits / len(gold))
+        precisions.append(hits / k)
+    mrec, mpre = [0.0] + recalls + [1.0], [0.0] + precisions + [0.0]
+    for i in range(len(mpre) - 2, -1, -1):
+        mpre[i] = max(mpre[i], mpre[i + 1])
+    return sum((mrec[i + 1] - mrec[i]) * mpre[i + 1] for i in range(len(mrec) - 1) if mrec[i + 1] != mrec[i])
+
+
+def random_box(rng, around=None, jitter=0.06):
+    if around is None:
+        x0, y0 = rng.uniform(0, 0.7), rng.uniform(0, 0.7)
+        return [x0, y0, x0 + rng.uniform(0.05, 0.3), y0 + rng.uniform(0.05, 0.3)]
+    x0, y0, x1, y1 = (v + rng.uniform(-jitter, jitter) for v in around)
+    return [min(x0, x1 - 0.01), min(y0, y1 - 0.01), x1, y1]
+
+
+def test_map50_matches_a_brute_force_reference_on_random_cases():
+    rng = random.Random(0)
+    values = []
+    for _ in range(500):
+        gold = [random_box(rng) for _ in range(rng.randint(0, 4))]
+        predicted = [random_box(rng, g, rng.choice([0.02, 0.06, 0.15])) for g in gold if rng.random() < 0.8]
+        predicted += [random_box(rng) for _ in range(rng.randint(0, 3))]  # false positives
+        predicted += [list(p) for p in predicted if rng.random() < 0.2]  # duplicates: the second one is a FP
+        rng.shuffle(predicted)
+        ap, matched = evaluate.average_precision_50(predicted, gold)
+        assert ap == pytest.approx(brute_force_ap(predicted, gold), abs=1e-12)
+        assert len(matched) <= len(gold) and all(x >= 0.5 for x in matched)
+        values.append(ap)
+    assert 0.1 < np.mean([0 < v < 1 for v in values])  # the cases cover partial APs, not only 0 and 1
+
+
+def test_map50_hand_cases():
+    gold = [[0.1, 0.1, 0.5, 0.5]]
+    assert evaluate.average_precision_50([gold[0], gold[0]], gold)[0] == 1.0  # a duplicate after the hit costs nothing
+    assert evaluate.average_precision_50([[0.7, 0.7, 0.9, 0.9], gold[0]], gold)[0] == 0.5  # a miss before it halves it
+    assert evaluate.average_precision_50([], gold) == (0.0, [])
+    assert evaluate.average_precision_50([], []) == (1.0, [])
+
+
+# ---------------------------------------------------------------------------------------------------
+# text metrics and GREEN's parser on hand-computed examples
+
+def test_rouge_l_and_bleu4_on_known_examples():
+    # LCS "the cat on the mat" = 5 of 6 and 6 words: F = 5/6
+    assert evaluate.rouge_l("the cat sat on the mat", "the cat is on the mat") == pytest.approx(5 / 6)
+    # case and punctuation ignored: LCS "no effusion" = 2, P = 2/3, R = 1, F = 0.8
+    assert evaluate.rouge_l("No pleural effusion.", "no effusion") == pytest.approx(0.8)
+    assert evaluate.rouge_l("", "no effusion") == 0.0
+    # BLEU-4: 1..4-gram precisions 4/6, 3/5, 2/4, 1/3, no brevity penalty (the prediction is longer)
+    bleu = (4 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25
+    assert rewards.bleu4("the heart is normal in size", "the heart is normal") == pytest.approx(bleu)
+    records = [report_record("a", "the heart is normal"), report_record("b", "the cat is on the mat")]
+    results = evaluate.score(records, ["the heart is normal in size", "the cat sat on the mat"], n_boot=0)
+    assert results["report"]["bleu4"]["value"] == pytest.approx(bleu / 2)  # the cat pair has no common 4-gram
+    assert results["report"]["rouge_l"]["value"] == pytest.approx((2 * 4 / 10 + 5 / 6) / 2)
+    assert results["report"]["answer_chars"]["value"] == pytest.approx((27 + 22) / 2)
+
+
+def test_label_f1_is_pooled_micro_and_macro_over_the_rule_based_labels():
+    records = [report_record("a", "Moderate cardiomegaly. Small left pleural effusion."),
+               report_record("b", "Mild pulmonary edema."), report_record("c", "The lungs are clear.")]
+    answers = ["Moderate cardiomegaly.", "Mild pulmonary edema. Possible pneumothorax.", "The lungs are clear."]
+    report = evaluate.score(records, answers, n_boot=0)["report"]
+    # labels: cardiomegaly TP, effusion FN, edema TP, pneumothorax FP (uncertain counts), no finding TP
+    assert report["label_f1_micro"]["value"] == pytest.approx(2 * 3 / (2 * 3 + 1 + 1))
+    assert report["label_f1_macro"]["value"] == pytest.approx((1 + 0 + 1 + 0 + 1) / 5)
+    assert report["label_f1_micro_5"]["value"] == pytest.approx(2 * 2 / (2 * 2 + 0 + 1))
+
+
+def test_green_score_parses_the_judges_answer():
+    judgement = ("[Explanation]:\nThe candidate misses the effusion.\n\n[Clinically Significant Errors]:\n"
+                 "(a) False report of a finding in the candidate: 0.\n(b) Missing a finding present in the reference: 1. "
+                 "Left pleural effusion\n(c) Misidentification of a finding's anatomic location/position: 0.\n"
+                 "(d) Misassessment of the severity of a finding: 1. severity of cardiomegaly\n\n"
+                 "[Clinically Insignificant Errors]:\n(a) False report of a finding in the candidate: 2.\n\n"
+                 "[Matched Findings]:\n2. Cardiomegaly; no pneumothorax\n")
+    assert evaluate.green_score(judgement) == pytest.approx(2 / (2 + 2))  # insignificant errors do not count
+    assert evaluate.green_score(judgement.replace("[Matched Findings]:\n2.", "[Matched Findings]:\n0.")) == 0.0
+    assert evaluate.green_score("garbage") == 0.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# the predictions-file mode, end to end
+
+@pytest.fixture(scope="module")
+def scored_predictions(tmp_path_factory):
+    """Gold answers as predictions, except one grounding record answered with a far-off box."""
+    folder = tmp_path_factory.mktemp("pred")
+    records_path = write_records(str(folder / "data"), 9)  # 6 reports, 3 anatomical grounding records
+    records = load_records(records_path)
+    with open(folder / "preds.jsonl", "w") as f:
+        for r in records:
+            answer = "The heart is located at [0.9, 0.9, 0.95, 0.95]." if r["id"] == "g8" else reference_answer(r)
+            f.write(json.dumps({"id": r["id"], "answer": answer}) + "\n")
+    out = str(folder / "eval")
+    proc = run_evaluate(f"--data={records_path}", f"--predictions={folder / 'preds.jsonl'}", f"--out_dir={out}",
+                        "--bootstrap=200")
+    return out, records_path, folder, proc
+
+
+def test_predictions_mode_scores_a_file_of_answers(scored_predictions):
+    out, _, folder, proc = scored_predictions
+    results = json.load(open(os.path.join(out, "results.json")))
+    grounding = results["grounding"]
+    assert set(grounding) == {"anatomical", "all"} and grounding["all"]["n"] == 3
+    assert grounding["all"]["map50"]["value"] == pytest.approx(2 / 3)  # two perfect boxes, one miss
+    assert grounding["all"]["miou"]["value"] == pytest.approx(1.0)  # of the matched boxes
+    assert grounding["all"]["soft_f1"]["value"] == pytest.approx(2 / 3)
+    lo, hi = grounding["all"]["map50"]["ci"]
+    assert 0 <= lo <= 2 / 3 <= hi <= 1 and lo < hi
+    report = results["report"]
+    assert report["n"] == 6
+    for name in ("rouge_l", "label_f1_micro", "label_f1_macro", "label_f1_reward"):
+        assert report[name]["value"] == pytest.approx(1.0) and report[name]["ci"] == pytest.approx([1.0, 1.0])
+    assert results["model"].endswith("preds.jsonl")
+    lines = [json.loads(line) for line in open(os.path.join(out, "predictions.jsonl"))]
+    assert [x["id"] for x in lines] == ["r0", "r1", "g2", "r3", "r4", "g5", "r6", "r7", "g8"]
+    assert set(lines[0]) == {"id", "task", "prompt", "answer", "reference"} and lines[0]["answer"] == lines[0]["reference"]
+    table = open(os.path.join(out, "table.md")).read()
+    assert "| R-L |" in table and "66.7 [" in table and "n/a" in table and table in proc.stdout
+    assert Image.open(os.path.join(out, "contact_sheet.png")).size[0] == 4 * (192 + 4)
+
+
+def test_missing_weights_are_reported_unavailable_never_zero(scored_predictions, tmp_path):
+    out = scored_predictions[0]
+    report = json.load(open(os.path.join(out, "results.json")))["report"]
+    for name in MODEL_METRICS:
+        assert report[name]["value"] is None and report[name]["unavailable"], name
+    assert "bertscore_model" in report["bertscore"]["unavailable"] and "green_model" in report["green"]["unavailable"]
+    # paths that do not exist, and a radgraph folder without the radgraph package: unavailable too
+    weights = {"bertscore_model": str(tmp_path / "nope"), "chexbert_checkpoint": str(tmp_path / "nope.pth"),
+               "chexbert_tokenizer": str(tmp_path), "radgraph_model_dir": str(tmp_path), "green_model": str(tmp_path / "x")}
+    report = evaluate.score([report_record("a", "No effusion.")], ["No effusion."], n_boot=10, weights=weights)["report"]
+    assert all(report[name] == {"value": None, "unavailable": report[name]["unavailable"]} for name in MODEL_METRICS)
+
+
+def test_predictions_file_must_answer_every_test_record(scored_predictions):
+    _, records_path, folder, _ = scored_predictions
+    with open(folder / "partial.jsonl", "w") as f:
+        f.write(json.dumps({"id": "r0", "answer": "No acute cardiopulmonary process."}) + "\n")
+    proc = run_evaluate(f"--data={records_path}", f"--predictions={folder / 'partial.jsonl'}",
+                        f"--out_dir={folder / 'eval2'}", check=False)
+    assert proc.returncode != 0 and "no answer for 8 of 9 test records" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------------
+# model-based metrics on tiny local weights
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    """A random tiny 5-layer BERT (BERTScore reads layer 5; + WordPiece tokenizer) saved as a transformers folder, and a CheXbert-style checkpoint
+    of it whose heads ignore the text: Cardiomegaly says positive, Edema uncertain, No Finding positive, the
+    others negative."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+    folder = tmp_path_factory.mktemp("bert")
+    words = "the heart is normal no pleural effusion mild cardiomegaly edema lungs are clear small left right .".split()
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(str(folder))
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=len(words) + 5, hidden_size=32, num_hidden_layers=5, num_attention_heads=2,
+                                intermediate_size=64, max_position_embeddings=64))
+    bert.save_pretrained(str(folder))
+    state = {f"module.bert.{k}": v for k, v in bert.state_dict().items()}
+    heads = rewards.OBSERVATIONS[1:] + rewards.OBSERVATIONS[:1]
+    for i, name in enumerate(heads):
+        wanted = {"Cardiomegaly": 1, "Edema": 3, "No Finding": 1}.get(name, 2)
+        n_classes = 2 if name == "No Finding" else 4
+        state[f"module.linear_heads.{i}.weight"] = torch.zeros(n_classes, 32)
+        state[f"module.linear_heads.{i}.bias"] = torch.nn.functional.one_hot(torch.tensor(wanted), n_classes).float()
+    torch.save({"model_state_dict": state}, folder / "chexbert.pth")
+    return {"bertscore_model": str(folder), "chexbert_checkpoint": str(folder / "chexbert.pth"),
+            "chexbert_tokenizer": str(folder)}
+
+
+def test_chexbert_labels_read_the_heads_in_chexberts_order(tiny_bert):
+    labels = evaluate.chexbert_labels(["the heart is normal .", "mild edema"], tiny_bert)
+    positive = {rewards.OBSERVATIONS[j] for j in np.flatnonzero(labels[0])}
+    assert positive == {"Cardiomegaly", "Edema", "No Finding"} and (labels[0] == labels[1]).all()
+
+
+def test_bertscore_and_chexbert_f1_with_local_weights(tiny_bert):
+    records = [report_record("a", "mild cardiomegaly . small left pleural effusion ."), report_record("b", "the lungs are clear .")]
+    report = evaluate.score(records, [reference_answer(r) for r in records], n_boot=20, weights=tiny_bert)["report"]
+    assert report["bertscore"]["value"] == pytest.approx(1.0, abs=1e-5)  # identical texts, baseline-rescaled
+    assert report["chexbert_f1_micro"]["value"] == pytest.approx(1.0) and report["chexbert_f1_macro_5"]["value"] == 1.0
+    assert "unavailable" in report["radgraph_f1"] and "unavailable" in report["radcliq_v1"]
+
+
+def test_green_runs_a_local_causal_lm_judge(tmp_path):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from model import build_tokenizer
+    tokenizer = build_tokenizer([evaluate.GREEN_PROMPT] * 4, vocab_size=400)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(str(tmp_path))
+    tokenizer.save_pretrained(str(tmp_path))
+    loaded = AutoTokenizer.from_pretrained(str(tmp_path))
+    loaded.chat_template = evaluate.GREEN_CHAT_TEMPLATE
+    prompt = loaded.apply_chat_template([{"from": "human", "value": evaluate.GREEN_PROMPT.format(reference="a b", candidate="c d")},
+                                         {"from": "gpt", "value": ""}], tokenize=False, add_generation_prompt=True)
+    scores = evaluate.green_scores(["c d", "c"], ["a b", "a"], str(tmp_path), max_length=len(loaded(prompt)["input_ids"]) + 8)
+    assert scores == [0.0, 0.0]  # a random judge names no matched finding
+
+
+# ---------------------------------------------------------------------------------------------------
+# generation with a tiny checkpoint
+
+def test_generate_answers_with_and_without_images(tiny, tmp_path):
+    model, processor = tiny
+    records = load_records(write_records(str(tmp_path), 4))
+    records.insert(1, report_record("text-only", "No acute cardiopulmonary process."))
+    answers = evaluate.generate_answers(model, processor, records, batch_size=3, thinking=False, max_new_tokens=6,
+                                        device=torch.device("cpu"), progress=False)
+    assert len(answers) == 5 and all(isinstance(a, str) for a in answers)
+    alone = evaluate.generate_answers(model, processor, records[1:2], 1, False, 6, torch.device("cpu"), progress=False)
+    assert alone == answers[1:2]  # a text-only prompt is batched apart from the image prompts
+
+
+def test_evaluate_a_checkpoint_end_to_end_and_compare_runs(tiny_checkpoint, scored_predictions, tmp_path):
+    records_path = write_records(str(tmp_path / "data"), 4)
+    with open(tmp_path / "log.jsonl", "w") as f:
+        for step in range(1, 6):
+            f.write(json.dumps({"step": step, "reward_mean": 0.1 * step, "loss": 1 / step}) + "\n")
+        f.write(json.dumps({"step": 5, "val_loss": 0.3}) + "\n")
+    out = str(tmp_path / "eval")
+    run_evaluate(f"--init_from={tiny_checkpoint}", f"--data={records_path}", f"--out_dir={out}", "--max_new_tokens=6",
+                 "--batch_size=2", "--bootstrap=20", "--thinking=True", f"--log={tmp_path / 'log.jsonl'}")
+    results = json.load(open(os.path.join(out, "results.json")))
+    assert results["report"]["n"] == 3 and results["grounding"]["all"]["n"] == 1
+    assert results["thinking"]["well_formed"]["value"] is not None
+    assert results["settings"]["max_new_tokens"] == 6
+    assert Image.open(os.path.join(out, "curves.png")).size == (720, 600)  # two panels: reward, loss / val_loss
+    assert Image.open(os.path.join(out, "contact_sheet.png"))
+    table = evaluate.compare([scored_predictions[0], out])
+    assert table.count(f"| {out} |") == 3 and table.count(f"| {scored_predictions[0]} |") == 2  # + thinking for `out`

@@ -1,0 +1,370 @@
+"""Rewards: the paper's examples, the Hungarian assignment against brute force, the labeler, reward hacking,
+RadCliQ's arithmetic, BERTScore against the bert-score package, and the GRPO entry point."""
+import itertools
+import math
+import random
+
+import pytest
+import torch
+
+import rewards
+from rewards import (bleu4, box_iou, classification_reward, extract_labels, final_answer, gleu, grounding_reward,
+                     label_f1, min_cost_assignment, radcliq_v1, score)
+
+GOLD_BOX = "The finding is located at the coordinates [0.2, 0.2, 0.6, 0.6] on the image."
+PRED_BOX = "The finding is located at the coordinates [0.2, 0.2, 0.64, 0.81] on the image."  # IoU 0.596 with gold
+FAR_BOX = "[0.8, 0.8, 0.95, 0.95]"
+
+# ----------------------------------------------------------------------------------------------------------
+# Grounding
+
+
+def test_paper_grounding_examples():
+    assert box_iou([0.2, 0.2, 0.64, 0.81], [0.2, 0.2, 0.6, 0.6]) == pytest.approx(0.596, abs=5e-4)
+    assert grounding_reward(PRED_BOX, GOLD_BOX) == pytest.approx(0.747, abs=5e-4)  # P = 1, R = 0.596
+    assert grounding_reward(PRED_BOX + " and " + FAR_BOX, GOLD_BOX) == pytest.approx(0.459, abs=5e-4)
+    assert grounding_reward(GOLD_BOX, GOLD_BOX) == 1.0
+
+
+def test_assignment_matches_brute_force():
+    rng = random.Random(0)
+    for _ in range(300):
+        n, m = rng.randint(1, 5), rng.randint(1, 5)
+        cost = [[rng.choice([rng.random(), 1.0, 0.0, 0.5]) for _ in range(m)] for _ in range(n)]  # ties included
+        pairs = min_cost_assignment(cost)
+        assert len(pairs) == min(n, m)
+        assert len({i for i, _ in pairs}) == len({j for _, j in pairs}) == len(pairs)
+        if n <= m:
+            best = min(sum(cost[i][cols[i]] for i in range(n)) for cols in itertools.permutations(range(m), n))
+        else:
+            best = min(sum(cost[rows[j]][j] for j in range(m)) for rows in itertools.permutations(range(n), m))
+        assert sum(cost[i][j] for i, j in pairs) == pytest.approx(best, abs=1e-12)
+    assert min_cost_assignment([]) == [] and min_cost_assignment([[]]) == []
+
+
+def test_grounding_matches_one_to_one():
+    gold = "[0.1, 0.1, 0.3, 0.3] and [0.6, 0.6, 0.9, 0.9]"
+    assert grounding_reward("[0.6, 0.6, 0.9, 0.9], [0.1, 0.1, 0.3, 0.3]", gold) == 1.0  # order does not matter
+    # two copies of one gold box: only one can match, the other is a false positive
+    twice = grounding_reward("[0.1, 0.1, 0.3, 0.3] and [0.1, 0.1, 0.3, 0.3]", gold)
+    assert twice == pytest.approx(2 * 0.5 * 0.5 / (0.5 + 0.5))
+
+
+@pytest.mark.parametrize("completion", [
+    "", "no boxes here", "[0.1, 0.2, 0.3]", "[nan, 0.1, 0.2, 0.3]", "[inf, 0, 1, 1]", "[1e308, 1e308, 1e309, 1e309]",
+    "[-1e308, -1e308, 1e308, 1e308]", "[0.5, 0.5, 0.2, 0.2]", "[0.3, 0.3, 0.3, 0.3]", "[[[[",
+    "[0.1, 0.1, 0.3, 0.3" * 50,
+    "[-5, -5, 5, 5]", "[a, b, c, d]", "[1e-300, 1e-300, 2e-300, 2e-300]", "[ +0.2 , 2E-1, .6, 6e-1 ]",
+])
+def test_grounding_never_crashes_and_stays_in_range(completion):
+    assert 0.0 <= grounding_reward(completion, GOLD_BOX) <= 1.0
+    assert 0.0 <= grounding_reward(GOLD_BOX, completion) <= 1.0
+
+
+def test_grounding_hacks_score_below_a_correct_answer():
+    correct = grounding_reward(PRED_BOX, GOLD_BOX)
+    grid = ", ".join(f"[{x / 10}, {y / 10}, {x / 10 + 0.2}, {y / 10 + 0.2}]" for x in range(8) for y in range(7))[:2000]
+    hacks = {
+        "empty": "", "one word": "Left.", "repeated tokens": "[0.2, " * 2000, "50 boxes": grid,
+        "50 copies of the right box": ", ".join(["[0.2, 0.2, 0.64, 0.81]"] * 50),
+        "whole image": "[0.0, 0.0, 1.0, 1.0]", "outside [0, 1]": "[-1.0, -1.0, 2.0, 2.0]",
+        "inverted": "[0.64, 0.81, 0.2, 0.2]",
+    }
+    for name, completion in hacks.items():
+        assert grounding_reward(completion, GOLD_BOX) < correct, name
+
+
+def test_thinking_scores_only_the_final_answer():
+    assert final_answer("<think>a</think>b</think>c", thinking=True) == "c"
+    assert final_answer("<think>no end", thinking=True) == ""
+    assert final_answer("<think>x</think>y", thinking=False) == "<think>x</think>y"
+    thought = "<think>[0, 0, 1, 1]</think>" + PRED_BOX
+    assert grounding_reward(thought, GOLD_BOX, thinking=True) == pytest.approx(0.7469, abs=1e-4)
+    assert grounding_reward("<think>" + GOLD_BOX, GOLD_BOX, thinking=True) == 0.0  # no </think>: the floor
+    report = "Moderate cardiomegaly."
+    assert label_f1("<think>No cardiomegaly.</think> " + report, report, thinking=True) == 1.0
+    assert label_f1("<think>" + report, report, thinking=True) == 0.0
+    assert score("report", ["<think>" + report], [report], reward="radcliq", thinking=True)[0] == [-3.0]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Report labeler
+
+@pytest.mark.parametrize("report, expected", [
+    ("The heart size is normal.", {"Cardiomegaly": 0, "No Finding": 1}),
+    ("No pleural effusion or pneumothorax.", {"Pleural Effusion": 0, "Pneumothorax": 0, "No Finding": 1}),
+    ("Moderate cardiomegaly.", {"Cardiomegaly": 1}),
+    ("Small left pleural effusion.", {"Pleural Effusion": 1}),
+    ("Right lower lobe consolidation.", {"Consolidation": 1}),
+    ("Endotracheal tube terminates 4 cm above the carina.", {"Support Devices": 1}),
+    ("Mild pulmonary edema.", {"Edema": 1}),
+    ("Plate-like atelectasis at the left base.", {"Atelectasis": 1}),
+    ("A 2 cm nodule in the right upper lobe.", {"Lung Lesion": 1}),
+    ("Right apical pneumothorax.", {"Pneumothorax": 1}),
+    ("Heart size and mediastinal contours are normal.", {"Cardiomegaly": 0, "Enlarged Cardiomediastinum": 0,
+                                                         "No Finding": 1}),
+    ("The lungs are clear without focal consolidation, effusion or pneumothorax.",
+     {"Consolidation": 0, "Pleural Effusion": 0, "Pneumothorax": 0, "No Finding": 1}),
+    ("Lungs are free of consolidation.", {"Consolidation": 0, "No Finding": 1}),
+    ("The previously seen pneumothorax has resolved.", {"Pneumothorax": 0, "No Finding": 1}),
+    ("The heart is not enlarged.", {"Cardiomegaly": 0, "No Finding": 1}),
+    ("Heart size is at the upper limits of normal.", {"Cardiomegaly": -1}),
+    ("Left basilar opacity may represent atelectasis.", {"Lung Opacity": -1, "Atelectasis": -1}),
+    ("Pneumonia cannot be excluded.", {"Pneumonia": -1}),
+    ("Atelectasis versus pneumonia.", {"Atelectasis": -1, "Pneumonia": -1}),
+    ("No change in the small left pleural effusion.", {"Pleural Effusion": 1}),  # "no change" is no negation
+    ("No effusion, but there is a small pneumothorax.", {"Pleural Effusion": 0, "Pneumothorax": 1}),
+    ("Cardiomegaly without pulmonary edema.", {"Cardiomegaly": 1, "Edema": 0}),
+    ("Small left pleural effusion. No right pleural effusion.", {"Pleural Effusion": 1}),
+    ("Normal chest.", {"No Finding": 1}),
+    ("Degenerative changes of the spine.", {}),
+    ("", {}),
+])
+def test_extract_labels(report, expected):
+    assert extract_labels(report) == expected
+
+
+def test_extract_labels_returns_a_copy():
+    extract_labels("Moderate cardiomegaly.")["Cardiomegaly"] = 0
+    assert extract_labels("Moderate cardiomegaly.") == {"Cardiomegaly": 1}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Offline report reward and its resistance to hacking
+
+EFFUSION_REPORT = "The heart size is normal. Small left pleural effusion. No pneumothorax."
+NORMAL_REPORT = "The heart size is normal. The lungs are clear. No pleural effusion or pneumothorax."
+EVERYTHING = ("Cardiomegaly. Widened mediastinum. Lung opacity. Lung nodule. Pulmonary edema. Consolidation. "
+              "Pneumonia. Atelectasis. Pneumothorax. Pleural effusion. Pleural thickening. Rib fracture. "
+              "Endotracheal tube.")
+DEGENERATE = {
+    "empty": "", "whitespace": "  \n ", "one word": "Effusion.", "repeated token": "effusion " * 2000,
+    "repeated sentence": "Small left pleural effusion. " * 300, "every finding": EVERYTHING,
+    "contradiction": "There is a pleural effusion. No pleural effusion.",
+    "contradicting everything": EVERYTHING + " " + "No " + EVERYTHING.lower().replace(". ", ". No "),
+    "hedging everything": "Possible " + EVERYTHING.lower().replace(". ", ". Possible "),
+    "noise": "asdf qwer zxcv " * 20, "brackets": "[" * 3000, "unicode": "\u00e9\u4e2d\U0001f600 " * 500,
+}
+
+
+def test_label_f1_scores_correct_reports():
+    assert label_f1(EFFUSION_REPORT, EFFUSION_REPORT) == 1.0
+    # the right finding without the reference's negations ("No pneumothorax", normal heart) gets 0.75 only
+    assert label_f1("Left pleural effusion is present.", EFFUSION_REPORT) == 0.75
+    assert label_f1("Left pleural effusion. No pneumothorax. Normal heart size.", EFFUSION_REPORT) == 1.0
+    assert label_f1("No acute cardiopulmonary process.", NORMAL_REPORT) == 0.75  # normal, negations unsaid
+    assert label_f1("No acute process. Normal heart size. No pneumothorax or effusion.", NORMAL_REPORT) == 1.0
+    # positives: P 1/2, R 1 -> 2/3; negatives: "No pneumothorax" only -> P 1 (1/1), R 1/2 -> 2/3
+    assert label_f1("Small left pleural effusion. Moderate cardiomegaly. No pneumothorax.",
+                    EFFUSION_REPORT) == pytest.approx(0.75 * 2 / 3 + 0.25 * 2 / 3)
+    assert label_f1("Moderate cardiomegaly.", EFFUSION_REPORT) == 0.0
+    assert label_f1("Normal study.", EFFUSION_REPORT) == 0.0
+    assert label_f1("Small left pleural effusion.", NORMAL_REPORT) == 0.0
+    assert label_f1("Degenerative changes of the spine.", "Mild scoliosis.") == 1.0  # neither states a finding
+
+
+@pytest.mark.parametrize("reference", [EFFUSION_REPORT, NORMAL_REPORT])
+@pytest.mark.parametrize("name", list(DEGENERATE))
+def test_label_f1_resists_hacking(name, reference):
+    hacked = label_f1(DEGENERATE[name], reference)
+    assert 0.0 <= hacked <= 1.0
+    assert hacked < label_f1(reference, reference), name  # "Effusion." too: it leaves the negations unsaid
+    if name in ("empty", "whitespace", "repeated token", "repeated sentence", "contradiction", "noise"):
+        assert hacked == 0.0, name
+
+
+def test_label_f1_contradiction_needs_the_same_side():
+    report = "Small left pleural effusion. No right pleural effusion. No pneumothorax. Normal heart size."
+    assert label_f1(report, EFFUSION_REPORT) == 1.0
+    assert label_f1("Small left pleural effusion. No left pleural effusion.", EFFUSION_REPORT) == 0.0
+
+
+def test_classification_reward():
+    gold = "The following abnormalities are identified: cardiomegaly, edema and pleural effusion."
+    normal = "No abnormalities are identified on this chest X-ray."
+    assert classification_reward(gold, gold) == 1.0
+    assert classification_reward("The following abnormalities are identified: edema and cardiomegaly.", gold) == 0.8
+    assert classification_reward(normal, normal) == 1.0
+    assert classification_reward("The following abnormalities are identified: edema.", normal) == 0.0
+    listing = "The following abnormalities are identified: " + ", ".join(
+        ["cardiomegaly", "edema", "pleural effusion", "pneumothorax", "atelectasis", "consolidation", "fracture",
+         "lung opacity", "lung lesion", "pneumonia", "pleural other", "support devices"]) + "."
+    for hack in ["", "cardiomegaly", listing, "::::", "Normal. " * 1000, "edema: " * 500]:
+        assert classification_reward(hack, gold) < 1.0
+    assert classification_reward(gold[:-1] + ", edema, edema, edema.", gold) == 1.0  # repeating a name gains nothing
+    assert classification_reward("", normal) == 0.0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# N-gram rewards and RadCliQ
+
+def test_bleu4_and_gleu():
+    text = "small left pleural effusion and mild cardiomegaly"
+    assert bleu4(text, text) == pytest.approx(1.0) and gleu(text, text) == pytest.approx(1.0)
+    assert bleu4("", text) == 0.0 and gleu("", text) == 0.0 and gleu("", "") == 0.0
+    assert bleu4("no acute process", text) == 0.0 and gleu("no acute process", text) == 0.0
+    # hand count: hyp "a b c d" vs ref "a b c e": 1-grams 3/4, 2-grams 2/3, 3-grams 1/2, 4-grams 0/1
+    assert gleu("a b c d", "a b c e") == pytest.approx((3 + 2 + 1) / (4 + 3 + 2 + 1))
+    assert bleu4("a b c d e", "a b c d f") == pytest.approx((4 / 5 * 3 / 4 * 2 / 3 * 1 / 2) ** 0.25)
+    assert bleu4("a b c d", "a b c d e f g h") == pytest.approx(math.exp(1 - 8 / 4))  # brevity penalty
+
+
+def test_radcliq_v1_by_hand():
+    # the published RadCliQ-v1: standardized features (mean, scale) times coefficients, intercept ~0
+    features = dict(radgraph=0.25, bertscore=0.5, semb=0.6, bleu=0.3)
+    by_hand = (-0.377083683 * (0.25 - 0.53792312) / 0.30282584 - 0.370300100 * (0.5 - 0.61757256) / 0.22430938
+               - 0.252616218 * (0.6 - 0.76479421) / 0.25394391 + 4.31504841e-12 * (0.3 - 0.44738335) / 0.29892717
+               + 2.46655256e-10)
+    assert radcliq_v1(**features) == pytest.approx(by_hand, abs=1e-12)
+    assert by_hand == pytest.approx(0.358 + 0.194 + 0.164, abs=2e-3)  # the same from the paper's rounded table
+    assert radcliq_v1(0.53792312, 0.61757256, 0.76479421, 0.44738335) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_ngram_rewards_equal_nltk():
+    nltk = pytest.importorskip("nltk.translate.gleu_score")
+    bleu_score = pytest.importorskip("nltk.translate.bleu_score")
+    rng = random.Random(0)
+    words = "the heart size is normal no pleural effusion small left right mild edema".split()
+    for _ in range(50):
+        hyp, ref = (" ".join(rng.choices(words, k=rng.randint(1, 12))) for _ in range(2))
+        assert gleu(hyp, ref) == pytest.approx(nltk.sentence_gleu([ref.split()], hyp.split()))
+        assert bleu4(hyp, ref) == pytest.approx(bleu_score.sentence_bleu([ref.split()], hyp.split()))
+
+
+def test_radcliq_pipeline_with_stand_in_scorers(monkeypatch):
+    # the batching, floors and arithmetic of radcliq_rewards, with the three models replaced by constants
+    monkeypatch.setattr(rewards, "_radgraph", lambda settings: lambda p, r: [0.25] * len(p))
+    monkeypatch.setattr(rewards, "_bert_scorer", lambda settings, reward: lambda p, r: [0.5] * len(p))
+    chexbert = type("StandIn", (), {"similarity": lambda self, p, r: [0.6] * len(p)})()
+    monkeypatch.setattr(rewards, "_chexbert", lambda settings: chexbert)
+    report = "Moderate cardiomegaly. No pleural effusion."
+    values, parts = score("report", [report, "tiny", report.upper()], [report, report, report], reward="radcliq")
+    expected = -radcliq_v1(0.25, 0.5, 0.6, 1.0)  # BLEU-4 of identical (lower-cased) texts is 1
+    assert values == [pytest.approx(expected), -3.0, pytest.approx(expected)]
+    assert parts["bleu4"][0] == 1.0 and math.isnan(parts["bleu4"][1]) and parts["radcliq"] == values
+    monkeypatch.setattr(rewards, "_radgraph", lambda settings: lambda p, r: 1 / 0)
+    with pytest.warns(UserWarning, match="RadCliQ scoring failed"):
+        assert score("report", [report], [report], reward="radcliq")[0] == [-3.0]  # a failed batch: the floor
+
+
+def test_radgraph_f1_of_annotations():
+    def annotation(*entities):
+        return {"entities": {str(i): {"tokens": tokens, "label": label, "relations": relations}
+                             for i, (tokens, label, relations) in enumerate(entities)}}
+    reference = annotation(("effusion", "OBS-DP", []), ("left", "ANAT-DP", [["located_at", "0"]]))
+    prediction = annotation(("effusion", "OBS-DP", []), ("right", "ANAT-DP", [["located_at", "0"]]))
+    # entities: 1 of 2 match (F1 0.5); relations: (left->effusion) vs (right->effusion), none match
+    assert rewards.RadGraphScorer.radcliq_f1(prediction, reference) == 0.25
+    assert rewards.RadGraphScorer.radcliq_f1(reference, reference) == 1.0
+
+
+def test_radcliq_floors_and_missing_models():
+    rewards_, parts = score("report", ["short", "", "A long enough report."], ["Normal chest.", "x", "tiny"],
+                            reward="radcliq")
+    assert rewards_ == [-3.0, -3.0, -3.0] and all(math.isnan(v) for v in parts["bertscore"])
+    with pytest.raises(rewards.MissingModelError, match="radgraph_model_dir"):
+        score("report", ["Moderate cardiomegaly."], ["Small left pleural effusion."], reward="radcliq")
+    with pytest.raises(rewards.MissingModelError, match="bertscore_model"):
+        score("report", ["Moderate cardiomegaly."], ["Small left pleural effusion."], reward="bertscore",
+              bertscore_model="/nonexistent/distilbert-base-uncased")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Model-based parts on tiny local encoders (what a real checkpoint goes through)
+
+WORDS = ("the heart size is normal no pleural effusion or pneumothorax moderate cardiomegaly small left right "
+         "lower lobe consolidation mild pulmonary edema lungs are clear").split()
+CANDIDATES = ["The heart size is normal.", "Moderate cardiomegaly. Small left pleural effusion.", "heart",
+              "lungs are clear", "mild pulmonary edema zzz"]
+REFERENCES = ["No pleural effusion or pneumothorax.", "Moderate cardiomegaly.", "The heart size is normal.",
+              "lungs are clear", "Mild edema."]
+
+
+def _tiny_encoder(path, kind):
+    """A tiny random BERT (WordPiece) or RoBERTa (byte-level BPE) saved like a hub checkpoint."""
+    from transformers import BertConfig, BertModel, BertTokenizer, RobertaConfig, RobertaModel, RobertaTokenizer
+    path.mkdir()
+    if kind == "bert":
+        vocab = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ","] + sorted(set(WORDS))
+                 + [c for c in "abcdefghijklmnopqrstuvwxyz"] + ["##" + c for c in "abcdefghijklmnopqrstuvwxyz"])
+        (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+        tokenizer, config_class, model_class = BertTokenizer(vocab=str(path / "vocab.txt")), BertConfig, BertModel
+    else:
+        from tokenizers import ByteLevelBPETokenizer
+        bpe = ByteLevelBPETokenizer()
+        bpe.train_from_iterator(CANDIDATES + REFERENCES, vocab_size=300, min_frequency=1,
+                                special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+        bpe.save_model(str(path))
+        tokenizer = RobertaTokenizer(vocab=str(path / "vocab.json"), merges=str(path / "merges.txt"))
+        config_class, model_class = RobertaConfig, RobertaModel
+    tokenizer.model_max_length = 128
+    tokenizer.save_pretrained(path)
+    torch.manual_seed(0)
+    # heads 64 wide as in BERT, since a CheXbert checkpoint carries no config and its head count is hidden / 64
+    config = config_class(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=3, num_attention_heads=1,
+                          intermediate_size=64, max_position_embeddings=130, initializer_range=0.5,
+                          pad_token_id=tokenizer.pad_token_id)
+    model_class(config).save_pretrained(path)
+    (path / "baseline.tsv").write_text("LAYER,P,R,F\n0,0.1,0.1,0.1\n1,0.2,0.2,0.3\n2,0.25,0.26,0.27\n3,0.3,0.3,0.3\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+def test_bertscore_equals_the_bert_score_package(tmp_path, kind):
+    bert_score = pytest.importorskip("bert_score")
+    path = _tiny_encoder(tmp_path / kind, kind)
+    ours = rewards.BertScorer(path, 2, path + "/baseline.tsv", device="cpu")(CANDIDATES, REFERENCES)
+    _, _, theirs = bert_score.score(CANDIDATES, REFERENCES, model_type=path, num_layers=2, lang="en", device="cpu",
+                                    rescale_with_baseline=True, baseline_path=path + "/baseline.tsv")
+    assert ours == pytest.approx(theirs.tolist(), abs=1e-5)
+
+
+def test_bertscore_reward_on_a_local_encoder(tmp_path):
+    path = _tiny_encoder(tmp_path / "bert", "bert")
+    values, parts = score("report", CANDIDATES + [""], REFERENCES + ["Mild edema."], reward="bertscore",
+                          bertscore_model=path, bertscore_layers=2, bertscore_baseline=0.27, device="cpu")
+    assert values[3] == pytest.approx(1.0) and values[-1] == pytest.approx(-0.27 / 0.73)  # identical; empty
+    assert values == parts["bertscore"] and len(values) == 6
+    assert rewards.BertScorer(path, 2, path + "/baseline.tsv", device="cpu").baseline == 0.27  # bert-score's file
+
+
+def test_chexbert_checkpoint_loads_into_a_transformers_bert(tmp_path):
+    from transformers import BertModel
+    path = _tiny_encoder(tmp_path / "bert", "bert")
+    bert = BertModel.from_pretrained(path)
+    # chexbert.pth layout: a DataParallel state dict of `bert` plus the 14 classification heads
+    state = {"module.bert." + k: v for k, v in bert.state_dict().items()}
+    state["module.linear_heads.0.weight"] = torch.zeros(4, 64)
+    torch.save({"model_state_dict": state, "epoch": 1}, tmp_path / "chexbert.pth")
+    embedder = rewards.CheXbertEmbedder(str(tmp_path / "chexbert.pth"), path, device="cpu")
+    batch = embedder.tokenizer(["Moderate cardiomegaly."], return_tensors="pt")
+    with torch.no_grad():
+        expected = bert.eval()(**batch).last_hidden_state[:, 0]
+    assert torch.allclose(embedder(["Moderate cardiomegaly."]), expected, atol=1e-6)
+    assert embedder.similarity(["lungs are clear"], ["lungs are clear"]) == [pytest.approx(1.0)]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The GRPO entry point
+
+def test_score_dispatches_by_task():
+    boxes = [PRED_BOX, GOLD_BOX]
+    for task in ("grounding", "anatomical_grounding", "abnormality_grounding", "phrase_grounding"):
+        values, parts = score(task, boxes, [GOLD_BOX, GOLD_BOX])
+        assert values == [pytest.approx(0.7469, abs=1e-4), 1.0] and parts["n_boxes"] == [1.0, 1.0]
+    values, parts = score("report", [EFFUSION_REPORT, ""], [EFFUSION_REPORT, EFFUSION_REPORT])
+    assert values == [1.0, 0.0] and parts["label_f1"] == values and parts["n_findings"] == [1.0, 0.0]
+    assert score("report", ["a b c d"], ["a b c e"], reward="gleu")[0] == [pytest.approx(0.6)]
+    gold = "The following abnormalities are identified: edema."
+    assert score("classification", [gold], [gold]) == ([1.0], {"classification": [1.0]})
+    # a mixed batch: one call, each completion scored by its own task, nan where a component does not apply
+    values, parts = score(["report", "phrase_grounding", "classification"], [EFFUSION_REPORT, PRED_BOX, gold],
+                          [EFFUSION_REPORT, GOLD_BOX, gold])
+    assert values == [1.0, pytest.approx(0.7469, abs=1e-4), 1.0]
+    assert parts["label_f1"][0] == 1.0 and math.isnan(parts["label_f1"][1]) and math.isnan(parts["grounding"][2])
+    with pytest.raises(ValueError, match="conversation"):
+        score("conversation", ["hi"], ["hello"])
+    with pytest.raises(ValueError, match="unknown report reward"):
+        score("report", ["a"], ["b"], reward="rouge")
+    with pytest.raises(ValueError, match="must match"):
+        score("report", ["a", "b"], ["c"])
