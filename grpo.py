@@ -195,6 +195,60 @@ def select(batch, idx):
     return out
 
 
+def rollout_logprobs(model, batch, n_prompt):
+    """log-probs of every completion token under `model`, micro-batch by micro-batch, without gradients."""
+    out = torch.zeros_like(batch["completion_mask"], dtype=torch.float32)
+    with torch.no_grad():
+        for start in range(0, len(out), micro_batch):
+            idx = torch.arange(start, min(len(out), start + micro_batch), device=out.device)
+            out[idx] = token_logprobs(model, select(batch, idx), n_prompt)[0]
+    return out
+
+
+def policy_update(policy, optimizer, batch, old_logprobs, ref_logprobs, advantages, n_prompt, world):
+    """P / mini_batch optimizer steps over this rank's rollouts, each over one mini-batch of its prompts'
+    groups, gradients accumulated over micro-batches. Returns averaged kl / clip_frac / entropy / loss."""
+    policy.train()
+    seqs_per_update = mini_batch // world * group_size
+    sums = {"kl": 0.0, "clip_frac": 0.0, "entropy": 0.0, "loss": 0.0}
+    n_micro = 0
+    for u in range(prompts_per_step // mini_batch):
+        update_idx = torch.arange(u * seqs_per_update, (u + 1) * seqs_per_update, device=advantages.device)
+        mask = batch["completion_mask"][update_idx]
+        # the mini-batch's normalizer over all ranks, so that micro-batching and sharding change nothing;
+        # divided by world because FSDP averages the gradients of the ranks
+        norm = torch.tensor([float(mask.sum()) if loss_agg == "token-mean" else float(len(update_idx))],
+                            device=advantages.device)
+        if world > 1:
+            torch.distributed.all_reduce(norm)
+        norm = norm.item() / world
+        micro_starts = list(range(0, seqs_per_update, micro_batch))
+        for k, start in enumerate(micro_starts):
+            idx = update_idx[start:start + micro_batch]
+            if world > 1:  # reduce-scatter the gradients only after the last micro-batch
+                policy.set_requires_gradient_sync(k == len(micro_starts) - 1)
+            mb = select(batch, idx)
+            logprobs, entropy = token_logprobs(policy, mb, n_prompt, with_entropy=True)
+            loss, stats = grpo_loss(logprobs, old_logprobs[idx], None if ref_logprobs is None else ref_logprobs[idx],
+                                    advantages[idx], mb["completion_mask"], beta, eps_low, eps_high, dual_clip,
+                                    loss_agg, max_new_tokens, normalizer=norm)
+            if not torch.isfinite(loss) or not torch.isfinite(stats["kl"]):
+                raise SystemExit(f"non-finite loss or KL in update {u + 1} (kl {stats['kl'].item()})")
+            loss.backward()
+            m = mb["completion_mask"].float()
+            sums["kl"] += stats["kl"].item()
+            sums["clip_frac"] += stats["clip_frac"].item()
+            sums["entropy"] += ((entropy * m).sum() / m.sum().clamp(min=1)).item()
+            sums["loss"] += loss.item()
+            n_micro += 1
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), grad_clip)
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    out = {k: v / n_micro for k, v in sums.items() if k != "loss"}
+    return {**out, "loss": sums["loss"], "grad_norm": grad_norm.item()}
+
+
 def task_of(record):
     return "grounding" if record.get("task") in GROUNDING_TASKS else record.get("task", "report")
 
@@ -213,11 +267,12 @@ def main():
         load = lambda: build_tiny(texts=synthetic.corpus_texts(), seed=seed, min_pixels=min_pixels,  # noqa: E731
                                   max_pixels=max_pixels)
     else:
-        path = latest_checkpoint(init_from) or init_from
-        if not os.path.exists(path) and "/" not in path.strip("./"):
-            raise SystemExit(f"no checkpoint at {init_from!r}: run `python sft.py` first (or pass --init_from=...)")
-        load = lambda: load_model(path, device=device, min_pixels=min_pixels, max_pixels=max_pixels)  # noqa: E731
-    policy, processor = load()
+        load = lambda: load_model(init_from, device=device, min_pixels=min_pixels, max_pixels=max_pixels)  # noqa: E731
+    try:
+        policy, processor = load()
+    except (OSError, RuntimeError) as e:
+        raise SystemExit(f"cannot load the starting policy {init_from!r} ({e}).\n"
+                         f"Run `python sft.py` first, or pass --init_from=CHECKPOINT_DIR (or --init_from=tiny).")
     policy.to(device)
     reference = None
     if beta > 0:  # the frozen starting point for the KL term
@@ -231,10 +286,11 @@ def main():
                                   fused=device.type == "cuda")
 
     records = open_records(data, "train", n_train, image_size)
-    wanted = {"report": ("report",), "grounding": ("grounding",), "both": ("report", "grounding")}[task]
-    prompt_pool = [i for i in range(len(records)) if task_of(records[i]) in wanted]
-    if not prompt_pool:
-        raise SystemExit(f"no {task} records in {data}")
+    step_tasks = ["report", "grounding"] if task == "both" else [task]  # "both": steps alternate between them
+    pools = {t: [i for i in range(len(records)) if task_of(records[i]) == t] for t in step_tasks}
+    for t, pool in pools.items():
+        if not pool:
+            raise SystemExit(f"no {t} records in {data}")
 
     step = 0
     if resume and latest_checkpoint(out_dir):
@@ -244,22 +300,23 @@ def main():
     if master:
         os.makedirs(out_dir, exist_ok=True)
         log_file = open(os.path.join(out_dir, "log.jsonl"), "a")
-    per_rank = prompts_per_step // world
-    updates = prompts_per_step // mini_batch
     print0(f"grpo: {task} prompts, {prompts_per_step} x {group_size} rollouts per step on {world} rank(s), "
-           f"{updates} update(s) per step, beta {beta}, reward {report_reward}/soft-F1 IoU, thinking {thinking}")
+           f"{prompts_per_step // mini_batch} update(s) per step, beta {beta}, reward {report_reward}/soft-F1 IoU, thinking {thinking}")
 
     if world > 1:  # a freshly sharded model must run one plain forward before its first generate (FSDP2)
         with torch.no_grad():
-            policy(**prompt_batch([records[prompt_pool[0]]], processor).to(device), use_cache=False)
+            policy(**prompt_batch([records[pools[step_tasks[0]][0]]], processor).to(device), use_cache=False)
     bar = tqdm(total=max_steps, initial=step, disable=not master, dynamic_ncols=True)
     while step < max_steps:
         times = {}
-        # --- prompts of this step: a deterministic walk through shuffled epochs of the pool
-        epoch, offset = divmod(step * prompts_per_step, len(prompt_pool))
-        order = epoch_order(len(prompt_pool), seed, epoch)
-        order = order[offset:] + epoch_order(len(prompt_pool), seed, epoch + 1)
-        step_records = [records[prompt_pool[i]] for i in order[:prompts_per_step]][rank * per_rank:(rank + 1) * per_rank]
+        # --- prompts of this step: a deterministic walk through shuffled epochs of this step's task pool
+        step_task = step_tasks[step % len(step_tasks)]
+        pool = pools[step_task]
+        epoch, offset = divmod(step // len(step_tasks) * prompts_per_step, len(pool))
+        order = epoch_order(len(pool), seed, epoch)[offset:] + epoch_order(len(pool), seed, epoch + 1)
+        # rank r takes prompts r, r + world, ...: mini-batch u of every rank then holds the same prompts as
+        # mini-batch u of a single process, so sharding does not change the updates
+        step_records = [records[pool[i]] for i in order[:prompts_per_step]][rank::world]
 
         # --- rollouts with the current policy
         t0 = time.time()
@@ -270,87 +327,40 @@ def main():
 
         # --- rewards, once per completion
         t0 = time.time()
-        reward_list, components = [], {}
-        for j, record in enumerate(step_records):
-            group = completions[j * group_size:(j + 1) * group_size]
-            r, parts = rewards.score(task_of(record), group, [reference_answer(record)] * group_size,
-                                     reward=report_reward, thinking=thinking)
-            reward_list += list(r)
-            for name, values in parts.items():
-                components.setdefault(f"reward_{task_of(record)}_{name}", []).extend(values)
+        answers = [reference_answer(r) for r in step_records for _ in range(group_size)]
+        reward_list, components = rewards.score(step_task, completions, answers, reward=report_reward,
+                                                thinking=thinking)
         reward_t = torch.tensor(reward_list, dtype=torch.float32, device=device)
         advantages = group_advantages(reward_t.cpu(), batch["group_ids"].cpu(), scale_std=scale_std).to(device)
         times["reward"] = time.time() - t0
 
         # --- old and reference log-probs, computed once for all updates of this step
         t0 = time.time()
-        n = len(reward_t)
-        old_logprobs = torch.zeros_like(batch["completion_mask"], dtype=torch.float32)
-        ref_logprobs = torch.zeros_like(old_logprobs) if reference is not None else None
-        with torch.no_grad():
-            for start in range(0, n, micro_batch):
-                idx = torch.arange(start, min(n, start + micro_batch), device=device)
-                mb = select(batch, idx)
-                old_logprobs[idx] = token_logprobs(policy, mb, n_prompt)[0]
-                if reference is not None:
-                    ref_logprobs[idx] = token_logprobs(reference, mb, n_prompt)[0]
+        old_logprobs = rollout_logprobs(policy, batch, n_prompt)
+        ref_logprobs = rollout_logprobs(reference, batch, n_prompt) if reference is not None else None
         times["reference"] = time.time() - t0
 
         # --- policy updates: P / mini_batch optimizer steps over the rollout batch
         t0 = time.time()
-        policy.train()
-        seqs_per_update = mini_batch // world * group_size
-        stats_sum = {"kl": 0.0, "clip_frac": 0.0, "entropy": 0.0, "loss": 0.0}
-        n_stats = 0
-        for u in range(updates):
-            update_idx = torch.arange(u * seqs_per_update, (u + 1) * seqs_per_update, device=device)
-            mask = batch["completion_mask"][update_idx]
-            # the mini-batch's normalizer over all ranks, so micro-batching and sharding change nothing
-            norm = torch.tensor([float(mask.sum()) if loss_agg == "token-mean" else float(len(update_idx))],
-                                device=device)
-            if world > 1:
-                torch.distributed.all_reduce(norm)
-            norm = norm.item() / world  # FSDP averages gradients over ranks; undo it in the normalizer
-            micro_starts = list(range(0, seqs_per_update, micro_batch))
-            for k, start in enumerate(micro_starts):
-                idx = update_idx[start:start + micro_batch]
-                if world > 1:
-                    policy.set_requires_gradient_sync(k == len(micro_starts) - 1)
-                mb = select(batch, idx)
-                logprobs, entropy = token_logprobs(policy, mb, n_prompt, with_entropy=True)
-                loss, stats = grpo_loss(logprobs, old_logprobs[idx], ref_logprobs[idx] if ref_logprobs is not None
-                                        else None, advantages[idx], mb["completion_mask"], beta, eps_low, eps_high,
-                                        dual_clip, loss_agg, max_new_tokens, normalizer=norm)
-                if not torch.isfinite(loss) or not torch.isfinite(stats["kl"]):
-                    raise SystemExit(f"non-finite loss or KL at step {step + 1}, update {u + 1} on rank {rank}")
-                loss.backward()
-                m = mb["completion_mask"].float()
-                stats_sum["kl"] += stats["kl"].item()
-                stats_sum["clip_frac"] += stats["clip_frac"].item()
-                stats_sum["entropy"] += ((entropy * m).sum() / m.sum().clamp(min=1)).item()
-                stats_sum["loss"] += loss.item()
-                n_stats += 1
-            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), grad_clip)
-            grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+        stats = policy_update(policy, optimizer, batch, old_logprobs, ref_logprobs, advantages, n_prompt, world)
         times["train"] = time.time() - t0
         step += 1
 
         # --- logging: averages over ranks
         group_std = torch.stack([reward_t[batch["group_ids"] == g].std() for g in batch["group_ids"].unique()])
-        record = {"reward_mean": reward_t.mean().item(), "reward_std": reward_t.std().item(),
+        record = {f"reward_{step_task}": reward_t.mean().item(),
+                  "reward_mean": reward_t.mean().item(), "reward_std": reward_t.std().item(),
                   "zero_var_frac": (group_std < 1e-6).float().mean().item(),
                   "response_length": batch["completion_mask"].sum(1).float().mean().item(),
-                  "kl": stats_sum["kl"] / n_stats, "clip_frac": stats_sum["clip_frac"] / n_stats,
-                  "entropy": stats_sum["entropy"] / n_stats, "loss": stats_sum["loss"], "grad_norm": grad_norm.item(),
-                  **{k: sum(v) / len(v) for k, v in components.items()}, **{f"time_{k}": v for k, v in times.items()}}
+                  **stats,
+                  **{f"{step_task}_{k}": sum(v) / len(v) for k, v in components.items() if k != step_task},
+                  **{f"time_{k}": v for k, v in times.items()}}
         if world > 1:
             keys = sorted(record)
             t = torch.tensor([record[k] for k in keys], dtype=torch.float64, device=device)
             torch.distributed.all_reduce(t)
             record = {k: v / world for k, v in zip(keys, t.tolist())}
-        record = {"step": step, **record}
+        record = {"step": step, "task": step_task, **record}
         if master:
             log_file.write(json.dumps(record) + "\n")
             log_file.flush()

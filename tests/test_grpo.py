@@ -1,0 +1,140 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import grpo
+from conftest import write_records
+from data import load_records
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def records_file(tmp_path_factory):
+    return write_records(str(tmp_path_factory.mktemp("grpo_data")), 12)
+
+
+def test_rollouts_keep_eos_in_the_mask_and_groups_aligned(tiny, records_file):
+    model, processor = tiny
+    records = [r for r in load_records(records_file) if r["task"] == "report"][:3]
+    grpo.max_new_tokens = 40
+    torch.manual_seed(0)
+    batch, texts, n_prompt = grpo.sample_rollouts(model, processor, records, 4, False, torch.device("cpu"), False)
+    eos = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    completion = batch["input_ids"][:, n_prompt:]
+    assert batch["group_ids"].tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert processor.tokenizer.pad_token_id != eos
+    for row, mask in zip(completion, batch["completion_mask"]):
+        ends = (row == eos).nonzero().flatten()
+        if len(ends):  # everything up to and including the first EOS is learned from, nothing after it
+            assert mask[:ends[0] + 1].all() and not mask[ends[0] + 1:].any()
+        else:
+            assert mask.all()
+    image_tokens = [processor.tokenizer.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|vision_start|>")]
+    assert not torch.isin(completion, torch.tensor(image_tokens)).any()
+    # each rollout is fed back with its own prompt's image: the forward equals the generation's log-probs
+    for j in range(len(texts)):
+        assert torch.equal(batch["pixel_chunks"][j], batch["pixel_chunks"][(j // 4) * 4])
+    assert not torch.equal(batch["pixel_chunks"][0], batch["pixel_chunks"][4])
+
+
+def test_training_forward_reproduces_the_sampling_distribution(tiny, records_file):
+    """The log-probs of the padded training forward (left-padded prompts, one image per row) equal those of
+    the distribution generate sampled from: the ratio pi / pi_old starts at exactly 1."""
+    from data import generation_kwargs, prompt_batch
+    model, processor = tiny
+    records = [r for r in load_records(records_file) if r["task"] == "report"][:3]
+    grpo.max_new_tokens = 12
+    torch.manual_seed(1)
+    batch, _, n_prompt = grpo.sample_rollouts(model, processor, records, 2, False, torch.device("cpu"), False)
+    torch.manual_seed(1)
+    out = model.generate(**prompt_batch(records, processor), do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+                         max_new_tokens=12, num_return_sequences=2, output_logits=True, return_dict_in_generate=True,
+                         **generation_kwargs(processor.tokenizer))
+    steps = len(out.logits)
+    sampled = torch.log_softmax(torch.stack(out.logits, 1).float(), -1)
+    sampled = sampled.gather(-1, out.sequences[:, n_prompt:, None]).squeeze(-1)
+    forward = grpo.rollout_logprobs(model, batch, n_prompt)[:, :steps]
+    mask = batch["completion_mask"][:, :steps]
+    assert torch.equal(out.sequences, batch["input_ids"][:, :out.sequences.shape[1]])
+    assert (forward - sampled)[mask].abs().max() < 1e-4
+
+
+def _run_worker(cmd, ckpt, data, out):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(cmd + [os.path.join(ROOT, "tests", "grpo_worker.py"), ckpt, data, out], check=True, env=env,
+                   timeout=300, capture_output=True)
+    return json.load(open(out))
+
+
+def test_two_process_update_equals_one_process(tiny_checkpoint, records_file, tmp_path):
+    one = _run_worker([sys.executable], tiny_checkpoint, records_file, str(tmp_path / "one.json"))
+    two = _run_worker([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"],
+                      tiny_checkpoint, records_file, str(tmp_path / "two.json"))
+    assert abs(one["param_sum"] - two["param_sum"]) < 1e-4
+    assert abs(one["param_abs"] - two["param_abs"]) < 1e-4
+    assert abs(one["grad_norm"] - two["grad_norm"]) < 1e-5
+
+
+def test_a_few_grpo_steps_raise_a_toy_reward(tiny_checkpoint, records_file):
+    """Toy task: the reward is the mean token id of the answer, so GRPO must shift probability to high ids."""
+    from model import load_model
+    policy, processor = load_model(tiny_checkpoint, device="cpu")
+    records = [r for r in load_records(records_file) if r["task"] == "report"][:4]
+    grpo.prompts_per_step, grpo.group_size, grpo.mini_batch, grpo.micro_batch = 4, 6, 4, 24
+    grpo.max_new_tokens, grpo.beta, grpo.loss_agg = 6, 0.0, "token-mean"
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=3e-3)
+    vocab = len(processor.tokenizer)
+    means = []
+    torch.manual_seed(0)
+    for _ in range(10):
+        policy.eval()
+        batch, _, n_prompt = grpo.sample_rollouts(policy, processor, records, 6, False, torch.device("cpu"), False)
+        completion, mask = batch["input_ids"][:, n_prompt:].float(), batch["completion_mask"].float()
+        reward = (completion * mask).sum(1) / mask.sum(1) / vocab
+        means.append(reward.mean().item())
+        old = grpo.rollout_logprobs(policy, batch, n_prompt)
+        grpo.policy_update(policy, optimizer, batch, old, None, grpo.group_advantages(reward, batch["group_ids"]),
+                           n_prompt, 1)
+    assert sum(means[-3:]) / 3 > sum(means[:3]) / 3 + 0.05, means
+
+
+def run_grpo(out_dir, ckpt, data, *args):
+    cmd = [sys.executable, os.path.join(ROOT, "grpo.py"), f"--init_from={ckpt}", f"--data={data}",
+           f"--out_dir={out_dir}", "--task=both", "--prompts_per_step=2", "--group_size=3", "--mini_batch=1",
+           "--micro_batch=3", "--max_new_tokens=8", "--lr=1e-3", "--save_every=1", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if proc.returncode != 0:
+        raise AssertionError(proc.stdout[-2000:] + proc.stderr[-3000:])
+    return [json.loads(line) for line in open(os.path.join(out_dir, "log.jsonl"))]
+
+
+def test_grpo_script_logs_and_resumes_exactly(tiny_checkpoint, records_file, tmp_path):
+    full = run_grpo(str(tmp_path / "full"), tiny_checkpoint, records_file, "--max_steps=3")
+    assert [r["task"] for r in full] == ["report", "grounding", "report"]
+    for key in ("reward_mean", "reward_std", "kl", "clip_frac", "entropy", "response_length", "zero_var_frac",
+                "time_generate", "time_reference", "time_train", "time_reward", "grad_norm"):
+        assert key in full[0], key
+    assert "reward_report" in full[0] and "reward_grounding" in full[1]
+    crashed = str(tmp_path / "crashed")
+    shutil.copytree(str(tmp_path / "full"), crashed)
+    shutil.rmtree(os.path.join(crashed, "step_0000003"))
+    open(os.path.join(crashed, "latest"), "w").write("step_0000002")
+    lines = open(os.path.join(crashed, "log.jsonl")).readlines()[:2]
+    open(os.path.join(crashed, "log.jsonl"), "w").write("".join(lines))
+    resumed = run_grpo(crashed, tiny_checkpoint, records_file, "--max_steps=3", "--resume=True")
+    for key in ("reward_mean", "kl", "loss", "grad_norm", "response_length"):
+        assert abs(full[2][key] - resumed[2][key]) <= 1e-6, key
+
+
+def test_missing_sft_checkpoint_gives_a_hint(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "grpo.py"), f"--init_from={tmp_path}/no/such/run"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode != 0 and "Run `python sft.py` first" in proc.stderr
+    assert "Traceback" not in proc.stderr
