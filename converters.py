@@ -28,16 +28,13 @@ from collections import Counter, defaultdict
 import numpy as np
 from PIL import Image
 
-from data import PROMPTS, box_is_valid, format_boxes, make_record, read_dicom, save_records, validate_record
+from data import (CHEXPERT_LABELS, PROMPTS, box_is_valid, classification_answer, findings_answer, format_boxes,
+                  location_answer, make_record, phrase_answer, read_dicom, save_records, validate_record)
 
 # The 14 CheXpert observations (MIMIC-CXR-JPG label file, CheXbert labels of CheXpert Plus). "No Finding"
 # is kept in `labels` but never named as an abnormality, so answers list at most the other 13.
-CHEXPERT_LABELS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum",
-                   "Fracture", "Lung Lesion", "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other",
-                   "Pneumonia", "Pneumothorax", "Support Devices")
 FRONTAL_VIEWS = ("PA", "AP")
 VINDR_FUSION_IOU = 0.1  # the paper fuses VinDr-CXR's radiologists by weighted box fusion at IoU 0.1
-NO_ABNORMALITY = "No abnormalities are identified on this Chest X-ray."
 
 # ----------------------------------------------------------------------------------------------------------
 # small helpers: files, summary, phrasing
@@ -108,10 +105,6 @@ def slug(text):
 def readable(name):
     """'Pleural effusion' -> 'pleural effusion'; acronyms such as 'ILD' stay as they are."""
     return name if name.isupper() else name.lower()
-
-
-def join_and(words):
-    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
 def image_ok(path, check_images, summary):
@@ -219,32 +212,9 @@ def chexpert_labels(row):
     return {name: positive(row[name]) for name in CHEXPERT_LABELS if name in row}
 
 
-def classification_answer(labels):
-    found = [readable(name) for name in CHEXPERT_LABELS if name != "No Finding" and labels.get(name)]
-    if not found:
-        return NO_ABNORMALITY
-    if len(found) == 1:
-        return f"The following abnormality is identified: {found[0]}."
-    return f"The following abnormalities are identified: {join_and(found)}."
-
-
-def location_answer(name, boxes):
-    return f"The {name} is located at the coordinates {format_boxes(boxes)} on the image."
-
-
-def findings_answer(boxes_by_name):
-    """{'Aortic enlargement': [..], ...} -> '... an aortic enlargement located at the coordinates [..]; a ...'."""
-    if not boxes_by_name:
-        return NO_ABNORMALITY
-    parts = []
-    for name, boxes in boxes_by_name.items():
-        article = "an" if name[0].lower() in "aeiou" else "a"
-        parts.append(f"{article} {readable(name)} located at the coordinates {format_boxes(boxes)}")
-    return "The following abnormalities are identified: " + "; ".join(parts) + "."
-
-
-def phrase_answer(boxes):
-    return f"This finding is located at {format_boxes(boxes)} in the image."
+def labels_answer(labels):
+    """The classification answer of CheXpert labels (uncertain already counted as positive)."""
+    return classification_answer([readable(n) for n in CHEXPERT_LABELS if n != "No Finding" and labels.get(n)])
 
 
 def report_and_classification(rid, image, text, labels, source, summary, no_text="no findings or impression text"):
@@ -258,7 +228,7 @@ def report_and_classification(rid, image, text, labels, source, summary, no_text
         summary["skipped"][f"report: {no_text}"] += 1
     if labels is not None:
         question = pick(PROMPTS["classification"], f"{rid}_classification")
-        records.append(make_record(f"{rid}_classification", image, question, classification_answer(labels),
+        records.append(make_record(f"{rid}_classification", image, question, labels_answer(labels),
                                    "classification", source=source, labels=labels))
     else:
         summary["skipped"]["classification: no CheXpert labels"] += 1
@@ -553,7 +523,7 @@ def convert_vindr_cxr(root, split=None, annotations=None, image_sizes=None, imag
             all_boxes = [box for boxes in fused.values() for box in boxes]
             summary["notes"]["all-findings records (one per image)"] += 1
             records.append(grounding_record(f"vindr-cxr_{image_id}_all", image, "abnormality_grounding_all",
-                                            findings_answer(fused), all_boxes, "abnormality_grounding", "vindr-cxr"))
+                                            findings_answer({readable(n): b for n, b in fused.items()}), all_boxes, "abnormality_grounding", "vindr-cxr"))
     return finish(records, summary)
 
 # ----------------------------------------------------------------------------------------------------------

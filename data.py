@@ -28,6 +28,9 @@ from PIL import Image
 TASKS = ("report", "classification", "anatomical_grounding", "abnormality_grounding", "phrase_grounding",
          "conversation")
 GROUNDING_TASKS = ("anatomical_grounding", "abnormality_grounding", "phrase_grounding")
+CHEXPERT_LABELS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
+                   "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
+                   "Fracture", "Support Devices")  # the 14 CheXpert observations, keys of every `labels` dict
 THINK_SUFFIX = " /think"  # appended to the user turn to ask a Qwen3 model for <think>...</think> first
 
 # Several phrasings per task, as in the authors' data code; {name} / {phrase} are filled in by the builders.
@@ -64,6 +67,37 @@ PROMPTS = {
 }
 BOX_FORMAT_HINT = ("Answer with normalized coordinates [x_min, y_min, x_max, y_max] between 0 and 1, "
                    "with 2 decimals.")  # told to general Qwen3-VL models, which natively use 0-1000 integers
+
+# The answer sentences of the paper's tasks, used by the synthetic world and by every dataset converter.
+NO_ABNORMALITY = "No abnormalities are identified on this Chest X-ray."
+
+
+def join_and(words):
+    """['a', 'b', 'c'] -> 'a, b and c'."""
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def classification_answer(names):
+    """Abnormality names -> "The following abnormalities are identified: cardiomegaly, edema and ..."."""
+    return f"The following abnormalities are identified: {join_and(names)}." if names else NO_ABNORMALITY
+
+
+def location_answer(name, boxes):
+    return f"The {name} is located at the coordinates {format_boxes(boxes)} on the image."
+
+
+def findings_answer(boxes_by_name):
+    """{name: boxes} -> "There is an aortic enlargement located at the coordinates [..]; a ... [..] and [..]."."""
+    if not boxes_by_name:
+        return NO_ABNORMALITY
+    parts = [f"{'an' if name[0].lower() in 'aeiou' else 'a'} {name} located at the coordinates {format_boxes(boxes)}"
+             for name, boxes in boxes_by_name.items()]
+    return "There is " + "; ".join(parts) + "."
+
+
+def phrase_answer(boxes):
+    return f"This finding is located at {format_boxes(boxes)} in the image."
+
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _BOX_RE = re.compile(rf"\[\s*({_NUMBER})\s*,\s*({_NUMBER})\s*,\s*({_NUMBER})\s*,\s*({_NUMBER})\s*\]")
@@ -162,13 +196,15 @@ def load_records(path):
     return records
 
 
-def open_records(source, split="train", n=None, image_size=128):
+def open_records(source, split="train", n=None, image_size=128, tasks=None):
     """A list-like of records: "synthetic" (n records of the generated world's `split`, images made on access)
-    or a RadVLM/LLaVA .json/.jsonl file, read whole."""
+    or a RadVLM/LLaVA .json/.jsonl file, read whole; only those of `tasks` (all when None; a file record
+    without a "task" field counts as a report)."""
     if source == "synthetic":
         import synthetic
-        return synthetic.SyntheticRecords(split, n, size=image_size)
-    return load_records(source)
+        return synthetic.SyntheticRecords(split, n, size=image_size, tasks=tasks)
+    records = load_records(source)
+    return records if tasks is None else [r for r in records if (r.get("task") or "report") in tasks]
 
 
 def save_records(records, path):

@@ -593,14 +593,10 @@ def main():
     settings = configure({k: v for k, v in globals().items() if k.islower()})  # UPPER_CASE names are not settings
     globals().update(settings)
     rank, _, world, device = init_distributed()
-    source = open_records(data, "test", n_test, image_size)
-    records, ids = [], []
-    for i in range(len(source)):
-        record = source[i]  # synthetic records draw their image on access: once each, here
-        if task_of(record) in SCORED_TASKS:
-            records.append(record)
-            ids.append(record_id(record, i))
-    print0(f"evaluate: {len(records)} of {len(source)} test records are scored; {world} rank(s)")
+    source = open_records(data, "test", n_test, image_size, tasks=SCORED_TASKS)
+    records = [source[i] for i in range(len(source))]  # synthetic records draw their image on access: once each
+    ids = [record_id(record, i) for i, record in enumerate(records)]
+    print0(f"evaluate: {len(records)} test records; {world} rank(s)")
     if predictions:
         completions = read_predictions(predictions, ids)
     else:

@@ -249,10 +249,6 @@ def policy_update(policy, optimizer, batch, old_logprobs, ref_logprobs, advantag
     return {**out, "loss": sums["loss"], "grad_norm": grad_norm.item()}
 
 
-def task_of(record):
-    return "grounding" if record.get("task") in GROUNDING_TASKS else record.get("task", "report")
-
-
 def main():
     settings = configure(globals())
     rank, _, world, device = init_distributed()
@@ -285,11 +281,11 @@ def main():
     optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999),
                                   fused=device.type == "cuda")
 
-    records = open_records(data, "train", n_train, image_size)
     step_tasks = ["report", "grounding"] if task == "both" else [task]  # "both": steps alternate between them
-    pools = {t: [i for i in range(len(records)) if task_of(records[i]) == t] for t in step_tasks}
+    record_tasks = {"report": ("report",), "grounding": GROUNDING_TASKS}
+    pools = {t: open_records(data, "train", n_train, image_size, tasks=record_tasks[t]) for t in step_tasks}
     for t, pool in pools.items():
-        if not pool:
+        if not len(pool):
             raise SystemExit(f"no {t} records in {data}")
 
     step = 0
@@ -305,7 +301,7 @@ def main():
 
     if world > 1:  # a freshly sharded model must run one plain forward before its first generate (FSDP2)
         with torch.no_grad():
-            policy(**prompt_batch([records[pools[step_tasks[0]][0]]], processor).to(device), use_cache=False)
+            policy(**prompt_batch([pools[step_tasks[0]][0]], processor).to(device), use_cache=False)
     bar = tqdm(total=max_steps, initial=step, disable=not master, dynamic_ncols=True)
     while step < max_steps:
         times = {}
@@ -316,7 +312,7 @@ def main():
         order = epoch_order(len(pool), seed, epoch)[offset:] + epoch_order(len(pool), seed, epoch + 1)
         # rank r takes prompts r, r + world, ...: mini-batch u of every rank then holds the same prompts as
         # mini-batch u of a single process, so sharding does not change the updates
-        step_records = [records[pool[i]] for i in order[:prompts_per_step]][rank::world]
+        step_records = [pool[i] for i in order[:prompts_per_step]][rank::world]
 
         # --- rollouts with the current policy
         t0 = time.time()

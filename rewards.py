@@ -48,7 +48,7 @@ import re
 import warnings
 from collections import Counter
 
-from data import GROUNDING_TASKS, parse_boxes
+from data import CHEXPERT_LABELS, GROUNDING_TASKS, parse_boxes
 
 MAX_REPORT_CHARS = 2048  # the paper cuts both texts to this length before scoring a report
 REPORT_REWARDS = ("label_f1", "radcliq", "bertscore", "radgraph", "gleu", "bleu4")
@@ -172,9 +172,7 @@ def classification_reward(completion, answer, thinking=False):
 # ----------------------------------------------------------------------------------------------------------
 # Report labeler: rule-based CheXpert observations (mention phrases, negation, uncertainty, normal statements)
 
-OBSERVATIONS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
-                "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
-                "Pleural Other", "Fracture", "Support Devices")
+OBSERVATIONS = CHEXPERT_LABELS
 PATHOLOGIES = OBSERVATIONS[1:-1]  # what "No Finding" rules out (CheXpert: support devices do not count)
 
 _HEART = r"(?:heart|cardiac)(?: (?:size|silhouette|shadow|contours?|diameter))?"

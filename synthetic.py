@@ -49,16 +49,14 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from data import PROMPTS, TASKS, format_boxes, make_record, save_records
+from data import (CHEXPERT_LABELS, PROMPTS, TASKS, classification_answer, findings_answer, format_boxes,
+                  location_answer, make_record, phrase_answer, save_records)
 
 FOV_CM = 36.0  # the image is 36 cm wide: turns normalized sizes into the cm of the reports
 SPLIT_OFFSET = {"train": 0, "val": 10_000_000, "test": 20_000_000}  # disjoint study-seed ranges ...
 SPLIT_SIZE = 10_000_000  # ... of this length
 DEFAULT_MIX = {"report": 0.3, "classification": 0.15, "anatomical_grounding": 0.15,
                "abnormality_grounding": 0.2, "phrase_grounding": 0.1, "conversation": 0.1}
-CHEXPERT = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
-            "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
-            "Fracture", "Support Devices")
 LABEL_OF = {"cardiomegaly": "Cardiomegaly", "pleural effusion": "Pleural Effusion", "pneumothorax": "Pneumothorax",
             "consolidation": "Consolidation", "lung opacity": "Lung Opacity", "atelectasis": "Atelectasis",
             "edema": "Edema", "nodule": "Lung Lesion", "mass": "Lung Lesion", "endotracheal tube": "Support Devices",
@@ -505,7 +503,7 @@ def _report(rng, findings):
         positive.append(dict(text=text, boxes=[g["box"] for g in group], labels={LABEL_OF[f["name"]]: 1},
                              name=f["name"]))
     present = {LABEL_OF[f["name"]] for f in findings}
-    absent = set(CHEXPERT) - present - {"No Finding"}
+    absent = set(CHEXPERT_LABELS) - present - {"No Finding"}
     wanted = {C, PE, PTX} & absent  # always negated; the others only sometimes
     wanted |= {label for label, prob in (("Edema", 0.4), ("Lung Lesion", 0.2), ("Fracture", 0.3), ("Pneumonia", 0.15))
                if label in absent and rng.random() < prob}
@@ -533,7 +531,7 @@ def _report(rng, findings):
     labels = {"No Finding": 1} if normal else {}
     for s in statements:
         labels.update(s["labels"])
-    return statements, {k: labels[k] for k in CHEXPERT if k in labels}
+    return statements, {k: labels[k] for k in CHEXPERT_LABELS if k in labels}
 
 
 def generate_study(seed, size=128, omit=()):
@@ -571,18 +569,14 @@ def _report_record(study, image, rng, rid):
 
 def _classification_record(study, image, rng, rid):
     names = [k.lower() for k, v in study["labels"].items() if v == 1 and k != "No Finding"]
-    listed = ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
-    answer = (f"The following abnormalities are identified: {listed}." if names
-              else "No abnormalities are identified on this chest X-ray.")
-    return make_record(rid, image, rng.choice(PROMPTS["classification"]), answer, "classification",
+    return make_record(rid, image, rng.choice(PROMPTS["classification"]), classification_answer(names), "classification",
                        labels=study["labels"])
 
 
 def _anatomy_record(study, image, rng, rid):
     name, box = rng.choice(list(study["anatomy"].items()))
     return make_record(rid, image, rng.choice(PROMPTS["anatomical_grounding"]).format(name=name),
-                       f"The {name} is located at the coordinates {format_boxes([box])} on the image.",
-                       "anatomical_grounding", boxes=[box])
+                       location_answer(name, [box]), "anatomical_grounding", boxes=[box])
 
 
 def _abnormality_record(study, image, rng, rid):
@@ -593,13 +587,9 @@ def _abnormality_record(study, image, rng, rid):
     if rng.random() < 0.6:
         name = rng.choice(list(groups))
         return make_record(rid, image, rng.choice(PROMPTS["abnormality_grounding"]).format(name=name),
-                           f"The {name} is located at the coordinates {format_boxes(groups[name])} on the image.",
-                           "abnormality_grounding", boxes=groups[name])
-    parts = [f"{'an' if n[0] in 'aeiou' else 'a'} {n} located at the coordinates {format_boxes(b)}"
-             for n, b in groups.items()]
-    return make_record(rid, image, rng.choice(PROMPTS["abnormality_grounding_all"]),
-                       "There is " + "; ".join(parts) + ".", "abnormality_grounding",
-                       boxes=[b for boxes in groups.values() for b in boxes])
+                           location_answer(name, groups[name]), "abnormality_grounding", boxes=groups[name])
+    return make_record(rid, image, rng.choice(PROMPTS["abnormality_grounding_all"]), findings_answer(groups),
+                       "abnormality_grounding", boxes=[b for boxes in groups.values() for b in boxes])
 
 
 def _phrase_record(study, image, rng, rid):
@@ -609,8 +599,7 @@ def _phrase_record(study, image, rng, rid):
         return None
     s = rng.choice(sentences)
     return make_record(rid, image, rng.choice(PROMPTS["phrase_grounding"]).format(phrase=s["text"]),
-                       f"This finding is located at {format_boxes(s['boxes'])} in the image.", "phrase_grounding",
-                       boxes=s["boxes"])
+                       phrase_answer(s["boxes"]), "phrase_grounding", boxes=s["boxes"])
 
 
 def _conversation_record(study, image, rng, rid):
@@ -792,10 +781,13 @@ class SyntheticRecords:
     def __getitem__(self, i):
         if not 0 <= i < self.n:
             raise IndexError(i)
-        study_seed = SPLIT_OFFSET[self.split] + i
-        study = generate_study(study_seed, self.size)
-        options = build_records(study, f"synthetic://{self.split}/{study_seed:08d}", study_seed, self.tasks)
         rng = random.Random(f"{self.split}-{self.seed}-{i}")
+        for attempt in itertools.count():  # a study none of `tasks` applies to gives way to another one
+            study_seed = SPLIT_OFFSET[self.split] + i + attempt * self.n
+            study = generate_study(study_seed, self.size)
+            options = build_records(study, f"synthetic://{self.split}/{study_seed:08d}", study_seed, self.tasks)
+            if options:
+                break
         weights = [self.weights[self.tasks.index(r["task"])] for r in options]
         record = rng.choices(options, weights)[0]
         record["image_array"], record["study_seed"] = study["image"], study_seed

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import converters
-from data import PROMPTS, load_records, parse_boxes, validate_record
+from data import NO_ABNORMALITY, PROMPTS, load_records, parse_boxes, validate_record
 
 CHEXPERT_COLUMNS = list(converters.CHEXPERT_LABELS)
 
@@ -154,7 +154,7 @@ def test_mimic_cxr_reports_labels_frontal_only(tmp_path):
     assert question(labels) in PROMPTS["classification"]
     assert labels["labels"]["Edema"] == 1 and labels["labels"]["Pleural Effusion"] == 0
     assert report["labels"] == labels["labels"]
-    assert answer(by_id[f"mimic-cxr_{normal}_classification"]) == converters.NO_ABNORMALITY
+    assert answer(by_id[f"mimic-cxr_{normal}_classification"]) == NO_ABNORMALITY
     assert answer(by_id[f"mimic-cxr_{ap}_report"]) == "No acute cardiopulmonary process."  # no findings: impression
 
 
@@ -216,7 +216,7 @@ def test_chexpert_plus(tmp_path):
         "chexpert-plus_valid_patient64541_study1_view1_frontal_report": "Small left effusion."}
     valid = converters.convert_chexpert_plus(root, split="validation")[0]
     assert [answer(r) for r in by_task(valid, "classification")] == [
-        "The following abnormality is identified: pleural effusion."]
+        "The following abnormalities are identified: pleural effusion."]
     assert valid[0]["image"].endswith("PNG/valid/patient64541/study1/view1_frontal.png")
     os.remove(f"{root}/chexbert_labels/report_fixed.json")
     records, summary = converters.convert_chexpert_plus(root)
@@ -319,12 +319,12 @@ def test_vindr_cxr_fusion_single_and_all_findings(tmp_path):
                                     "on the image.")
     assert question(cardiomegaly) in [p.format(name="cardiomegaly") for p in PROMPTS["abnormality_grounding"]]
     everything = by_id[f"vindr-cxr_{one}_all"]
-    assert answer(everything) == ("The following abnormalities are identified: an aortic enlargement located at the "
+    assert answer(everything) == ("There is an aortic enlargement located at the "
                                   "coordinates [0.48, 0.2, 0.56, 0.36]; a cardiomegaly located at the coordinates "
                                   "[0.31, 0.5, 0.71, 0.82].")
     assert question(everything) in PROMPTS["abnormality_grounding_all"]
     nothing = by_id[f"vindr-cxr_{two}_all"]
-    assert nothing["boxes"] == [] and answer(nothing) == converters.NO_ABNORMALITY
+    assert nothing["boxes"] == [] and answer(nothing) == NO_ABNORMALITY
     records, summary = converters.convert_vindr_cxr(root, split="train", keep_no_finding=False)
     assert f"vindr-cxr_{two}_all" not in {r["id"] for r in records} and len(records) == 3
     records, summary = converters.convert_vindr_cxr(root)  # all splits: those with an annotation file

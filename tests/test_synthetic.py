@@ -73,7 +73,7 @@ KEYWORDS = {"Cardiomegaly": ("cardiomegaly", "heart", "cardiac"), "Enlarged Card
 def test_labels_match_report_and_findings(studies):
     for study in studies:
         labels, report = study["labels"], study["report"].lower()
-        assert set(labels) <= set(synthetic.CHEXPERT) and set(labels.values()) <= {0, 1}
+        assert set(labels) <= set(synthetic.CHEXPERT_LABELS) and set(labels.values()) <= {0, 1}
         positives = {k for k, v in labels.items() if v == 1} - {"No Finding"}
         assert positives == {synthetic.LABEL_OF[f["name"]] for f in study["findings"]}, study["seed"]
         assert labels.get("No Finding") == (1 if not positives - {"Support Devices"} else None)
