@@ -20,9 +20,9 @@ Deliberately left out: trace rewriting/cleaning by a second LLM, and rejection s
 
 import json
 import os
-import random
 import runpy
 import sys
+from collections import Counter
 
 import torch
 from PIL import Image
@@ -30,22 +30,20 @@ from PIL import Image
 from configurator import configure
 from data import (GROUNDING_TASKS, THINK_SUFFIX, generation_kwargs, open_records, parse_boxes, prompt_batch,
                   reference_answer, save_records)
-from model import init_distributed, load_model, print0, barrier
 import rewards
+from model import barrier, init_distributed, load_model, print0
 
 init_from = "out/sft"     # the model to fine-tune: a training output dir, a checkpoint dir or a hub id
 teacher = "rule"          # "rule" (the synthetic world's ground truth) or a local VLM checkpoint dir
 data = "synthetic"        # records to write traces for: "synthetic" or a .json/.jsonl file
 n_records = 3000          # synthetic records (report and grounding, as the paper's two trace sets)
 image_size = 128
-min_words = 30            # a shorter trace is dropped (the paper asked its teacher for at least ~300)
+min_words = 20            # a shorter trace is dropped (the paper asked its teacher for at least ~300)
 min_score = 0.5           # a trace whose final answer scores below this against the gold answer is dropped
 teacher_max_new_tokens = 768
 batch_size = 8
 out_dir = "out/coldstart"
 sft_overrides = "--max_steps=400 --lr=1e-3 --vision_lr=5e-4 --warmup=0.05 --eval_every=100 --save_every=200"
-seed = 0
-settings = configure(globals())
 
 TEACHER_PROMPT = (
     "You are an expert radiologist teaching a resident. Below are a chest X-ray, a question about it and its "
@@ -59,52 +57,41 @@ TEACHER_PROMPT = (
 # the rule-based teacher: a systematic review written from the synthetic world's ground truth
 
 def where(box):
-    """Words for where a box lies, in the patient's frame (the patient's right is the image's left)."""
+    """Where a box lies in the patient's frame (the patient's right is on the image's left)."""
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    side = "right" if cx < 0.45 else "left" if cx > 0.55 else "central"
     zone = "upper" if cy < 0.4 else "lower" if cy > 0.6 else "middle"
-    return f"the patient's {side} {zone} zone" if side != "central" else f"the central {zone} chest"
+    if 0.45 <= cx <= 0.55:
+        return f"central {zone} chest"
+    side, image_side = ("right", "left") if cx < 0.5 else ("left", "right")
+    return f"patient's {side} {zone} zone, the image's {image_side} side"
 
 
-def describe_finding(f):
-    a = f["attrs"]
-    words = [a.get("severity") or a.get("size") or "", a.get("side") or "", f["name"]]
-    return " ".join(w for w in words if w) + f" in {where(f['box'])}"
+def describe(finding):
+    a = finding["attrs"]
+    words = [a.get("severity") or a.get("size") or "", a.get("side") or "", finding["name"]]
+    return " ".join(w for w in words if w and w not in ("both",))
 
 
-def rule_trace(record, study, rng):
-    """A review in the order a radiologist reads a film, ending with the conclusion the answer states."""
-    findings = study["findings"]
-    by_name = {f["name"]: f for f in findings}
-    steps = ["I review this frontal chest radiograph systematically."]
-    devices = [f for f in findings if f["name"] in ("endotracheal tube", "central venous catheter", "pacemaker")]
-    steps.append("Lines and tubes: " + ("I see " + ", ".join(describe_finding(d) for d in devices) + "."
-                                         if devices else "none are present."))
-    heart = study["anatomy"].get("heart")
-    if "cardiomegaly" in by_name:
-        steps.append(f"Heart: the cardiac silhouette is wider than half of the thorax, so there is "
-                     f"{by_name['cardiomegaly']['attrs'].get('severity', '')} cardiomegaly.")
-    elif heart:
-        steps.append("Heart: the cardiac silhouette is less than half the width of the thorax, so its size is normal.")
-    lungs = [f for f in findings if f["name"] in ("consolidation", "lung opacity", "atelectasis", "edema", "nodule", "mass")]
-    steps.append("Lungs: " + ("I see " + "; ".join(describe_finding(f) for f in lungs) + "."
-                              if lungs else "both lung fields are clear, with normal vascular markings."))
-    pleura = [f for f in findings if f["name"] in ("pleural effusion", "pneumothorax")]
-    steps.append("Pleura: " + ("I see " + "; ".join(describe_finding(f) for f in pleura) + "."
-                               if pleura else "the costophrenic angles are sharp and there is no pleural line."))
-    task, answer = record.get("task"), reference_answer(record)
-    boxes = parse_boxes(answer)
-    if task in GROUNDING_TASKS and boxes:
-        question = record["conversations"][0]["value"].replace("<image>", "").strip()
-        steps.append(f"The question asks: {question}")
-        for box in boxes:
-            steps.append(f"The structure asked for lies in {where(box)}; its left edge is near {box[0]:.2f} and its "
-                         f"right edge near {box[2]:.2f} of the image width, its top near {box[1]:.2f} and its "
-                         f"bottom near {box[3]:.2f} of the image height.")
-    elif task == "classification":
-        steps.append("Listing the abnormalities I found gives the answer.")
+def rule_trace(record, study):
+    """A short review in the order a radiologist reads a film (devices, heart, lungs, pleura), then where
+    the asked-for structure is: the observations the answer follows from."""
+    by_group = {"devices": [], "lungs": [], "pleura": []}
+    for f in study["findings"]:
+        group = ("devices" if f["name"] in ("endotracheal tube", "central venous catheter", "pacemaker") else
+                 "pleura" if f["name"] in ("pleural effusion", "pneumothorax") else
+                 None if f["name"] == "cardiomegaly" else "lungs")
+        if group:
+            by_group[group].append(f)
+    cardiomegaly = [f for f in study["findings"] if f["name"] == "cardiomegaly"]
+    steps = ["Lines and tubes: " + (", ".join(describe(f) for f in by_group["devices"]) or "none") + ".",
+             "Heart: " + (f"enlarged, {describe(cardiomegaly[0])}." if cardiomegaly else "normal size."),
+             "Lungs: " + ("; ".join(f"{describe(f)} in the {where(f['box'])}" for f in by_group["lungs"]) or "clear") + ".",
+             "Pleura: " + ("; ".join(f"{describe(f)} in the {where(f['box'])}" for f in by_group["pleura"])
+                           or "no effusion, no pneumothorax") + "."]
+    if record.get("task") in GROUNDING_TASKS:
+        steps += [f"The target is in the {where(box)}." for box in parse_boxes(reference_answer(record))]
     else:
-        steps.append("I write the report from these observations, stating the normal findings explicitly.")
+        steps.append("The report states each finding with its side and size, and the normal findings.")
     return " ".join(steps)
 
 
@@ -146,63 +133,63 @@ def split_final_answer(text):
     return (head.strip(), tail.strip()) if sep else (text.strip(), None)
 
 
-def main():
-    rank, _, world, device = init_distributed()
-    if teacher == "rule" and data != "synthetic":
-        raise SystemExit("the rule-based teacher knows only the synthetic world; pass --teacher=PATH for other data")
-    records = open_records(data, "train", n_records, image_size)
-    if data == "synthetic":  # the paper's two trace sets: report generation and grounding
-        records = [r for r in records if r.get("task") == "report" or r.get("task") in GROUNDING_TASKS]
-    os.makedirs(out_dir, exist_ok=True)
-    part_file = os.path.join(out_dir, f"traces.rank{rank}.jsonl")
+def teacher_outputs(batch, model, processor, device):
+    """The teacher's text for each record: a reasoning trace ending in "Final answer: ..."."""
+    if model is None:  # the rule-based teacher
+        import synthetic
+        return [rule_trace(r, synthetic.study_of(r, image_size)) + "\nFinal answer: " + reference_answer(r)
+                for r in batch]
+    asks = [{**r, "conversations": [{"from": "human", "value": "<image>\n" + TEACHER_PROMPT.format(
+        min_words=min_words, question=r["conversations"][0]["value"].replace("<image>", "").strip(),
+        answer=reference_answer(r))}, {"from": "gpt", "value": ""}]} for r in batch]
+    inputs = prompt_batch(asks, processor).to(device)
+    with torch.no_grad():
+        generated = model.generate(**inputs, do_sample=False, max_new_tokens=teacher_max_new_tokens,
+                                   **generation_kwargs(processor.tokenizer))
+    return processor.tokenizer.batch_decode(generated[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def write_traces(records, part_file, model=None, processor=None, device=None):
+    """Append one line per record to `part_file` ({id, kept, reason, record}); records already there are
+    skipped, so a restarted run continues where it stopped. Returns the number of records written now."""
     done = {json.loads(line)["id"] for line in open(part_file)} if os.path.exists(part_file) else set()
-    mine = [r for r in records[rank::world] if r["id"] not in done]
-    print0(f"coldstart: writing traces for {len(mine)} records per rank ({len(done)} already written)")
-    if teacher != "rule":
-        model, processor = load_model(teacher, device=device)
-        model.eval()
-    rng = random.Random(seed + rank)
-    dropped = {}
+    todo = [r for r in records if r["id"] not in done]
+    print0(f"coldstart: traces for {len(todo)} records ({len(done)} already written)")
     with open(part_file, "a") as out:
-        for start in range(0, len(mine), batch_size):
-            batch = mine[start:start + batch_size]
-            if teacher == "rule":
-                import synthetic
-                outputs = [rule_trace(r, synthetic.study_of(r, image_size), rng) + "\nFinal answer: " +
-                           reference_answer(r) for r in batch]
-            else:
-                asks = [{**r, "conversations": [{"from": "human", "value": "<image>\n" + TEACHER_PROMPT.format(
-                    min_words=min_words, question=r["conversations"][0]["value"].replace("<image>", "").strip(),
-                    answer=reference_answer(r))}, {"from": "gpt", "value": ""}]} for r in batch]
-                inputs = prompt_batch(asks, processor).to(device)
-                with torch.no_grad():
-                    generated = model.generate(**inputs, do_sample=False, max_new_tokens=teacher_max_new_tokens,
-                                               **generation_kwargs(processor.tokenizer))
-                outputs = processor.tokenizer.batch_decode(generated[:, inputs["input_ids"].shape[1]:],
-                                                           skip_special_tokens=True)
-            for record, output in zip(batch, outputs):
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start:start + batch_size]
+            for record, output in zip(batch, teacher_outputs(batch, model, processor, device)):
                 trace, final = split_final_answer(output)
                 reason = check_trace(record, trace, final)
                 line = {"id": record["id"], "kept": reason is None, "reason": reason}
                 if reason is None:
                     line["record"] = thinking_record(record, trace)
-                else:
-                    dropped[reason] = dropped.get(reason, 0) + 1
                 out.write(json.dumps(line) + "\n")
             out.flush()
+    return len(todo)
+
+
+def main():
+    configure(globals())
+    rank, _, world, device = init_distributed()
+    if teacher == "rule" and data != "synthetic":
+        raise SystemExit("the rule-based teacher knows only the synthetic world; pass --teacher=PATH for other data")
+    # the paper's two trace sets: report generation and grounding
+    records = open_records(data, "train", n_records, image_size, tasks=("report", *GROUNDING_TASKS))
+    os.makedirs(out_dir, exist_ok=True)
+    model, processor = (None, None) if teacher == "rule" else load_model(teacher, device=device)
+    write_traces([records[i] for i in range(rank, len(records), world)],
+                 os.path.join(out_dir, f"traces.rank{rank}.jsonl"), model and model.eval(), processor, device)
     barrier()
     traces_file = os.path.join(out_dir, "traces.jsonl")
     if rank == 0:
-        lines = [json.loads(line) for r in range(world)
-                 for line in open(os.path.join(out_dir, f"traces.rank{r}.jsonl"))]
+        lines = [json.loads(line) for r in range(world) for line in open(os.path.join(out_dir, f"traces.rank{r}.jsonl"))]
         kept = [line["record"] for line in lines if line["kept"]]
-        reasons = {}
-        for line in lines:
-            if not line["kept"]:
-                reasons[line["reason"]] = reasons.get(line["reason"], 0) + 1
+        dropped = Counter(line["reason"] for line in lines if not line["kept"])
         save_records(kept, traces_file)
-        print0(f"traces: {len(kept)} kept, dropped {reasons or 'none'} -> {traces_file}")
+        print0(f"traces: {len(kept)} kept, dropped {dict(dropped) or 'none'} -> {traces_file}")
     barrier()
+    del model
     # the cold-start SFT itself: sft.py's loop, in this process, on the thinking records
     sys.argv = ["sft.py", f"--init_from={init_from}", f"--data={traces_file}", "--val_data=",
                 f"--out_dir={os.path.join(out_dir, 'model')}", f"--image_size={image_size}", *sft_overrides.split()]

@@ -1,0 +1,68 @@
+import json
+
+import coldstart
+import synthetic
+from data import THINK_SUFFIX, GROUNDING_TASKS, parse_boxes, prompt_messages, reference_answer, to_messages
+
+
+def _records(n=12):
+    return synthetic.SyntheticRecords("train", n, tasks=("report", *GROUNDING_TASKS))
+
+
+def test_thinking_record_format_and_image(tmp_path, monkeypatch):
+    monkeypatch.setattr(coldstart, "out_dir", str(tmp_path))
+    record = _records()[0]
+    out = coldstart.thinking_record(record, "  Heart: normal size. Lungs: clear.  ")
+    assert out["conversations"][0]["value"].endswith(THINK_SUFFIX)
+    assert reference_answer(out) == "<think>\nHeart: normal size. Lungs: clear.\n</think>\n\n" + reference_answer(record)
+    assert "image_array" not in out and out["image"].startswith(str(tmp_path))
+    json.dumps(out)  # the record file stands on its own
+
+
+def test_rule_teacher_reviews_what_the_study_holds():
+    records = _records(30)
+    for record in records:
+        study = synthetic.study_of(record)
+        trace = coldstart.rule_trace(record, study)
+        for finding in study["findings"]:
+            assert finding["name"] in trace
+        if not study["findings"]:
+            assert "Lungs: clear." in trace and "Heart: normal size." in trace
+        if record["task"] in GROUNDING_TASKS:
+            assert trace.count("The target is in the") == len(parse_boxes(reference_answer(record)))
+
+
+def test_filter_keeps_good_traces_and_names_the_reason_for_others(monkeypatch):
+    monkeypatch.setattr(coldstart, "min_words", 5)
+    record = next(r for r in _records(30) if r["task"] in GROUNDING_TASKS)
+    gold = reference_answer(record)
+    good = "Lungs: clear. Heart: normal size. The target is in the right upper zone."
+    assert coldstart.check_trace(record, good, gold) is None
+    assert coldstart.check_trace(record, "Too short.", gold) == "too short"
+    assert coldstart.check_trace(record, good + " <think>again</think>", gold) == "nested think tags"
+    assert coldstart.check_trace(record, good, None) == "no final answer"
+    assert coldstart.check_trace(record, good, "It is at [0.9, 0.9, 0.95, 0.95].") == "final answer scores low"
+    assert coldstart.split_final_answer("step one. step two.\nFinal answer: [0.1, 0.2, 0.3, 0.4]") == (
+        "step one. step two.", "[0.1, 0.2, 0.3, 0.4]")
+    assert coldstart.split_final_answer("no conclusion") == ("no conclusion", None)
+
+
+def test_restart_skips_records_already_written(tmp_path, monkeypatch):
+    monkeypatch.setattr(coldstart, "out_dir", str(tmp_path))
+    records = [_records(10)[i] for i in range(10)]
+    part = str(tmp_path / "traces.rank0.jsonl")
+    assert coldstart.write_traces(records[:6], part) == 6
+    assert coldstart.write_traces(records, part) == 4  # a restart continues where the first run stopped
+    lines = [json.loads(line) for line in open(part)]
+    assert [line["id"] for line in lines] == [r["id"] for r in records]
+    assert all(line["kept"] for line in lines)
+
+
+def test_thinking_switch_reaches_the_chat_template(tiny):
+    _, processor = tiny
+    record = _records()[0]
+    plain = processor.apply_chat_template(prompt_messages(record), tokenize=False, add_generation_prompt=True)
+    asked = processor.apply_chat_template(prompt_messages(record, thinking=True), tokenize=False,
+                                          add_generation_prompt=True)
+    assert asked == plain.replace("<|im_end|>\n<|im_start|>assistant\n", THINK_SUFFIX + "<|im_end|>\n<|im_start|>assistant\n")
+    assert to_messages(record, thinking=True)[0]["content"][1]["text"].endswith(THINK_SUFFIX)
