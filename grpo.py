@@ -60,7 +60,7 @@ top_p = 1.0
 # optimization
 mini_batch = 8            # prompts per optimizer update (P / mini_batch updates per step)
 micro_batch = 16          # sequences per forward/backward (memory only; the update is the same)
-lr = 2e-5                 # the paper: 1e-6 constant on 8B
+lr = 5e-5                 # constant (the paper: 1e-6 on 8B)
 weight_decay = 0.01
 grad_clip = 1.0
 beta = 0.01               # KL weight; 0 loads no reference model at all
@@ -69,7 +69,7 @@ eps_high = 0.28
 dual_clip = 3.0           # bound on the loss of negative-advantage tokens with huge ratios (0: off)
 loss_agg = "token-mean"   # token-mean | seq-mean (original GRPO) | constant (Dr.GRPO: / (n_seqs * max_new_tokens))
 scale_std = True          # divide advantages by the group std (False: Dr.GRPO)
-max_steps = 60
+max_steps = 100
 # system
 out_dir = "out/grpo"
 save_every = 20

@@ -36,17 +36,17 @@ from model import (autocast, build_tiny, init_distributed, latest_checkpoint, lo
 init_from = "tiny"        # "tiny" (random tiny Qwen3-VL built from a config), a checkpoint dir, or a hub id
 data = "synthetic"        # "synthetic" (the generated chest X-ray world) or a RadVLM/LLaVA .json/.jsonl file
 val_data = "synthetic"    # held-out records for val_loss: "synthetic", a file, or "" for none
-n_train = 30000           # synthetic training records (ignored for files)
+n_train = 100000          # synthetic training records, each a fresh study (ignored for files)
 n_val = 96                # held-out records used for val_loss
 image_size = 128          # side of the synthetic images in pixels
 min_pixels = 1024         # processor pixel budget per image (the paper: max 262,144 = 512 x 512 for SFT)
 max_pixels = 16384
 thinking = False          # append the " /think" request to every question (cold-start data does this itself)
 # optimization
-max_tokens = 2048         # tokens per packed row
-rows_per_step = 2         # packed rows per optimizer step on each rank (gradient accumulation micro-steps)
+max_tokens = 1024         # tokens per packed row
+rows_per_step = 4         # packed rows per optimizer step on each rank (gradient accumulation micro-steps)
 epochs = 1                # passes over the data
-max_steps = 0             # stop after this many steps (0: at the end of `epochs`)
+max_steps = 500           # stop after this many steps (0: at the end of `epochs`)
 lr = 2e-3                 # peak learning rate of the language model (and merger)
 vision_lr = 1e-3          # peak learning rate of the vision tower
 freeze_vision = False     # keep the vision tower fixed
@@ -61,7 +61,7 @@ out_dir = "out/sft"
 save_every = 500          # checkpoint every N steps (and at the end)
 keep_last = 2             # step folders to keep
 eval_every = 100          # val_loss every N steps (and at the end)
-window = 64               # records tokenized and packed together (bigger: better packing, slower resume)
+window = 256              # records tokenized and packed together (bigger: better packing, slower resume)
 num_workers = 1           # background processes that decode images, tokenize and pack
 strict = False            # a bad record stops the run instead of being skipped and counted
 resume = False            # continue from out_dir/latest
