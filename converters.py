@@ -28,7 +28,7 @@ from collections import Counter, defaultdict
 import numpy as np
 from PIL import Image
 
-from data import (CHEXPERT_LABELS, PROMPTS, box_is_valid, classification_answer, findings_answer, format_boxes,
+from data import (CHEXPERT_LABELS, PROMPTS, box_is_valid, classification_answer, findings_answer,
                   location_answer, make_record, phrase_answer, read_dicom, save_records, validate_record)
 
 # The 14 CheXpert observations (MIMIC-CXR-JPG label file, CheXbert labels of CheXpert Plus). "No Finding"

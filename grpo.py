@@ -16,7 +16,7 @@ advantages, beta 0.01 against the frozen starting model, token-mean over the min
 updates per rollout batch (so old log-probs are computed once, right after generation).
 
     python grpo.py                                                     # CPU, after `python sft.py`
-    python grpo.py --task=grounding --thinking=True --init_from=out/coldstart
+    python grpo.py --task=grounding --thinking=True --init_from=out/coldstart/model --max_new_tokens=224
     python grpo.py config/grpo_report_paper.py --init_from=RadVLM-8B   # 1 GPU (small P for memory)
     torchrun --nproc_per_node=8 grpo.py config/grpo_report_paper.py --init_from=RadVLM-8B
 
@@ -27,12 +27,10 @@ dynamic sampling, overlong shaping, entropy bonus (0 in the paper), a value mode
 """
 
 import json
-import math
 import os
 import time
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from configurator import configure
@@ -43,14 +41,18 @@ import rewards
 
 # model and data
 init_from = "out/sft"     # the starting policy: a training output dir (its latest step), checkpoint dir or hub id
-task = "both"             # "report", "grounding" or "both" (alternating prompts)
+task = "both"             # "report", "grounding" or "both" (steps alternate between the two)
 data = "synthetic"        # "synthetic" or a RadVLM/LLaVA .json/.jsonl file with report / grounding records
 n_train = 20000           # synthetic prompts to draw from (ignored for files)
 image_size = 128          # side of the synthetic images in pixels
 min_pixels = 1024         # processor pixel budget (the paper: 1,024 .. 451,584 at RL and evaluation)
 max_pixels = 16384
 thinking = False          # ask for <think>...</think> first; rewards score only the answer after it
-report_reward = "label_f1"  # label_f1 | radcliq | bertscore | radgraph | gleu (the last four need metric weights)
+report_reward = "label_f1"  # label_f1 | radcliq | bertscore | radgraph | gleu | bleu4
+bertscore_model = ""      # local weights of the model-based rewards (radcliq needs all four; see rewards.py)
+chexbert_checkpoint = ""
+chexbert_tokenizer = ""
+radgraph_model_dir = ""
 # rollouts
 prompts_per_step = 16     # P: prompts per step over all ranks
 group_size = 8            # G: samples per prompt
@@ -324,8 +326,10 @@ def main():
         # --- rewards, once per completion
         t0 = time.time()
         answers = [reference_answer(r) for r in step_records for _ in range(group_size)]
+        weights = {k: v for k, v in (("bertscore_model", bertscore_model), ("chexbert_checkpoint", chexbert_checkpoint),
+                   ("chexbert_tokenizer", chexbert_tokenizer), ("radgraph_model_dir", radgraph_model_dir)) if v}
         reward_list, components = rewards.score(step_task, completions, answers, reward=report_reward,
-                                                thinking=thinking)
+                                                thinking=thinking, **weights)
         reward_t = torch.tensor(reward_list, dtype=torch.float32, device=device)
         advantages = group_advantages(reward_t.cpu(), batch["group_ids"].cpu(), scale_std=scale_std).to(device)
         times["reward"] = time.time() - t0

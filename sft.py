@@ -110,7 +110,7 @@ if resume and latest_checkpoint(out_dir):
     print0(f"resumed from {latest_checkpoint(out_dir)} at step {step}")
 
 stream = PackedWindows(train_records, processor, model, max_tokens, window, rank, world, seed, start=cursor[:2],
-                       strict=strict)
+                       strict=strict, thinking=thinking)
 windows = iter(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=num_workers,
                                            multiprocessing_context="fork") if num_workers else stream)
 
@@ -162,7 +162,7 @@ def row_loss_sum(row):
 
 val_rows = []
 if val_records:
-    val_samples, _ = tokenize_window(val_records, range(len(val_records)), processor, max_tokens)
+    val_samples, _ = tokenize_window(val_records, range(len(val_records)), processor, max_tokens, thinking=thinking)
     packed, _ = pack_samples(val_samples, model, max_tokens)
     val_rows = packed[:len(packed) // world * world][rank::world]  # equal counts: FSDP needs every rank in step
 
@@ -185,7 +185,7 @@ def save(step, cursor):
         "step": step, "total_steps": total_steps, "cursor": list(cursor), "skipped": skipped, "tokens_seen": tokens_seen, "settings": settings})
 
 
-n_params = sum(p.numel() for p in model.parameters()) * (world if world > 1 else 1)
+n_params = sum(p.numel() for p in model.parameters())  # FSDP2's DTensors report their full size
 peak_flops = 989e12 if device.type == "cuda" else None  # bf16 dense H100/H200; MFU is reported on GPU only
 if master:
     os.makedirs(out_dir, exist_ok=True)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import gray_image
-from data import (RecordError, assistant_labels, image_filler, make_record, model_inputs, pack_samples,
+from data import (RecordError, image_filler, make_record, model_inputs, pack_samples,
                   tokenize_sample)
 
 
