@@ -208,11 +208,12 @@ def open_records(source, split="train", n=None, image_size=128, tasks=None):
 
 
 def save_records(records, path):
+    """Records as JSONL, written atomically; in-memory images (synthetic "image_array") are not saved."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         for record in records:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps({k: v for k, v in record.items() if k != "image_array"}) + "\n")
     os.replace(tmp, path)
 
 

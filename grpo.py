@@ -21,7 +21,8 @@ updates per rollout batch (so old log-probs are computed once, right after gener
     torchrun --nproc_per_node=8 grpo.py config/grpo_report_paper.py --init_from=RadVLM-8B
 
 Why the loss printed is ~0: on-policy, the surrogate's value is sum(A)=0 by construction; its gradient
-is not. Watch reward_mean, kl, clip_frac and response_length instead.
+is not. Watch reward_mean, kl, clip_frac and response_length instead, and val_reward_* (greedy answers to
+fixed held-out prompts every eval_every steps): the sampled reward of one step is a noisy measure.
 Deliberately left out: vLLM rollouts (HF generate with a KV cache instead, slower but one code path),
 dynamic sampling, overlong shaping, entropy bonus (0 in the paper), a value model (that is PPO).
 """
@@ -72,6 +73,8 @@ dual_clip = 3.0           # bound on the loss of negative-advantage tokens with 
 loss_agg = "token-mean"   # token-mean | seq-mean (original GRPO) | constant (Dr.GRPO: / (n_seqs * max_new_tokens))
 scale_std = True          # divide advantages by the group std (False: Dr.GRPO)
 max_steps = 100
+eval_every = 25           # greedy reward on fixed held-out prompts every N steps and at the end (0: never)
+n_eval = 64               # held-out prompts per task for that ("synthetic" data: its val split)
 # system
 out_dir = "out/grpo"
 save_every = 20
@@ -207,6 +210,29 @@ def rollout_logprobs(model, batch, n_prompt):
     return out
 
 
+def reduce_mean(values, device):
+    """The mean over ranks of a list of floats (every rank passes the same keys in the same order)."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return (t / torch.distributed.get_world_size()).tolist()
+
+
+def held_out_rewards(policy, processor, eval_sets, device, world):
+    """Mean greedy reward per task on fixed held-out prompts: the training curve without sampling noise."""
+    out = {}
+    policy.eval()
+    for step_task, records in eval_sets.items():
+        inputs = prompt_batch(records, processor, thinking).to(device)
+        with torch.no_grad(), autocast(device):
+            sequences = policy.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens,
+                                        synced_gpus=world > 1, **generation_kwargs(processor.tokenizer))
+        answers = processor.tokenizer.batch_decode(sequences[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        scores, _ = rewards.score(step_task, answers, [reference_answer(r) for r in records], reward=report_reward,
+                                  thinking=thinking)
+        out[f"val_reward_{step_task}"] = sum(scores) / len(scores)
+    return out
+
+
 def policy_update(policy, optimizer, batch, old_logprobs, ref_logprobs, advantages, n_prompt, world):
     """P / mini_batch optimizer steps over this rank's rollouts, each over one mini-batch of its prompts'
     groups, gradients accumulated over micro-batches. Returns averaged kl / clip_frac / entropy / loss."""
@@ -304,6 +330,17 @@ def main():
     if world > 1:  # a freshly sharded model must run one plain forward before its first generate (FSDP2)
         with torch.no_grad():
             policy(**prompt_batch([pools[step_tasks[0]][0]], processor).to(device), use_cache=False)
+    eval_sets = {}
+    if eval_every and data == "synthetic":  # the same prompts at every evaluation, this rank's share of them
+        for t in step_tasks:
+            held_out = open_records(data, "val", n_eval, image_size, tasks=record_tasks[t])
+            eval_sets[t] = [held_out[i] for i in range(rank, n_eval - n_eval % world, world)]
+    if eval_sets and step == 0:
+        before = held_out_rewards(policy, processor, eval_sets, device, world)
+        if world > 1:
+            before = {k: v for k, v in zip(sorted(before), reduce_mean([before[k] for k in sorted(before)], device))}
+        if master:
+            log_file.write(json.dumps({"step": 0, **before}) + "\n")
     bar = tqdm(total=max_steps, initial=step, disable=not master, dynamic_ncols=True)
     while step < max_steps:
         times = {}
@@ -355,11 +392,10 @@ def main():
                   **stats,
                   **{f"{step_task}_{k}": sum(v) / len(v) for k, v in components.items() if k != step_task},
                   **{f"time_{k}": v for k, v in times.items()}}
+        if eval_sets and (step % eval_every == 0 or step == max_steps):
+            record.update(held_out_rewards(policy, processor, eval_sets, device, world))
         if world > 1:
-            keys = sorted(record)
-            t = torch.tensor([record[k] for k in keys], dtype=torch.float64, device=device)
-            torch.distributed.all_reduce(t)
-            record = {k: v / world for k, v in zip(keys, t.tolist())}
+            record = dict(zip(sorted(record), reduce_mean([record[k] for k in sorted(record)], device)))
         record = {"step": step, "task": step_task, **record}
         if master:
             log_file.write(json.dumps(record) + "\n")

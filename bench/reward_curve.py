@@ -1,6 +1,7 @@
 """
 The reward curve of a GRPO run in numbers: per task, the mean sampled reward in five equal blocks of steps, and
-the first 20 % of steps against the last 20 % (with the standard error of each block's mean over its steps).
+the first 20 % of steps against the last 20 % (with the standard error of each block's mean over its steps);
+then the greedy reward on the fixed held-out prompts, when the run logged it.
 
     python bench/reward_curve.py out/grpo/log.jsonl
 """
@@ -8,7 +9,8 @@ import json
 import statistics
 import sys
 
-rows = [json.loads(line) for line in open(sys.argv[1])]
+log = [json.loads(line) for line in open(sys.argv[1])]
+rows = [r for r in log if "reward_mean" in r]
 print("| task | steps | reward by fifths of the run | first 20 % | last 20 % |")
 print("|---|---|---|---|---|")
 for task in sorted({r.get("task", "all") for r in rows}):
@@ -21,3 +23,12 @@ for task in sorted({r.get("task", "all") for r in rows}):
         return f"{statistics.mean(block):.3f} ± {sem:.3f}"
     print(f"| {task} | {len(rewards)} | {' / '.join(f'{statistics.mean(b):.3f}' for b in fifths if b)} | "
           f"{show(fifths[0])} | {show(fifths[-1])} |")
+
+held_out = [r for r in log if any(k.startswith("val_reward_") for k in r)]
+if held_out:
+    print("\ngreedy reward on the fixed held-out prompts (grpo.py eval_every):\n")
+    keys = sorted({k for r in held_out for k in r if k.startswith("val_reward_")})
+    print("| step | " + " | ".join(k[len("val_reward_"):] for k in keys) + " |")
+    print("|---|" + "---|" * len(keys))
+    for r in held_out:
+        print(f"| {r['step']} | " + " | ".join(f"{r[k]:.3f}" if k in r else "" for k in keys) + " |")

@@ -138,3 +138,15 @@ def test_missing_sft_checkpoint_gives_a_hint(tmp_path):
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode != 0 and "Run `python sft.py` first" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_held_out_rewards_are_greedy_and_per_task(tiny, records_file):
+    model, processor = tiny
+    records = load_records(records_file)
+    eval_sets = {"report": [r for r in records if r["task"] == "report"][:3],
+                 "grounding": [r for r in records if r["task"] == "anatomical_grounding"][:2]}
+    grpo.max_new_tokens = 8
+    first = grpo.held_out_rewards(model, processor, eval_sets, torch.device("cpu"), 1)
+    again = grpo.held_out_rewards(model, processor, eval_sets, torch.device("cpu"), 1)
+    assert sorted(first) == ["val_reward_grounding", "val_reward_report"]
+    assert first == again and all(0.0 <= v <= 1.0 for v in first.values())
