@@ -89,7 +89,7 @@ if world > 1:
     vision_params = set(model.model.visual.parameters())  # fully_shard swapped them for DTensors
 # AdamW with a lower learning rate for the vision tower and no decay on norms/biases, as is usual
 groups = {}
-for name, p in model.named_parameters():
+for p in model.parameters():
     if p.requires_grad:
         key = ("vision" if p in vision_params else "text", p.dim() >= 2)
         groups.setdefault(key, []).append(p)
