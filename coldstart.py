@@ -120,8 +120,7 @@ def check_trace(record, trace, final_answer):
         return "too short"
     if final_answer is None:
         return "no final answer"
-    task = "grounding" if record.get("task") in GROUNDING_TASKS else record.get("task", "report")
-    score, _ = rewards.score(task, [final_answer], [reference_answer(record)])
+    score, _ = rewards.score(record.get("task") or "report", [final_answer], [reference_answer(record)])
     if score[0] < min_score:
         return "final answer scores low"
     return None

@@ -28,7 +28,7 @@ from collections import Counter, defaultdict
 import numpy as np
 from PIL import Image
 
-from data import (CHEXPERT_LABELS, PROMPTS, box_is_valid, classification_answer, findings_answer,
+from data import (CHEXPERT_LABELS, PROMPTS, box_iou, box_is_valid, classification_answer, findings_answer,
                   location_answer, make_record, phrase_answer, read_dicom, save_records, validate_record)
 
 # The 14 CheXpert observations (MIMIC-CXR-JPG label file, CheXbert labels of CheXpert Plus). "No Finding"
@@ -167,14 +167,6 @@ def rounded_boxes(boxes, width, height, summary):
 
 def normalized_boxes(boxes, width, height, summary):
     return rounded_boxes(possible_boxes(boxes, width, height, summary), width, height, summary)
-
-
-def box_iou(a, b):
-    w, h = min(a[2], b[2]) - max(a[0], b[0]), min(a[3], b[3]) - max(a[1], b[1])
-    if w <= 0 or h <= 0:
-        return 0.0
-    inter = w * h
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def weighted_box_fusion(boxes, scores=None, iou_threshold=VINDR_FUSION_IOU):

@@ -16,6 +16,7 @@ formatter and parser of the project; the prompts of every task live here too.
     python data.py convert vindr-cxr --root DIR --out vindr.jsonl   # real datasets, see converters.py
 """
 
+import functools
 import json
 import math
 import os
@@ -135,6 +136,18 @@ def box_is_valid(box):
     """A normalized box: four finite numbers in [0, 1] with x_min < x_max and y_min < y_max."""
     return (len(box) == 4 and all(isinstance(v, (int, float)) and math.isfinite(v) and 0 <= v <= 1 for v in box)
             and box[0] < box[2] and box[1] < box[3])
+
+
+def box_iou(a, b):
+    """IoU of two [x0, y0, x1, y1] boxes; an inverted or empty box has area 0, so IoU 0 (never NaN)."""
+    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = max(0.0, a[2] - a[0]) * max(0.0, a[3] - a[1]) + max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1]) - inter
+    iou = inter / union if union > 0 else 0.0
+    return iou if 0.0 <= iou <= 1.0 else 0.0  # huge coordinates can overflow to inf/inf = nan
+
+
+def has_image(record):
+    return bool(record.get("image")) or record.get("image_array") is not None
 
 
 class RecordError(ValueError):
@@ -307,7 +320,7 @@ def prompt_batch(records, processor, thinking=False):
     """Left-padded model inputs of the records' prompts (everything before the last answer) for generate."""
     texts = [processor.apply_chat_template(prompt_messages(r, thinking), tokenize=False, add_generation_prompt=True)
              for r in records]
-    images = [load_image(r, i) for i, r in enumerate(records) if r.get("image") or r.get("image_array") is not None]
+    images = [load_image(r, i) for i, r in enumerate(records) if has_image(r)]
     if images and len(images) != len(records):
         raise RecordError("a generation batch mixes records with and without images; batch them separately")
     return processor(text=texts, images=images or None, return_tensors="pt", padding=True, padding_side="left")
@@ -321,7 +334,8 @@ def generation_kwargs(tokenizer):
             "suppress_tokens": [i for i in tokenizer.all_special_ids if i not in eos]}
 
 
-def _assistant_header(tokenizer):
+@functools.lru_cache(maxsize=8)
+def _assistant_header(tokenizer):  # once per tokenizer, not once per sample
     return tokenizer.convert_tokens_to_ids("<|im_start|>"), tokenizer("assistant\n", add_special_tokens=False)["input_ids"]
 
 
@@ -358,7 +372,7 @@ def tokenize_sample(record, processor, max_tokens=None, thinking=False, index=No
     rid = record_id(record, index)
     messages = to_messages(record, thinking)
     text = processor.apply_chat_template(messages, tokenize=False)
-    images = [load_image(record, index)] if record.get("image") or record.get("image_array") is not None else None
+    images = [load_image(record, index)] if has_image(record) else None
     enc = processor(text=[text], images=images, return_tensors="pt")
     input_ids = enc["input_ids"][0]
     if max_tokens is not None and len(input_ids) > max_tokens:

@@ -54,7 +54,7 @@ from tqdm import tqdm
 
 import rewards
 from configurator import configure
-from data import (GROUNDING_TASKS, generation_kwargs, load_image, open_records, parse_boxes, prompt_batch, record_id,
+from data import (GROUNDING_TASKS, box_iou, generation_kwargs, has_image, load_image, open_records, parse_boxes, prompt_batch, record_id,
                   reference_answer)
 from model import autocast, build_tiny, init_distributed, latest_checkpoint, load_model, print0
 
@@ -94,10 +94,6 @@ def task_of(record):
     return record.get("task") or "report"
 
 
-def has_image(record):
-    return bool(record.get("image")) or record.get("image_array") is not None
-
-
 # ----------------------------------------------------------------------------------------------------------
 # metrics of one answer
 
@@ -122,7 +118,7 @@ def average_precision_50(predicted, gold):
         return float(not predicted), []
     unused, hits, matched = list(range(len(gold))), [], []
     for box in predicted:
-        iou, j = max(((rewards.box_iou(box, gold[j]), j) for j in unused), key=lambda c: c[0], default=(0.0, None))
+        iou, j = max(((box_iou(box, gold[j]), j) for j in unused), key=lambda c: c[0], default=(0.0, None))
         hits.append(iou >= 0.5)
         if iou >= 0.5:
             unused.remove(j)
@@ -150,7 +146,7 @@ def rule_labels(texts):
 def chexbert_labels(texts, weights):
     """The same [N, 14] booleans from CheXbert: its 14 linear heads (13 x {blank, positive, negative, uncertain},
     then No Finding x {blank, positive}) over the [CLS] vector of rewards' CheXbertEmbedder."""
-    embedder = rewards._chexbert(weights)  # the encoder, loaded once and shared with RadCliQ
+    embedder = rewards.chexbert_embedder(weights)  # the encoder, loaded once and shared with RadCliQ
     state = torch.load(weights["chexbert_checkpoint"], map_location="cpu", weights_only=True)
     state = state.get("model_state_dict", state)
     prefix = next(k for k in state if k.endswith("linear_heads.0.weight"))[:-len("0.weight")]
@@ -315,7 +311,7 @@ def model_statistics(answers, references, weights):
     """The model-based report metrics, each in turn; one without its weights (or package) becomes a string: why."""
     def bertscore():
         needs(weights, "bertscore_model")
-        return {"bertscore": mean_of(rewards._bert_scorer(weights, "radcliq")(answers, references))}
+        return {"bertscore": mean_of(rewards.bert_scorer(weights, "radcliq")(answers, references))}
 
     def chexbert():
         needs(weights, "chexbert_checkpoint", "chexbert_tokenizer")
@@ -326,7 +322,7 @@ def model_statistics(answers, references, weights):
 
     def radgraph():
         needs(weights, "radgraph_model_dir")
-        scorer = rewards._radgraph(weights)
+        scorer = rewards.radgraph_scorer(weights)
         scored = [i for i, (a, r) in enumerate(zip(answers, references)) if a.strip() and r.strip()]
         values = np.zeros(len(answers))  # an empty text has no entities: F1 0 (the package cannot annotate "")
         values[scored] = scorer([answers[i] for i in scored], [references[i] for i in scored],

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from configurator import configure
 from data import GROUNDING_TASKS, epoch_order, generation_kwargs, open_records, prompt_batch, reference_answer
-from model import (autocast, barrier, build_tiny, init_distributed, latest_checkpoint, load_model,
+from model import (all_reduce_mean, autocast, barrier, build_tiny, init_distributed, latest_checkpoint, load_model,
                    load_training_checkpoint, print0, save_training_checkpoint, wrap_fsdp)
 import rewards
 
@@ -210,14 +210,7 @@ def rollout_logprobs(model, batch, n_prompt):
     return out
 
 
-def reduce_mean(values, device):
-    """The mean over ranks of a list of floats (every rank passes the same keys in the same order)."""
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(t)
-    return (t / torch.distributed.get_world_size()).tolist()
-
-
-def held_out_rewards(policy, processor, eval_sets, device, world):
+def held_out_rewards(policy, processor, eval_sets, device, world, weights=None):
     """Mean greedy reward per task on fixed held-out prompts: the training curve without sampling noise."""
     out = {}
     policy.eval()
@@ -228,7 +221,7 @@ def held_out_rewards(policy, processor, eval_sets, device, world):
                                         synced_gpus=world > 1, **generation_kwargs(processor.tokenizer))
         answers = processor.tokenizer.batch_decode(sequences[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
         scores, _ = rewards.score(step_task, answers, [reference_answer(r) for r in records], reward=report_reward,
-                                  thinking=thinking)
+                                  thinking=thinking, **(weights or {}))
         out[f"val_reward_{step_task}"] = sum(scores) / len(scores)
     return out
 
@@ -330,15 +323,17 @@ def main():
     if world > 1:  # a freshly sharded model must run one plain forward before its first generate (FSDP2)
         with torch.no_grad():
             policy(**prompt_batch([pools[step_tasks[0]][0]], processor).to(device), use_cache=False)
+    weights = {k: v for k, v in (("bertscore_model", bertscore_model), ("chexbert_checkpoint", chexbert_checkpoint),
+               ("chexbert_tokenizer", chexbert_tokenizer), ("radgraph_model_dir", radgraph_model_dir)) if v}
     eval_sets = {}
     if eval_every and data == "synthetic":  # the same prompts at every evaluation, this rank's share of them
         for t in step_tasks:
             held_out = open_records(data, "val", n_eval, image_size, tasks=record_tasks[t])
             eval_sets[t] = [held_out[i] for i in range(rank, n_eval - n_eval % world, world)]
     if eval_sets and step == 0:
-        before = held_out_rewards(policy, processor, eval_sets, device, world)
+        before = held_out_rewards(policy, processor, eval_sets, device, world, weights)
         if world > 1:
-            before = {k: v for k, v in zip(sorted(before), reduce_mean([before[k] for k in sorted(before)], device))}
+            before = all_reduce_mean(before)
         if master:
             log_file.write(json.dumps({"step": 0, **before}) + "\n")
     bar = tqdm(total=max_steps, initial=step, disable=not master, dynamic_ncols=True)
@@ -363,8 +358,6 @@ def main():
         # --- rewards, once per completion
         t0 = time.time()
         answers = [reference_answer(r) for r in step_records for _ in range(group_size)]
-        weights = {k: v for k, v in (("bertscore_model", bertscore_model), ("chexbert_checkpoint", chexbert_checkpoint),
-                   ("chexbert_tokenizer", chexbert_tokenizer), ("radgraph_model_dir", radgraph_model_dir)) if v}
         reward_list, components = rewards.score(step_task, completions, answers, reward=report_reward,
                                                 thinking=thinking, **weights)
         reward_t = torch.tensor(reward_list, dtype=torch.float32, device=device)
@@ -393,9 +386,9 @@ def main():
                   **{f"{step_task}_{k}": sum(v) / len(v) for k, v in components.items() if k != step_task},
                   **{f"time_{k}": v for k, v in times.items()}}
         if eval_sets and (step % eval_every == 0 or step == max_steps):
-            record.update(held_out_rewards(policy, processor, eval_sets, device, world))
+            record.update(held_out_rewards(policy, processor, eval_sets, device, world, weights))
         if world > 1:
-            record = dict(zip(sorted(record), reduce_mean([record[k] for k in sorted(record)], device)))
+            record = all_reduce_mean(record)
         record = {"step": step, "task": step_task, **record}
         if master:
             log_file.write(json.dumps(record) + "\n")

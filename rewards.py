@@ -48,7 +48,7 @@ import re
 import warnings
 from collections import Counter
 
-from data import CHEXPERT_LABELS, GROUNDING_TASKS, parse_boxes
+from data import CHEXPERT_LABELS, GROUNDING_TASKS, box_iou, parse_boxes
 
 MAX_REPORT_CHARS = 2048  # the paper cuts both texts to this length before scoring a report
 REPORT_REWARDS = ("label_f1", "radcliq", "bertscore", "radgraph", "gleu", "bleu4")
@@ -65,14 +65,6 @@ def final_answer(completion, thinking=False):
 
 # ----------------------------------------------------------------------------------------------------------
 # Grounding: soft-F1 of Hungarian-matched IoU
-
-def box_iou(a, b):
-    """IoU of two [x0, y0, x1, y1] boxes; an inverted or empty box has area 0, so IoU 0 (never NaN)."""
-    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = max(0.0, a[2] - a[0]) * max(0.0, a[3] - a[1]) + max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1]) - inter
-    iou = inter / union if union > 0 else 0.0
-    return iou if 0.0 <= iou <= 1.0 else 0.0  # huge coordinates can overflow to inf/inf = nan
-
 
 def min_cost_assignment(cost):
     """One-to-one assignment of min(rows, cols) pairs minimizing the total cost: the Hungarian algorithm with
@@ -616,7 +608,7 @@ def _setting_path(settings, name, needed_for):
     return path
 
 
-def _bert_scorer(settings, reward):
+def bert_scorer(settings, reward):
     path = _setting_path(settings, "bertscore_model", f"the {reward} reward (BERTScore)")
     layers, baseline = BERTSCORE_DEFAULTS[reward]
     key = ("bertscore", path, settings.get("bertscore_layers", layers), settings.get("bertscore_baseline", baseline))
@@ -625,7 +617,7 @@ def _bert_scorer(settings, reward):
     return _LOADED[key]
 
 
-def _chexbert(settings):
+def chexbert_embedder(settings):
     checkpoint = _setting_path(settings, "chexbert_checkpoint", "RadCliQ's CheXbert similarity")
     tokenizer = _setting_path(settings, "chexbert_tokenizer", "RadCliQ's CheXbert similarity (its bert-base-uncased "
                                                               "tokenizer)")
@@ -635,7 +627,7 @@ def _chexbert(settings):
     return _LOADED[key]
 
 
-def _radgraph(settings):
+def radgraph_scorer(settings):
     model_dir = _setting_path(settings, "radgraph_model_dir", "RadGraph F1")
     key = ("radgraph", model_dir, settings.get("radgraph_model_type", "radgraph-xl"))
     if key not in _LOADED:
@@ -653,7 +645,8 @@ def radcliq_rewards(predictions, references, **settings):
     scored = [i for i in range(n) if len(predictions[i]) > 5 and len(references[i]) > 5]
     if not scored:
         return rewards, features
-    scorers = _radgraph(settings), _bert_scorer(settings, "radcliq"), _chexbert(settings)  # fail early if missing
+    # fail early if a model is missing
+    scorers = radgraph_scorer(settings), bert_scorer(settings, "radcliq"), chexbert_embedder(settings)
     preds, refs = [predictions[i] for i in scored], [references[i] for i in scored]
     try:
         values = {"radgraph": scorers[0](preds, refs), "bertscore": scorers[1](preds, refs),
@@ -698,9 +691,9 @@ def _score_kind(kind, reward, answers, golds, settings):
     answers = [a.lower()[:MAX_REPORT_CHARS] for a in answers]  # the ablations see the texts RadCliQ sees
     golds = [g.lower()[:MAX_REPORT_CHARS] for g in golds]
     if reward == "bertscore":
-        values = _bert_scorer(settings, "bertscore")(answers, golds)
+        values = bert_scorer(settings, "bertscore")(answers, golds)
     elif reward == "radgraph":
-        values = _radgraph(settings)(answers, golds, level="complete")
+        values = radgraph_scorer(settings)(answers, golds, level="complete")
     elif reward in ("gleu", "bleu4"):
         values = [(gleu if reward == "gleu" else bleu4)(a, g) for a, g in zip(answers, golds)]
     else:

@@ -233,16 +233,16 @@ def test_ngram_rewards_equal_nltk():
 
 def test_radcliq_pipeline_with_stand_in_scorers(monkeypatch):
     # the batching, floors and arithmetic of radcliq_rewards, with the three models replaced by constants
-    monkeypatch.setattr(rewards, "_radgraph", lambda settings: lambda p, r: [0.25] * len(p))
-    monkeypatch.setattr(rewards, "_bert_scorer", lambda settings, reward: lambda p, r: [0.5] * len(p))
+    monkeypatch.setattr(rewards, "radgraph_scorer", lambda settings: lambda p, r: [0.25] * len(p))
+    monkeypatch.setattr(rewards, "bert_scorer", lambda settings, reward: lambda p, r: [0.5] * len(p))
     chexbert = type("StandIn", (), {"similarity": lambda self, p, r: [0.6] * len(p)})()
-    monkeypatch.setattr(rewards, "_chexbert", lambda settings: chexbert)
+    monkeypatch.setattr(rewards, "chexbert_embedder", lambda settings: chexbert)
     report = "Moderate cardiomegaly. No pleural effusion."
     values, parts = score("report", [report, "tiny", report.upper()], [report, report, report], reward="radcliq")
     expected = -radcliq_v1(0.25, 0.5, 0.6, 1.0)  # BLEU-4 of identical (lower-cased) texts is 1
     assert values == [pytest.approx(expected), -3.0, pytest.approx(expected)]
     assert parts["bleu4"][0] == 1.0 and math.isnan(parts["bleu4"][1]) and parts["radcliq"] == values
-    monkeypatch.setattr(rewards, "_radgraph", lambda settings: lambda p, r: 1 / 0)
+    monkeypatch.setattr(rewards, "radgraph_scorer", lambda settings: lambda p, r: 1 / 0)
     with pytest.warns(UserWarning, match="RadCliQ scoring failed"):
         assert score("report", [report], [report], reward="radcliq")[0] == [-3.0]  # a failed batch: the floor
 
