@@ -32,6 +32,7 @@ import os
 import time
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from configurator import configure
@@ -60,12 +61,14 @@ group_size = 8            # G: samples per prompt
 max_new_tokens = 96       # longest answer (the paper: 1024 reports, 4096 grounding/thinking)
 temperature = 1.0
 top_p = 1.0
+generate_chunk = 0        # prompts per generate call on each rank (0: all at once); bounds the KV cache
 # optimization
 mini_batch = 8            # prompts per optimizer update (P / mini_batch updates per step)
 micro_batch = 16          # sequences per forward/backward (memory only; the update is the same)
 lr = 5e-5                 # constant (the paper: 1e-6 on 8B)
 weight_decay = 0.01
 grad_clip = 1.0
+grad_checkpointing = False  # recompute activations in the backward pass (needed for long answers on real models)
 beta = 0.01               # KL weight; 0 loads no reference model at all
 eps_low = 0.2
 eps_high = 0.28
@@ -148,8 +151,9 @@ def token_logprobs(model, batch, n_prompt, with_entropy=False):
     """log pi(token) of every completion token ([B, T]), and optionally the policy's entropy there."""
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values",
                                     "image_grid_thw")}
-    with autocast(batch["input_ids"].device):
-        logits = model(**inputs, use_cache=False).logits[:, n_prompt - 1:-1].float()
+    n_answer = batch["input_ids"].shape[1] - n_prompt
+    with autocast(batch["input_ids"].device):  # logits of the answer positions only: B x T x vocab is the big tensor
+        logits = model(**inputs, use_cache=False, logits_to_keep=n_answer + 1).logits[:, :-1].float()
     logprobs = torch.log_softmax(logits, -1)
     chosen = logprobs.gather(-1, batch["input_ids"][:, n_prompt:, None]).squeeze(-1)
     if not with_entropy:
@@ -159,32 +163,43 @@ def token_logprobs(model, batch, n_prompt, with_entropy=False):
     return chosen, entropy
 
 
-def sample_rollouts(model, processor, records, group_size, thinking, device, synced):
+def sample_rollouts(model, processor, records, group_size, thinking, device, synced, chunk=0):
     """G sampled answers per record. Every prompt's image is processed once; generate's own expansion
-    repeats its pixels for the G samples in order (rollout j belongs to prompt j // G, its group id)."""
+    repeats its pixels for the G samples in order (rollout j belongs to prompt j // G, its group id).
+    Prompts go through generate `chunk` at a time (0: all at once), since the KV cache of chunk x G sequences
+    bounds the memory of generation; the chunks are then padded into one batch (prompts left, answers right)."""
     tok = processor.tokenizer
-    prompt = prompt_batch(records, processor, thinking).to(device)
     stop = generation_kwargs(tok)
-    with torch.no_grad(), autocast(device):
-        sequences = model.generate(**prompt, do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
-                                   max_new_tokens=max_new_tokens, num_return_sequences=group_size,
-                                   synced_gpus=synced, **stop)
-    n_prompt = prompt["input_ids"].shape[1]
-    completion = sequences[:, n_prompt:]
+    parts = []
+    for start in range(0, len(records), chunk or len(records)):
+        prompt = prompt_batch(records[start:start + (chunk or len(records))], processor, thinking).to(device)
+        with torch.no_grad(), autocast(device):
+            sequences = model.generate(**prompt, do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
+                                       max_new_tokens=max_new_tokens, num_return_sequences=group_size,
+                                       synced_gpus=synced, **stop)
+        parts.append((prompt, sequences[:, prompt["input_ids"].shape[1]:]))
+    n_prompt = max(p["input_ids"].shape[1] for p, _ in parts)
+    n_answer = max(c.shape[1] for _, c in parts)
+    left = lambda t, value: F.pad(t, (n_prompt - t.shape[1], 0), value=value)  # noqa: E731
+    right = lambda t, value: F.pad(t, (0, n_answer - t.shape[1]), value=value)  # noqa: E731
+    repeat = lambda t: t.repeat_interleave(group_size, 0)  # noqa: E731
+    prompt = {k: torch.cat([repeat(left(p[k], tok.pad_token_id if k == "input_ids" else 0)) for p, _ in parts])
+              for k in ("input_ids", "attention_mask", "mm_token_type_ids")}
+    completion = torch.cat([right(c, tok.pad_token_id) for _, c in parts])
+    generated = torch.cat([right(torch.ones_like(c, dtype=torch.bool), False) for _, c in parts])
     is_eos = torch.isin(completion, torch.tensor(stop["eos_token_id"], device=device))
     # keep every token up to and including the first EOS: the EOS is what teaches the policy to stop
     after_eos = (is_eos.cumsum(1) - is_eos.long()) > 0
-    completion_mask = ~after_eos
-    completion = completion.masked_fill(after_eos, tok.pad_token_id)
-    repeat = lambda t: t.repeat_interleave(group_size, 0)  # noqa: E731
-    patches = prompt["image_grid_thw"].prod(-1).tolist()
-    pixel_chunks = torch.split(prompt["pixel_values"], patches)
+    completion_mask = ~after_eos & generated
+    completion = completion.masked_fill(~completion_mask, tok.pad_token_id)
+    grids = torch.cat([p["image_grid_thw"] for p, _ in parts])
+    pixel_chunks = torch.split(torch.cat([p["pixel_values"] for p, _ in parts]), grids.prod(-1).tolist())
     batch = {
-        "input_ids": torch.cat([repeat(prompt["input_ids"]), completion], 1),
-        "attention_mask": torch.cat([repeat(prompt["attention_mask"]), completion_mask.long()], 1),
-        "mm_token_type_ids": torch.cat([repeat(prompt["mm_token_type_ids"]), torch.zeros_like(completion)], 1),
-        "pixel_chunks": [pixel_chunks[j // group_size] for j in range(len(sequences))],
-        "image_grid_thw": repeat(prompt["image_grid_thw"]),
+        "input_ids": torch.cat([prompt["input_ids"], completion], 1),
+        "attention_mask": torch.cat([prompt["attention_mask"], completion_mask.long()], 1),
+        "mm_token_type_ids": torch.cat([prompt["mm_token_type_ids"], torch.zeros_like(completion)], 1),
+        "pixel_chunks": [pixel_chunks[j // group_size] for j in range(len(completion))],
+        "image_grid_thw": repeat(grids),
         "completion_mask": completion_mask,
         "group_ids": torch.arange(len(records), device=device).repeat_interleave(group_size),
     }
@@ -281,19 +296,23 @@ def main():
 
     if init_from == "tiny":
         import synthetic
-        load = lambda: build_tiny(texts=synthetic.corpus_texts(), seed=seed, min_pixels=min_pixels,  # noqa: E731
-                                  max_pixels=max_pixels)
+        load = lambda dtype: build_tiny(texts=synthetic.corpus_texts(), seed=seed, min_pixels=min_pixels,  # noqa: E731
+                                        max_pixels=max_pixels)
     else:
-        load = lambda: load_model(init_from, device=device, min_pixels=min_pixels, max_pixels=max_pixels)  # noqa: E731
+        load = lambda dtype: load_model(init_from, dtype=dtype, device=device, min_pixels=min_pixels,  # noqa: E731
+                                        max_pixels=max_pixels)
     try:
-        policy, processor = load()
+        # fp32 master weights (bf16 compute on GPU): an update of lr 1e-6 is below a bf16 weight's precision
+        policy, processor = load(torch.float32)
     except (OSError, RuntimeError) as e:
         raise SystemExit(f"cannot load the starting policy {init_from!r} ({e}).\n"
                          f"Run `python sft.py` first, or pass --init_from=CHECKPOINT_DIR (or --init_from=tiny).")
     policy.to(device)
+    if grad_checkpointing:
+        policy.gradient_checkpointing_enable()
     reference = None
     if beta > 0:  # the frozen starting point for the KL term
-        reference, _ = load()
+        reference, _ = load(None)  # frozen: bf16 on GPU is enough
         reference.to(device).eval().requires_grad_(False)
     if world > 1:
         wrap_fsdp(policy)
@@ -304,9 +323,11 @@ def main():
 
     step_tasks = ["report", "grounding"] if task == "both" else [task]  # "both": steps alternate between them
     record_tasks = {"report": ("report",), "grounding": GROUNDING_TASKS}
-    pools = {t: open_records(data, "train", n_train, image_size, tasks=record_tasks[t]) for t in step_tasks}
-    for t, pool in pools.items():
-        if not len(pool):
+    pools = {}  # step task -> {record task: its training records}
+    for t in step_tasks:
+        pools[t] = {rt: open_records(data, "train", n_train, image_size, tasks=(rt,)) for rt in record_tasks[t]}
+        pools[t] = {rt: pool for rt, pool in pools[t].items() if len(pool)}
+        if not pools[t]:
             raise SystemExit(f"no {t} records in {data}")
 
     step = 0
@@ -322,7 +343,7 @@ def main():
 
     if world > 1:  # a freshly sharded model must run one plain forward before its first generate (FSDP2)
         with torch.no_grad():
-            policy(**prompt_batch([pools[step_tasks[0]][0]], processor).to(device), use_cache=False)
+            policy(**prompt_batch([next(iter(pools[step_tasks[0]].values()))[0]], processor).to(device), use_cache=False)
     weights = {k: v for k, v in (("bertscore_model", bertscore_model), ("chexbert_checkpoint", chexbert_checkpoint),
                ("chexbert_tokenizer", chexbert_tokenizer), ("radgraph_model_dir", radgraph_model_dir)) if v}
     eval_sets = {}
@@ -338,21 +359,26 @@ def main():
             log_file.write(json.dumps({"step": 0, **before}) + "\n")
     bar = tqdm(total=max_steps, initial=step, disable=not master, dynamic_ncols=True)
     while step < max_steps:
-        times = {}
-        # --- prompts of this step: a deterministic walk through shuffled epochs of this step's task pool
+        times, step_start = {}, time.time()
+        # --- prompts of this step: the same share of them from each of its record tasks every step (anatomy is
+        # easy, abnormalities hard: with a random mix the step's mean reward would swing with the mix), each a
+        # deterministic walk through shuffled epochs of that task's pool
         step_task = step_tasks[step % len(step_tasks)]
-        pool = pools[step_task]
-        epoch, offset = divmod(step // len(step_tasks) * prompts_per_step, len(pool))
-        order = epoch_order(len(pool), seed, epoch)[offset:] + epoch_order(len(pool), seed, epoch + 1)
+        step_records = []
+        for j, pool in enumerate(pools[step_task].values()):
+            share = prompts_per_step // len(pools[step_task]) + (j < prompts_per_step % len(pools[step_task]))
+            epoch, offset = divmod(step // len(step_tasks) * share, len(pool))
+            order = epoch_order(len(pool), seed, epoch)[offset:] + epoch_order(len(pool), seed, epoch + 1)
+            step_records += [pool[i] for i in order[:share]]
         # rank r takes prompts r, r + world, ...: mini-batch u of every rank then holds the same prompts as
         # mini-batch u of a single process, so sharding does not change the updates
-        step_records = [pool[i] for i in order[:prompts_per_step]][rank::world]
+        step_records = step_records[rank::world]
 
         # --- rollouts with the current policy
         t0 = time.time()
         policy.eval()
         batch, completions, n_prompt = sample_rollouts(policy, processor, step_records, group_size, thinking, device,
-                                                       synced=world > 1)
+                                                       synced=world > 1, chunk=generate_chunk)
         times["generate"] = time.time() - t0
 
         # --- rewards, once per completion
@@ -384,11 +410,19 @@ def main():
                   "response_length": batch["completion_mask"].sum(1).float().mean().item(),
                   **stats,
                   **{f"{step_task}_{k}": sum(v) / len(v) for k, v in components.items() if k != step_task},
-                  **{f"time_{k}": v for k, v in times.items()}}
+                  **{f"time_{k}": v for k, v in times.items()}, "time_step": time.time() - step_start}
         if eval_sets and (step % eval_every == 0 or step == max_steps):
             record.update(held_out_rewards(policy, processor, eval_sets, device, world, weights))
         if world > 1:
             record = all_reduce_mean(record)
+        if len(pools[step_task]) > 1:  # the mean reward of each record task: sums and counts over all ranks
+            names = list(pools[step_task])
+            totals = torch.zeros(2, len(names), dtype=torch.float64, device=device)
+            for r, rec in zip(reward_list, [rec for rec in step_records for _ in range(group_size)]):
+                totals[:, names.index(rec.get("task") or "report")] += torch.tensor([r, 1.0], device=device)
+            if world > 1:
+                torch.distributed.all_reduce(totals)
+            record.update({f"reward_{n}": s / max(c, 1) for n, s, c in zip(names, *totals.tolist())})
         record = {"step": step, "task": step_task, **record}
         if master:
             log_file.write(json.dumps(record) + "\n")

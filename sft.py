@@ -77,7 +77,9 @@ if init_from == "tiny":
     model, processor = build_tiny(texts=synthetic.corpus_texts(), seed=seed, min_pixels=min_pixels, max_pixels=max_pixels)
     model.to(device)
 else:
-    model, processor = load_model(init_from, device=device, min_pixels=min_pixels, max_pixels=max_pixels)
+    # fp32 master weights, bf16 compute on GPU: a bf16 weight would not move under updates of lr 1e-5 x its size
+    model, processor = load_model(init_from, dtype=torch.float32, device=device, min_pixels=min_pixels,
+                                  max_pixels=max_pixels)
 model.config.use_cache = False
 if grad_checkpointing:
     model.gradient_checkpointing_enable()

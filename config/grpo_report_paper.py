@@ -11,6 +11,8 @@ prompts_per_step = 512
 group_size = 8
 mini_batch = 128
 micro_batch = 8
+generate_chunk = 8           # prompts per generate call per GPU: bounds the KV cache
+grad_checkpointing = True
 max_new_tokens = 1024         # 4096 with --thinking=True
 temperature = 1.0
 top_p = 1.0

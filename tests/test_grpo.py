@@ -65,6 +65,27 @@ def test_training_forward_reproduces_the_sampling_distribution(tiny, records_fil
     assert (forward - sampled)[mask].abs().max() < 1e-4
 
 
+def test_generation_in_chunks_pads_into_one_batch_without_changing_logprobs(tiny, records_file):
+    """With generate_chunk, each chunk's prompts and answers have their own lengths; padded into one batch,
+    every rollout's log-probs still equal those of the rollout alone, with no padding at all."""
+    model, processor = tiny
+    records = [r for r in load_records(records_file) if r["task"] == "report"][:2]  # 64x64 and 96x64 images
+    grpo.max_new_tokens = 12
+    torch.manual_seed(2)
+    batch, _, n_prompt = grpo.sample_rollouts(model, processor, records, 2, False, torch.device("cpu"), False, chunk=1)
+    assert batch["group_ids"].tolist() == [0, 0, 1, 1]
+    assert (batch["attention_mask"][:, :n_prompt] == 0).any()  # one chunk's prompts were padded on the left
+    padded = grpo.rollout_logprobs(model, batch, n_prompt)
+    for j in range(4):
+        keep = batch["attention_mask"][j].bool()
+        alone = {"input_ids": batch["input_ids"][j][keep][None], "attention_mask": torch.ones(1, int(keep.sum())),
+                 "mm_token_type_ids": batch["mm_token_type_ids"][j][keep][None],
+                 "pixel_values": batch["pixel_chunks"][j], "image_grid_thw": batch["image_grid_thw"][j:j + 1]}
+        with torch.no_grad():
+            own, _ = grpo.token_logprobs(model, alone, int(keep[:n_prompt].sum()))
+        assert (padded[j][batch["completion_mask"][j]] - own[0]).abs().max() < 1e-4
+
+
 def _run_worker(cmd, ckpt, data, out):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(cmd + [os.path.join(ROOT, "tests", "grpo_worker.py"), ckpt, data, out], check=True, env=env,

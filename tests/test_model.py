@@ -134,3 +134,12 @@ def test_bad_paths_give_one_line_errors(tmp_path):
         load_model(str(tmp_path / "missing" / "ckpt"))
     with pytest.raises(RuntimeError, match="cannot get 'Qwen/Qwen3-VL-2B-Instruct'"):
         load_model("Qwen/Qwen3-VL-2B-Instruct")
+
+
+def test_random_models_of_the_real_shapes_have_the_published_sizes():
+    """Qwen3-VL-2B / 4B / 8B-Instruct have 2.13 / 4.44 / 8.77 B parameters (their safetensors); the shapes used by
+    the benchmarks and the memory table must match them."""
+    from model import build_random
+    for shape, billions in (("2b", 2.13), ("4b", 4.44), ("8b", 8.77)):
+        model, _ = build_random(shape)  # meta device: no memory
+        assert abs(sum(p.numel() for p in model.parameters()) / 1e9 - billions) < 0.005, shape
