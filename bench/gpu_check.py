@@ -1,0 +1,165 @@
+"""
+The checks that need a GPU, in one go (about 5 minutes on one H200), on a randomly initialised model of
+Qwen3-VL-2B's real shape in bf16 with images of up to 262,144 pixels:
+
+1. packing with flash-attention-2 gives the same logits as packing with sdpa, and as each sample on its own;
+2. FSDP2 on NCCL: one sharded training step (mixed precision) and a synced generate run and match the plain model;
+3. SFT tokens/s and MFU (bench/bench_sft.py), GRPO step time split (bench/bench_grpo.py), peak memory.
+
+    python bench/gpu_check.py                      # 1 GPU; prints markdown and writes it to out/gpu_check.md
+    python bench/gpu_check.py --shape=tiny         # the same code paths on CPU (gloo, sdpa only), a dry run
+
+"""
+import datetime
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import synthetic  # noqa: E402
+from configurator import configure  # noqa: E402
+from data import model_inputs, pack_samples, tokenize_window  # noqa: E402
+from model import autocast, build_random, build_tiny, default_device, wrap_fsdp  # noqa: E402
+
+shape = "2b"              # "2b" / "4b" / "8b", or "tiny" for a CPU dry run
+image_size = 512          # synthetic image side
+max_pixels = 262144
+n_samples = 8             # samples packed into the row that is compared
+grpo_steps = 4            # GRPO steps timed (the first is warm-up)
+out_file = "out/gpu_check.md"
+configure(globals())
+
+device = default_device()
+lines = [f"GPU check, {datetime.date.today()}, {torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}, "
+         f"torch {torch.__version__}, shape {shape}, images up to {max_pixels} pixels\n"]
+say = lambda text="": (print(text, flush=True), lines.append(text))  # noqa: E731
+
+
+def build(dtype):
+    if shape == "tiny":
+        model, processor = build_tiny(texts=synthetic.corpus_texts(), max_pixels=max_pixels)
+        return model.to(device, dtype), processor
+    return build_random(shape, device=device, dtype=dtype, max_pixels=max_pixels, attn_implementation="sdpa")
+
+
+# --- 1. packed logits: flash-attention-2 vs sdpa vs each sample alone
+t0 = time.time()
+model, processor = build(torch.bfloat16)
+model.eval()
+samples, _ = tokenize_window(synthetic.SyntheticRecords("train", n_samples, size=image_size), range(n_samples),
+                             processor, None)
+rows, _ = pack_samples(samples, model, sum(len(s["input_ids"]) for s in samples))
+row = {k: v.to(device) if torch.is_tensor(v) else v for k, v in rows[0].items()}
+order = [s for i in rows[0]["ids"] for s in samples if s["id"] == i]  # the samples in their packed order
+
+
+def packed_logprobs(impl):
+    model.set_attn_implementation(impl)
+    with torch.no_grad(), autocast(device):
+        return torch.log_softmax(model(**model_inputs(row)).logits[0].float(), -1)
+
+
+def separate_logprobs():
+    model.set_attn_implementation("sdpa")
+    out = []
+    for s in order:
+        kw = {k: s[k][None].to(device) for k in ("input_ids", "mm_token_type_ids")}
+        if "pixel_values" in s:
+            kw.update(pixel_values=s["pixel_values"].to(device), image_grid_thw=s["image_grid_thw"].to(device))
+        with torch.no_grad(), autocast(device):
+            out.append(torch.log_softmax(model(**kw, use_cache=False).logits[0].float(), -1))
+    return torch.cat(out)
+
+
+reference = separate_logprobs()
+impls = ["sdpa"]
+try:
+    import flash_attn  # noqa: F401
+    if device.type == "cuda":
+        impls.append("flash_attention_2")
+except ImportError:
+    pass
+say(f"## 1. Packed row of {len(order)} samples, {row['input_ids'].shape[1]} tokens: log-prob differences\n")
+say("| attention | vs sdpa packed: max / mean | vs each sample alone (sdpa): max / mean |")
+say("|---|---|---|")
+packed = {impl: packed_logprobs(impl) for impl in impls}
+for impl, lp in packed.items():
+    d_sdpa, d_alone = (lp - packed["sdpa"]).abs(), (lp - reference).abs()
+    say(f"| {impl} | {d_sdpa.max():.3g} / {d_sdpa.mean():.3g} | {d_alone.max():.3g} / {d_alone.mean():.3g} |")
+if "flash_attention_2" not in impls:
+    say("\nflash-attention-2 not available here: only sdpa compared.")
+say(f"\n({time.time() - t0:.0f} s)\n")
+del model, packed, reference
+if device.type == "cuda":
+    torch.cuda.empty_cache()
+
+# --- 2. FSDP2 on NCCL (gloo on CPU): a sharded step and a synced generate match the plain model
+t0 = time.time()
+os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+os.environ.setdefault("MASTER_PORT", "29531")
+dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1,
+                        **({"device_id": device} if device.type == "cuda" else {}))
+model, processor = build(torch.float32)  # fp32 master weights, as sft.py and grpo.py train
+model.config.use_cache = False
+
+
+def row_loss():
+    with autocast(device):
+        logits = model(**model_inputs(row)).logits
+    return F.cross_entropy(logits[0, :-1].float(), row["labels"][0, 1:], ignore_index=-100)
+
+
+with torch.no_grad():
+    plain = row_loss().item()
+prompt = processor(text=[processor.apply_chat_template(
+    [{"role": "user", "content": [{"type": "text", "text": "Write a radiology report."}]}], tokenize=False,
+    add_generation_prompt=True)], return_tensors="pt").to(device)
+with torch.no_grad(), autocast(device):
+    plain_tokens = model.generate(**prompt, do_sample=False, max_new_tokens=8)
+wrap_fsdp(model)
+with torch.no_grad(), autocast(device):
+    model(**prompt, use_cache=False)  # FSDP2: one plain forward before the first generate
+    sharded_tokens = model.generate(**prompt, do_sample=False, max_new_tokens=8, synced_gpus=True)
+optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+sharded = row_loss()
+sharded.backward()
+grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+optimizer.step()
+with torch.no_grad():
+    after = row_loss().item()
+precision = "bf16 mixed precision" if device.type == "cuda" else "fp32"
+say(f"## 2. FSDP2 (1 rank, {'NCCL' if device.type == 'cuda' else 'gloo'}, {precision})\n")
+say("| loss plain | loss sharded | greedy tokens plain = sharded (synced generate) | grad norm | loss after one step (lr 1e-4) |")
+say("|---|---|---|---|---|")
+same = plain_tokens.shape == sharded_tokens.shape and bool((plain_tokens == sharded_tokens).all())
+say(f"| {plain:.4f} | {sharded.item():.4f} | {'yes' if same else 'no'} | {grad_norm.full_tensor().item():.3f} | "
+    f"{after:.4f} |")
+say(f"\n({time.time() - t0:.0f} s)\n")
+dist.destroy_process_group()
+del model, optimizer
+if device.type == "cuda":
+    torch.cuda.empty_cache()
+
+# --- 3. throughput and memory: the two benchmark scripts on the same shape, each in its own process
+if shape != "tiny":
+    for title, command in [
+            ("3a. SFT: packed vs padded", ["bench/bench_sft.py", f"--shape={shape}", f"--image_size={image_size}",
+                                           f"--max_pixels={max_pixels}", "--max_tokens=8192", "--records=256"]),
+            ("3b. GRPO step", ["bench/bench_grpo.py", f"--shape={shape}", f"--image_size={image_size}",
+                               f"--max_pixels={max_pixels}", "--max_new_tokens=256", f"--steps={grpo_steps}"])]:
+        t0 = time.time()
+        done = subprocess.run([sys.executable, *command], cwd=ROOT, capture_output=True, text=True)
+        say(f"## {title}\n\n    python {' '.join(command)}\n")
+        say(done.stdout.strip() if done.returncode == 0 else "FAILED:\n" + done.stderr[-2000:])
+        say(f"\n({time.time() - t0:.0f} s)\n")
+
+os.makedirs(os.path.dirname(os.path.abspath(out_file)), exist_ok=True)
+with open(out_file, "w") as f:
+    f.write("\n".join(lines) + "\n")
+print(f"written to {out_file}")

@@ -1,0 +1,75 @@
+"""
+Estimated GPU memory per GPU of sft.py and grpo.py at the paper's settings, for Qwen3-VL 2B / 4B / 8B, from
+the parameter counts of the real shapes (model.QWEN3_VL_SHAPES) and the terms below. An estimate, not a
+measurement: allocator fragmentation, CUDA context (~1 GiB) and NCCL buffers come on top.
+
+    python bench/memory_table.py
+
+Terms, per GPU, with N GPUs under FSDP2 (full sharding), as sft.py / grpo.py train:
+  states     16 bytes x params / N   fp32 master weights, fp32 gradients, AdamW's two fp32 moments
+  reference   2 bytes x params / N   grpo.py's frozen bf16 reference (beta > 0)
+  gathered    bf16 copies of the unsharded root (embeddings, lm_head, merger) and of two decoder layers in flight
+  activations gradient checkpointing on: each decoder layer's bf16 input, plus one layer recomputed
+  logits     tokens x vocab x 14 bytes (SFT: every position of the row; GRPO: answer positions only, 16 bytes
+             with the entropy's temporaries): bf16 logits, fp32 copy, log-softmax saved for backward, gradients
+  KV cache   grpo.py generation: sequences in flight x length x layers x 2 x kv heads x head dim x 2 bytes
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configurator import configure  # noqa: E402
+from model import QWEN3_VL_SHAPES, QWEN3_VL_VOCAB, build_random  # noqa: E402
+
+gpus = [8, 1]
+configure(globals())
+
+GiB = 2 ** 30
+# the paper's settings (config/*.py): tokens per packed SFT row; GRPO prompt (~441 image tokens at 672 x 672 plus
+# the question), answers, prompts per rank, samples per prompt, micro-batch and generate_chunk
+SFT_ROW = 8192
+RUNS = {"GRPO report": dict(prompt=500, answer=1024, chunk=8, micro=8),
+        "GRPO grounding": dict(prompt=500, answer=4096, chunk=4, micro=2)}
+GROUP = 8
+
+
+def parts(shape, n_gpus):
+    s = QWEN3_VL_SHAPES[shape]
+    model, _ = build_random(shape)  # on the meta device: shapes only
+    params = sum(p.numel() for p in model.parameters())
+    layer = sum(p.numel() for p in model.model.language_model.layers[0].parameters())
+    root = params - layer * s["num_layers"] - sum(p.numel() for b in model.model.visual.blocks for p in b.parameters())
+    h, inter, n_layers = s["hidden_size"], s["intermediate_size"], s["num_layers"]
+    kv = s["num_kv_heads"] * s["head_dim"]
+    gathered = 2 * (root + 2 * layer)
+    one_layer = lambda tokens: tokens * (6 * h + 4 * kv + 3 * inter) * 2  # noqa: E731  recomputed layer, bf16
+    checkpointed = lambda tokens: n_layers * tokens * h * 2 + one_layer(tokens)  # noqa: E731
+    logits = lambda tokens, bytes_per=14: tokens * QWEN3_VL_VOCAB * bytes_per  # noqa: E731
+    states = 16 * params / n_gpus
+    rows = {"SFT": {"states": states, "gathered": gathered, "activations": checkpointed(SFT_ROW),
+                    "logits": logits(SFT_ROW)}}
+    for run, c in RUNS.items():
+        length = c["prompt"] + c["answer"]
+        rows[run] = {"states": states, "reference": 2 * params / n_gpus, "gathered": gathered,
+                     "activations": checkpointed(c["micro"] * length), "logits": logits(c["micro"] * c["answer"], 16),
+                     "kv_cache": c["chunk"] * GROUP * length * n_layers * 2 * kv * 2}
+    return params, rows
+
+
+print("| model | params | stage | GPUs | states | ref | gathered | activations | logits | KV cache | total | "
+      "fits 80 GB / 141 GB |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+for shape in QWEN3_VL_SHAPES:
+    for n_gpus in gpus:
+        params, rows = parts(shape, n_gpus)
+        for stage, terms in rows.items():
+            total = sum(terms.values()) + GiB  # + CUDA context
+            cells = " | ".join(f"{terms[k] / GiB:.1f}" if k in terms else "-" for k in
+                               ("states", "reference", "gathered", "activations", "logits", "kv_cache"))
+            fits = " / ".join("yes" if total <= size * 1e9 else "no" for size in (80, 141))
+            print(f"| {shape.upper()} | {params / 1e9:.2f} B | {stage} | {n_gpus} | {cells} | {total / GiB:.0f} GiB | "
+                  f"{fits} |")
+print(f"\nSFT: one {SFT_ROW}-token row per micro-step. GRPO report / grounding: micro-batches of "
+      f"{RUNS['GRPO report']['micro']} / {RUNS['GRPO grounding']['micro']} sequences, generation in chunks of "
+      f"{RUNS['GRPO report']['chunk']} / {RUNS['GRPO grounding']['chunk']} prompts x {GROUP} samples (micro_batch, "
+      f"generate_chunk in config/); all GiB per GPU, estimated.")
