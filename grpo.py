@@ -343,7 +343,8 @@ def main():
 
     if world > 1:  # a freshly sharded model must run one plain forward before its first generate (FSDP2)
         with torch.no_grad():
-            policy(**prompt_batch([next(iter(pools[step_tasks[0]].values()))[0]], processor).to(device), use_cache=False)
+            first = next(iter(pools[step_tasks[0]].values()))[0]
+            policy(**prompt_batch([first], processor).to(device), use_cache=False)
     weights = {k: v for k, v in (("bertscore_model", bertscore_model), ("chexbert_checkpoint", chexbert_checkpoint),
                ("chexbert_tokenizer", chexbert_tokenizer), ("radgraph_model_dir", radgraph_model_dir)) if v}
     eval_sets = {}

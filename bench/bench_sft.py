@@ -88,8 +88,9 @@ results = {"packed": (train(rows, model_inputs), sum(r["input_ids"].numel() for 
            "padded": (train(padded, lambda b: {k: v for k, v in b.items() if k != "labels"} | {"use_cache": False}),
                       sum(b["input_ids"].numel() for b in padded))}
 n_params = sum(p.numel() for p in model.parameters())
-print(f"{len(samples)} samples ({len(problems)} too long), {sum(lengths)} real tokens, mean {sum(lengths) / len(lengths):.0f}"
-      f" / max {max(lengths)}; {shape or 'tiny'} model, {n_params / 1e6:.1f} M parameters, {device.type}"
+print(f"{len(samples)} samples ({len(problems)} too long), {sum(lengths)} real tokens, "
+      f"mean {sum(lengths) / len(lengths):.0f} / max {max(lengths)}; {shape or 'tiny'} model, "
+      f"{n_params / 1e6:.1f} M parameters, {device.type}"
       f"{', ' + model.config._attn_implementation if device.type == 'cuda' else ''}\n")
 print("| batches | rows | tokens computed | real / computed | real tokens/s | s | MFU |")
 print("|---|---|---|---|---|---|---|")

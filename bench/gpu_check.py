@@ -11,6 +11,7 @@ Qwen3-VL-2B's real shape in bf16 with images of up to 262,144 pixels:
 
 """
 import datetime
+import importlib.util
 import os
 import subprocess
 import sys
@@ -78,13 +79,7 @@ def separate_logprobs():
 
 
 reference = separate_logprobs()
-impls = ["sdpa"]
-try:
-    import flash_attn  # noqa: F401
-    if device.type == "cuda":
-        impls.append("flash_attention_2")
-except ImportError:
-    pass
+impls = ["sdpa"] + (["flash_attention_2"] if device.type == "cuda" and importlib.util.find_spec("flash_attn") else [])
 say(f"## 1. Packed row of {len(order)} samples, {row['input_ids'].shape[1]} tokens: log-prob differences\n")
 say("| attention | vs sdpa packed: max / mean | vs each sample alone (sdpa): max / mean |")
 say("|---|---|---|")
@@ -95,7 +90,7 @@ for impl, lp in packed.items():
 if "flash_attention_2" not in impls:
     say("\nflash-attention-2 not available here: only sdpa compared.")
 say(f"\n({time.time() - t0:.0f} s)\n")
-del model, packed, reference
+model = packed = reference = None  # free the bf16 model before the fp32 one
 if device.type == "cuda":
     torch.cuda.empty_cache()
 
@@ -135,14 +130,15 @@ with torch.no_grad():
     after = row_loss().item()
 precision = "bf16 mixed precision" if device.type == "cuda" else "fp32"
 say(f"## 2. FSDP2 (1 rank, {'NCCL' if device.type == 'cuda' else 'gloo'}, {precision})\n")
-say("| loss plain | loss sharded | greedy tokens plain = sharded (synced generate) | grad norm | loss after one step (lr 1e-4) |")
+say("| loss plain | loss sharded | greedy tokens plain = sharded (synced generate) | grad norm | "
+    "loss after one step (lr 1e-4) |")
 say("|---|---|---|---|---|")
 same = plain_tokens.shape == sharded_tokens.shape and bool((plain_tokens == sharded_tokens).all())
 say(f"| {plain:.4f} | {sharded.item():.4f} | {'yes' if same else 'no'} | {grad_norm.full_tensor().item():.3f} | "
     f"{after:.4f} |")
 say(f"\n({time.time() - t0:.0f} s)\n")
 dist.destroy_process_group()
-del model, optimizer
+model = optimizer = None
 if device.type == "cuda":
     torch.cuda.empty_cache()
 

@@ -154,6 +154,15 @@ def test_grpo_script_logs_and_resumes_exactly(tiny_checkpoint, records_file, tmp
         assert abs(full[2][key] - resumed[2][key]) <= 1e-6, key
 
 
+def test_every_grounding_step_takes_prompts_of_each_grounding_task(tiny_checkpoint, tmp_path):
+    """The mean reward of a step should not swing with its mix of easy and hard tasks: one step of 3 prompts
+    holds one anatomical, one abnormality and one phrase grounding prompt, each with its own logged reward."""
+    log = run_grpo(str(tmp_path / "run"), tiny_checkpoint, "synthetic", "--task=grounding", "--prompts_per_step=3",
+                   "--mini_batch=3", "--max_steps=1", "--n_train=30", "--eval_every=0")
+    for task in ("anatomical_grounding", "abnormality_grounding", "phrase_grounding"):
+        assert 0.0 <= log[0][f"reward_{task}"] <= 1.0, task
+
+
 def test_missing_sft_checkpoint_gives_a_hint(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "grpo.py"), f"--init_from={tmp_path}/no/such/run"],
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
