@@ -45,7 +45,6 @@ import os
 import re
 import sys
 import textwrap
-import warnings
 
 import numpy as np
 import torch
@@ -331,11 +330,11 @@ def model_statistics(answers, references, weights):
 
     def radcliq():
         needs(weights, "radgraph_model_dir", "bertscore_model", "chexbert_checkpoint", "chexbert_tokenizer")
-        with warnings.catch_warnings(record=True) as caught:  # radcliq_rewards floors a failed batch with a warning
-            warnings.simplefilter("always")
-            values, _ = rewards.radcliq_rewards(answers, references, **weights)
-        failed = [str(w.message) for w in caught if "RadCliQ scoring failed" in str(w.message)]
-        return {"radcliq_v1": failed[0] if failed else mean_of([-v for v in values])}
+        try:
+            values, _ = rewards.radcliq_rewards(answers, references, floor_on_failure=False, **weights)
+        except RuntimeError as e:  # a number would hide that the metric's models failed
+            return {"radcliq_v1": str(e)}
+        return {"radcliq_v1": mean_of([-v for v in values])}
 
     def green():
         needs(weights, "green_model")

@@ -80,7 +80,7 @@ eval_every = 25           # greedy reward on fixed held-out prompts every N step
 n_eval = 64               # held-out prompts per task for that ("synthetic" data: its val split)
 # system
 out_dir = "out/grpo"
-save_every = 20
+save_every = 20           # checkpoint every N steps and at the end (0: never, for benchmarks)
 keep_last = 2
 resume = False
 seed = 0
@@ -431,11 +431,11 @@ def main():
             bar.set_postfix(reward=f"{record['reward_mean']:.3f}", kl=f"{record['kl']:.4f}",
                             len=f"{record['response_length']:.0f}")
             bar.update(1)
-        if step % save_every == 0 or step == max_steps:
+        if save_every and (step % save_every == 0 or step == max_steps):
             save_training_checkpoint(out_dir, step, policy, optimizer, processor, keep_last=keep_last,
                                      train_state={"step": step, "settings": settings})
     bar.close()
-    print0(f"done: {step} steps; policy in {latest_checkpoint(out_dir)}")
+    print0(f"done: {step} steps" + (f"; policy in {latest_checkpoint(out_dir)}" if save_every else ""))
     barrier()
     if world > 1:
         torch.distributed.destroy_process_group()

@@ -635,8 +635,10 @@ def radgraph_scorer(settings):
     return _LOADED[key]
 
 
-def radcliq_rewards(predictions, references, **settings):
-    """-RadCliQ-v1 for each pair of final answers, batched, plus its four features (nan where floored)."""
+def radcliq_rewards(predictions, references, floor_on_failure=True, **settings):
+    """-RadCliQ-v1 for each pair of final answers, batched, plus its four features (nan where floored).
+    A batch whose scoring fails is floored with a warning (training goes on), or raises with
+    floor_on_failure=False (evaluation reports the metric as failed instead of a number)."""
     predictions = [p.lower()[:MAX_REPORT_CHARS] for p in predictions]
     references = [r.lower()[:MAX_REPORT_CHARS] for r in references]
     n = len(predictions)
@@ -652,6 +654,8 @@ def radcliq_rewards(predictions, references, **settings):
         values = {"radgraph": scorers[0](preds, refs), "bertscore": scorers[1](preds, refs),
                   "semb": scorers[2].similarity(preds, refs), "bleu4": [bleu4(p, r) for p, r in zip(preds, refs)]}
     except Exception as e:  # the paper scores a failed batch at the floor rather than stopping training
+        if not floor_on_failure:
+            raise RuntimeError(f"RadCliQ scoring failed: {e!r}") from e
         warnings.warn(f"RadCliQ scoring failed, {len(scored)} completions get {RADCLIQ_FLOOR}: {e!r}")
         return rewards, features
     for j, i in enumerate(scored):

@@ -59,7 +59,7 @@ common = [f"--init_from={init_from}", f"--prompts_per_step={prompts_per_step}", 
           f"--image_size={image_size}"]
 subprocess.run(["rm", "-rf", run_dir], check=True)
 ours = subprocess.run([sys.executable, "-c", CHILD, "grpo.py", *common, "--task=report", f"--max_steps={steps}",
-                       f"--max_pixels={max_pixels}", "--eval_every=0", f"--save_every={10 ** 9}",
+                       f"--max_pixels={max_pixels}", "--eval_every=0", "--save_every=0",
                        f"--n_train={prompts_per_step * steps}", f"--out_dir={run_dir}"],
                       cwd=ROOT, capture_output=True, text=True)
 if ours.returncode:

@@ -245,6 +245,8 @@ def test_radcliq_pipeline_with_stand_in_scorers(monkeypatch):
     monkeypatch.setattr(rewards, "radgraph_scorer", lambda settings: lambda p, r: 1 / 0)
     with pytest.warns(UserWarning, match="RadCliQ scoring failed"):
         assert score("report", [report], [report], reward="radcliq")[0] == [-3.0]  # a failed batch: the floor
+    with pytest.raises(RuntimeError, match="RadCliQ scoring failed"):  # evaluation: no number for a failure
+        rewards.radcliq_rewards([report], [report], floor_on_failure=False)
 
 
 def test_radgraph_f1_of_annotations():
