@@ -1,0 +1,33 @@
+"""The benchmark scripts' CPU paths, so that the GPU check does not rot between the sessions that have a GPU."""
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(*args):
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_gpu_check_dry_run_on_cpu(tmp_path):
+    out = tmp_path / "check.md"
+    run("bench/gpu_check.py", "--shape=tiny", "--image_size=64", "--max_pixels=4096", "--n_samples=3",
+        f"--out_file={out}")
+    text = out.read_text()
+    packed_row = next(line for line in text.splitlines() if line.startswith("| sdpa |"))
+    assert packed_row.startswith("| sdpa | 0 / 0 |")  # the same implementation twice: identical
+    fsdp_row = next(line for line in text.splitlines() if line.startswith("| ") and "yes" in line)
+    loss_plain, loss_sharded = fsdp_row.split("|")[1:3]
+    assert loss_plain.strip() == loss_sharded.strip()
+
+
+def test_sft_benchmark_counts_every_real_token_once():
+    text = run("bench/bench_sft.py", "--records=24")
+    rows = {line.split("|")[1].strip(): line.split("|") for line in text.splitlines() if line.startswith("| pack")
+            or line.startswith("| padd")}
+    real = int(text.split(" real tokens")[0].split()[-1])
+    assert int(rows["packed"][3]) == real < int(rows["padded"][3])  # packing computes no padding
