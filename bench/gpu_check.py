@@ -1,6 +1,6 @@
 """
-The checks that need a GPU, in one go (about 5 minutes on one H200), on a randomly initialised model of
-Qwen3-VL-2B's real shape in bf16 with images of up to 262,144 pixels:
+The checks that need a GPU, in one go (sized for about 5 minutes on one H200; not yet run on one), on a randomly
+initialised model of Qwen3-VL-2B's real shape in bf16 with images of up to 262,144 pixels:
 
 1. packing with flash-attention-2 gives the same logits as packing with sdpa, and as each sample on its own;
 2. FSDP2 on NCCL: one sharded training step (mixed precision) and a synced generate run and match the plain model;
