@@ -528,12 +528,14 @@ def draw_contact_sheet(records, answers, path, cols=4, side=192, text_lines=8):
 
 
 def draw_curves(log_paths, path, width=720, height=300):
-    """reward_mean, and loss / val_loss, against step: one panel each, a colored line per run and series."""
+    """Against step, one panel each where the logs have them: the sampled reward per task, the greedy reward on
+    held-out prompts per task (grpo.py), loss / val_loss; a colored line per run and series."""
     colors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
     runs = [(os.path.basename(os.path.dirname(os.path.abspath(p))),  # a run is named by its folder: out/sft -> sft
              [json.loads(line) for line in open(p) if line.strip()]) for p in log_paths]
     panels = []
-    for keys in (("reward_mean",), ("loss", "val_loss")):
+    for keys in (("reward_report", "reward_grounding"), ("val_reward_report", "val_reward_grounding"),
+                 ("loss", "val_loss")):
         series = [(f"{run} {key}", [(r["step"], r[key]) for r in rows
                                     if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])])
                   for run, rows in runs for key in keys]
@@ -566,10 +568,11 @@ def draw_curves(log_paths, path, width=720, height=300):
             else:  # a single point: a dot
                 (x, y), = pixels
                 draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colors[k % len(colors)])
-        draw.rectangle([x1 - 160, y0 + 4, x1 - 4, y0 + 12 + 14 * len(series)], fill="white", outline="#c0c0c0")
-        for k, (label, _) in enumerate(series):  # the legend, over the curves
-            draw.line([x1 - 154, y0 + 14 + 14 * k, x1 - 134, y0 + 14 + 14 * k], fill=colors[k % len(colors)], width=3)
-            draw.text((x1 - 130, y0 + 8 + 14 * k), label, fill="black", font=font)
+        left = x1 - 40 - 6 * max(len(label) for label, _ in series)  # the legend, over the curves
+        draw.rectangle([left, y0 + 4, x1 - 4, y0 + 12 + 14 * len(series)], fill="white", outline="#c0c0c0")
+        for k, (label, _) in enumerate(series):
+            draw.line([left + 6, y0 + 14 + 14 * k, left + 26, y0 + 14 + 14 * k], fill=colors[k % len(colors)], width=3)
+            draw.text((left + 30, y0 + 8 + 14 * k), label, fill="black", font=font)
     image.save(path)
     return True
 

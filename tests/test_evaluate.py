@@ -284,7 +284,7 @@ def test_evaluate_a_checkpoint_end_to_end_and_compare_runs(tiny_checkpoint, scor
     records_path = write_records(str(tmp_path / "data"), 4)
     with open(tmp_path / "log.jsonl", "w") as f:
         for step in range(1, 6):
-            f.write(json.dumps({"step": step, "reward_mean": 0.1 * step, "loss": 1 / step}) + "\n")
+            f.write(json.dumps({"step": step, "reward_report": 0.1 * step, "loss": 1 / step}) + "\n")
         f.write(json.dumps({"step": 5, "val_loss": 0.3}) + "\n")
     out = str(tmp_path / "eval")
     run_evaluate(f"--init_from={tiny_checkpoint}", f"--data={records_path}", f"--out_dir={out}", "--max_new_tokens=6",
@@ -293,7 +293,7 @@ def test_evaluate_a_checkpoint_end_to_end_and_compare_runs(tiny_checkpoint, scor
     assert results["report"]["n"] == 3 and results["grounding"]["all"]["n"] == 1
     assert results["thinking"]["well_formed"]["value"] is not None
     assert results["settings"]["max_new_tokens"] == 6
-    assert Image.open(os.path.join(out, "curves.png")).size == (720, 600)  # two panels: reward, loss / val_loss
+    assert Image.open(os.path.join(out, "curves.png")).size == (720, 600)  # two panels: sampled reward, loss / val_loss
     assert Image.open(os.path.join(out, "contact_sheet.png"))
     table = evaluate.compare([scored_predictions[0], out])
     assert table.count(f"| {out} |") == 3 and table.count(f"| {scored_predictions[0]} |") == 2  # + thinking for `out`
