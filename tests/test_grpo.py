@@ -88,8 +88,9 @@ def test_generation_in_chunks_pads_into_one_batch_without_changing_logprobs(tiny
 
 def _run_worker(cmd, ckpt, data, out):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(cmd + [os.path.join(ROOT, "tests", "grpo_worker.py"), ckpt, data, out], check=True, env=env,
-                   timeout=300, capture_output=True)
+    proc = subprocess.run(cmd + [os.path.join(ROOT, "tests", "grpo_worker.py"), ckpt, data, out], env=env,
+                          timeout=300, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return json.load(open(out))
 
 
