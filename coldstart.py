@@ -29,7 +29,7 @@ from PIL import Image
 
 from configurator import configure
 from data import (GROUNDING_TASKS, THINK_SUFFIX, generation_kwargs, open_records, parse_boxes, prompt_batch,
-                  reference_answer, save_records)
+                  reference_answer, save_records, task_of)
 import rewards
 from model import barrier, init_distributed, load_model, print0
 
@@ -120,7 +120,7 @@ def check_trace(record, trace, final_answer):
         return "too short"
     if final_answer is None:
         return "no final answer"
-    score, _ = rewards.score(record.get("task") or "report", [final_answer], [reference_answer(record)])
+    score, _ = rewards.score(task_of(record), [final_answer], [reference_answer(record)])
     if score[0] < min_score:
         return "final answer scores low"
     return None

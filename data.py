@@ -159,6 +159,11 @@ def record_id(record, index=None):
     return str(rid) if rid is not None else f"#{index}"
 
 
+def task_of(record):
+    """A record's task; a record without one (plain LLaVA data) counts as a report."""
+    return record.get("task") or "report"
+
+
 def validate_record(record, index=None):
     """Raise RecordError naming the record if it is not a usable RadVLM/LLaVA record."""
     rid = record_id(record, index)
@@ -217,7 +222,7 @@ def open_records(source, split="train", n=None, image_size=128, tasks=None):
         import synthetic
         return synthetic.SyntheticRecords(split, n, size=image_size, tasks=tasks)
     records = load_records(source)
-    return records if tasks is None else [r for r in records if (r.get("task") or "report") in tasks]
+    return records if tasks is None else [r for r in records if task_of(r) in tasks]
 
 
 def save_records(records, path):

@@ -53,8 +53,8 @@ from tqdm import tqdm
 
 import rewards
 from configurator import configure
-from data import (GROUNDING_TASKS, box_iou, generation_kwargs, has_image, load_image, open_records, parse_boxes, prompt_batch, record_id,
-                  reference_answer)
+from data import (GROUNDING_TASKS, box_iou, generation_kwargs, has_image, load_image, open_records, parse_boxes,
+                  prompt_batch, record_id, reference_answer, task_of)
 from model import autocast, build_tiny, init_distributed, latest_checkpoint, load_model, print0
 
 # model and data
@@ -87,10 +87,6 @@ GROUNDING_KINDS = {"anatomical_grounding": "anatomical", "abnormality_grounding"
                    "phrase_grounding": "phrase"}
 FIVE = [rewards.OBSERVATIONS.index(name) for name in
         ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")]  # CheXbert's usual 5 labels
-
-
-def task_of(record):
-    return record.get("task") or "report"
 
 
 # ----------------------------------------------------------------------------------------------------------

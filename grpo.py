@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from configurator import configure
-from data import GROUNDING_TASKS, epoch_order, generation_kwargs, open_records, prompt_batch, reference_answer
+from data import (GROUNDING_TASKS, epoch_order, generation_kwargs, open_records, prompt_batch, reference_answer,
+                  task_of)
 from model import (all_reduce_mean, autocast, barrier, build_tiny, init_distributed, latest_checkpoint, load_model,
                    load_training_checkpoint, print0, save_training_checkpoint, wrap_fsdp)
 import rewards
@@ -170,9 +171,9 @@ def sample_rollouts(model, processor, records, group_size, thinking, device, syn
     bounds the memory of generation; the chunks are then padded into one batch (prompts left, answers right)."""
     tok = processor.tokenizer
     stop = generation_kwargs(tok)
-    parts = []
-    for start in range(0, len(records), chunk or len(records)):
-        prompt = prompt_batch(records[start:start + (chunk or len(records))], processor, thinking).to(device)
+    chunk, parts = chunk or len(records), []
+    for start in range(0, len(records), chunk):
+        prompt = prompt_batch(records[start:start + chunk], processor, thinking).to(device)
         with torch.no_grad(), autocast(device):
             sequences = model.generate(**prompt, do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
                                        max_new_tokens=max_new_tokens, num_return_sequences=group_size,
@@ -418,9 +419,11 @@ def main():
             record = all_reduce_mean(record)
         if len(pools[step_task]) > 1:  # the mean reward of each record task: sums and counts over all ranks
             names = list(pools[step_task])
-            totals = torch.zeros(2, len(names), dtype=torch.float64, device=device)
-            for r, rec in zip(reward_list, [rec for rec in step_records for _ in range(group_size)]):
-                totals[:, names.index(rec.get("task") or "report")] += torch.tensor([r, 1.0], device=device)
+            sums, counts = [0.0] * len(names), [0.0] * len(names)
+            for r, g in zip(reward_list, batch["group_ids"].tolist()):
+                k = names.index(task_of(step_records[g]))
+                sums[k], counts[k] = sums[k] + r, counts[k] + 1
+            totals = torch.tensor([sums, counts], dtype=torch.float64, device=device)
             if world > 1:
                 torch.distributed.all_reduce(totals)
             record.update({f"reward_{n}": s / max(c, 1) for n, s, c in zip(names, *totals.tolist())})
