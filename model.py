@@ -214,44 +214,47 @@ _DEFAULT_CORPUS = [
 
 # The published sizes of Qwen3-VL (text tower = Qwen3-1.7B / 4B / 8B; vocabulary 151,936; 16-pixel patches),
 # for random models of the real shape: benchmarks, the GPU check and the memory table.
+_QWEN3_VL_COMMON = dict(head_dim=128, vision_heads=16, rope_theta=5000000.0, mrope_section=[24, 20, 20],
+                        num_position_embeddings=2304)
 QWEN3_VL_SHAPES = {
-    "2b": dict(hidden_size=2048, num_layers=28, num_heads=16, num_kv_heads=8, intermediate_size=6144, head_dim=128,
-               vision_depth=24, vision_hidden=1024, vision_intermediate=4096, vision_heads=16,
-               deepstack=[5, 11, 17], tie_embeddings=True),
-    "4b": dict(hidden_size=2560, num_layers=36, num_heads=32, num_kv_heads=8, intermediate_size=9728, head_dim=128,
-               vision_depth=24, vision_hidden=1024, vision_intermediate=4096, vision_heads=16,
-               deepstack=[5, 11, 17], tie_embeddings=True),
-    "8b": dict(hidden_size=4096, num_layers=36, num_heads=32, num_kv_heads=8, intermediate_size=12288, head_dim=128,
-               vision_depth=27, vision_hidden=1152, vision_intermediate=4304, vision_heads=16,
-               deepstack=[8, 16, 24], tie_embeddings=False),
+    "2b": dict(hidden_size=2048, num_layers=28, num_heads=16, num_kv_heads=8, intermediate_size=6144,
+               vision_depth=24, vision_hidden=1024, vision_intermediate=4096, deepstack=[5, 11, 17],
+               tie_embeddings=True, **_QWEN3_VL_COMMON),
+    "4b": dict(hidden_size=2560, num_layers=36, num_heads=32, num_kv_heads=8, intermediate_size=9728,
+               vision_depth=24, vision_hidden=1024, vision_intermediate=4096, deepstack=[5, 11, 17],
+               tie_embeddings=True, **_QWEN3_VL_COMMON),
+    "8b": dict(hidden_size=4096, num_layers=36, num_heads=32, num_kv_heads=8, intermediate_size=12288,
+               vision_depth=27, vision_hidden=1152, vision_intermediate=4304, deepstack=[8, 16, 24],
+               tie_embeddings=False, **_QWEN3_VL_COMMON),
 }
 QWEN3_VL_VOCAB = 151936
 
 
 def qwen3_vl_config(tokenizer, hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size, vision_depth,
                     vision_hidden, vision_heads, head_dim=None, vision_intermediate=None, deepstack=(0,),
-                    tie_embeddings=True, vocab_size=None):
+                    tie_embeddings=True, vocab_size=None, rope_theta=10000.0, mrope_section=None,
+                    num_position_embeddings=64):
     """A Qwen3VLConfig whose special token ids are `tokenizer`'s. `vocab_size` (the embedding rows) defaults to
     the tokenizer's size; a real-shaped model keeps Qwen's 151,936 rows around a small tokenizer (ids past the
     tokenizer decode to nothing), so its compute and memory are the real model's."""
     from transformers import Qwen3VLConfig
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t, _ in QWEN_ADDED_TOKENS}
     head_dim = head_dim or hidden_size // num_heads
-    # mrope_section (t, h, w) sums to head_dim / 2; Qwen's own split for head_dim 128 is [24, 20, 20]
-    hw = head_dim // 4 if head_dim != 128 else 20
+    quarter = head_dim // 4
+    mrope_section = mrope_section or [head_dim // 2 - 2 * quarter, quarter, quarter]  # (t, h, w): head_dim / 2
     return Qwen3VLConfig(
         text_config=dict(
             vocab_size=vocab_size or len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
             num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
             head_dim=head_dim, max_position_embeddings=262144, pad_token_id=ids["<|endoftext|>"],
-            rope_parameters={"rope_type": "default", "rope_theta": 5000000.0 if head_dim == 128 else 10000.0,
-                             "mrope_interleaved": True, "mrope_section": [head_dim // 2 - 2 * hw, hw, hw]},
+            rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "mrope_interleaved": True,
+                             "mrope_section": mrope_section},
             bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], tie_word_embeddings=tie_embeddings),
         vision_config=dict(
             depth=vision_depth, hidden_size=vision_hidden, intermediate_size=vision_intermediate or 4 * vision_hidden,
             num_heads=vision_heads, patch_size=PATCH_SIZE, spatial_merge_size=MERGE_SIZE,
             temporal_patch_size=TEMPORAL_PATCH_SIZE, out_hidden_size=hidden_size,
-            num_position_embeddings=2304 if head_dim == 128 else 64, deepstack_visual_indexes=list(deepstack)),
+            num_position_embeddings=num_position_embeddings, deepstack_visual_indexes=list(deepstack)),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=tie_embeddings)
@@ -277,17 +280,12 @@ def build_random(shape, device="meta", dtype=torch.float32, texts=None, min_pixe
                  max_pixels=TINY_MAX_PIXELS, attn_implementation=None):
     """A randomly initialised Qwen3-VL of a published size ("2b", "4b", "8b") with a small offline tokenizer.
     On the meta device it costs no memory (for counting parameters)."""
-    from transformers import Qwen3VLForConditionalGeneration
+    from transformers import AutoModelForImageTextToText
     tokenizer = build_tokenizer(texts or _DEFAULT_CORPUS)
     config = qwen3_vl_config(tokenizer, vocab_size=QWEN3_VL_VOCAB, **QWEN3_VL_SHAPES[shape])
-    config._attn_implementation = attn_implementation or attention_implementation()
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = Qwen3VLForConditionalGeneration(config)
-    finally:
-        torch.set_default_dtype(default)
+    with torch.device(device):
+        model = AutoModelForImageTextToText.from_config(
+            config, dtype=dtype, attn_implementation=attn_implementation or attention_implementation())
     _set_generation_defaults(model, tokenizer)
     return model, build_processor(tokenizer, min_pixels, max_pixels)
 
