@@ -33,12 +33,17 @@ RUNS = {"GRPO report": dict(prompt=500, answer=1024, chunk=8, micro=8),
 GROUP = 8
 
 
-def parts(shape, n_gpus):
-    s = QWEN3_VL_SHAPES[shape]
+def parameter_counts(shape):
+    """(all, one decoder layer, the root: what is neither a decoder layer nor a vision block)."""
     model, _ = build_random(shape)  # on the meta device: shapes only
     params = sum(p.numel() for p in model.parameters())
     layer = sum(p.numel() for p in model.model.language_model.layers[0].parameters())
-    root = params - layer * s["num_layers"] - sum(p.numel() for b in model.model.visual.blocks for p in b.parameters())
+    blocks = sum(p.numel() for b in model.model.visual.blocks for p in b.parameters())
+    return params, layer, params - layer * QWEN3_VL_SHAPES[shape]["num_layers"] - blocks
+
+
+def parts(shape, params, layer, root, n_gpus):
+    s = QWEN3_VL_SHAPES[shape]
     h, inter, n_layers = s["hidden_size"], s["intermediate_size"], s["num_layers"]
     kv = s["num_kv_heads"] * s["head_dim"]
     gathered = 2 * (root + 2 * layer)
@@ -53,15 +58,16 @@ def parts(shape, n_gpus):
         rows[run] = {"states": states, "reference": 2 * params / n_gpus, "gathered": gathered,
                      "activations": checkpointed(c["micro"] * length), "logits": logits(c["micro"] * c["answer"], 16),
                      "kv_cache": c["chunk"] * GROUP * length * n_layers * 2 * kv * 2}
-    return params, rows
+    return rows
 
 
 print("| model | params | stage | GPUs | states | ref | gathered | activations | logits | KV cache | total | "
       "fits 80 GB / 141 GB |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for shape in QWEN3_VL_SHAPES:
+    params, layer, root = parameter_counts(shape)
     for n_gpus in gpus:
-        params, rows = parts(shape, n_gpus)
+        rows = parts(shape, params, layer, root, n_gpus)
         for stage, terms in rows.items():
             total = sum(terms.values()) + GiB  # + CUDA context
             cells = " | ".join(f"{terms[k] / GiB:.1f}" if k in terms else "-" for k in
