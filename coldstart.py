@@ -41,6 +41,8 @@ image_size = 128
 min_words = 20            # a shorter trace is dropped (the paper asked its teacher for at least ~300)
 min_score = 0.5           # a trace whose final answer scores below this against the gold answer is dropped
 teacher_max_new_tokens = 768
+teacher_min_pixels = 1024     # the teacher's pixel budget per image (the paper's RL/evaluation budget): a
+teacher_max_pixels = 451584   # native-resolution radiograph would otherwise be thousands of visual tokens
 batch_size = 8
 out_dir = "out/coldstart"
 sft_overrides = "--max_steps=400 --lr=1e-3 --vision_lr=5e-4 --warmup=0.05 --eval_every=100 --save_every=200"
@@ -133,10 +135,11 @@ def split_final_answer(text):
 
 
 def teacher_outputs(batch, model, processor, device):
-    """The teacher's text for each record: a reasoning trace ending in "Final answer: ..."."""
+    """The teacher's text for each record, a reasoning trace ending in "Final answer: ...", and the number of
+    prompt tokens it read (None for the rule-based teacher)."""
     if model is None:  # the rule-based teacher
         import synthetic
-        return [rule_trace(r, synthetic.study_of(r, image_size)) + "\nFinal answer: " + reference_answer(r)
+        return [(rule_trace(r, synthetic.study_of(r, image_size)) + "\nFinal answer: " + reference_answer(r), None)
                 for r in batch]
     asks = [{**r, "conversations": [{"from": "human", "value": "<image>\n" + TEACHER_PROMPT.format(
         min_words=min_words, question=r["conversations"][0]["value"].replace("<image>", "").strip(),
@@ -145,22 +148,23 @@ def teacher_outputs(batch, model, processor, device):
     with torch.no_grad():
         generated = model.generate(**inputs, do_sample=False, max_new_tokens=teacher_max_new_tokens,
                                    **generation_kwargs(processor.tokenizer))
-    return processor.tokenizer.batch_decode(generated[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    texts = processor.tokenizer.batch_decode(generated[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    return list(zip(texts, inputs["attention_mask"].sum(1).tolist()))
 
 
 def write_traces(records, part_file, model=None, processor=None, device=None):
-    """Append one line per record to `part_file` ({id, kept, reason, record}); records already there are
-    skipped, so a restarted run continues where it stopped. Returns the number of records written now."""
+    """Append one line per record to `part_file` ({id, kept, reason, prompt_tokens, record}); records already
+    there are skipped, so a restarted run continues where it stopped. Returns the number of records written now."""
     done = {json.loads(line)["id"] for line in open(part_file)} if os.path.exists(part_file) else set()
     todo = [r for r in records if r["id"] not in done]
     print0(f"coldstart: traces for {len(todo)} records ({len(done)} already written)")
     with open(part_file, "a") as out:
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
-            for record, output in zip(batch, teacher_outputs(batch, model, processor, device)):
+            for record, (output, prompt_tokens) in zip(batch, teacher_outputs(batch, model, processor, device)):
                 trace, final = split_final_answer(output)
                 reason = check_trace(record, trace, final)
-                line = {"id": record["id"], "kept": reason is None, "reason": reason}
+                line = {"id": record["id"], "kept": reason is None, "reason": reason, "prompt_tokens": prompt_tokens}
                 if reason is None:
                     line["record"] = thinking_record(record, trace)
                 out.write(json.dumps(line) + "\n")
@@ -176,7 +180,8 @@ def main():
     # the paper's two trace sets: report generation and grounding
     records = open_records(data, "train", n_records, image_size, tasks=("report", *GROUNDING_TASKS))
     os.makedirs(out_dir, exist_ok=True)
-    model, processor = (None, None) if teacher == "rule" else load_model(teacher, device=device)
+    model, processor = (None, None) if teacher == "rule" else load_model(
+        teacher, device=device, min_pixels=teacher_min_pixels, max_pixels=teacher_max_pixels)
     write_traces([records[i] for i in range(rank, len(records), world)],
                  os.path.join(out_dir, f"traces.rank{rank}.jsonl"), model and model.eval(), processor, device)
     barrier()
@@ -188,6 +193,9 @@ def main():
         save_records(kept, traces_file)
         print0(f"traces: {len(kept)} kept, dropped {dict(dropped) or 'none'} -> {traces_file}")
     barrier()
+    if not os.path.getsize(traces_file):
+        raise SystemExit(f"no trace was kept, so there is nothing to fine-tune on; the reason for each record is in "
+                         f"{out_dir}/traces.rank*.jsonl")
     del model
     # the cold-start SFT itself: sft.py's loop, in this process, on the thinking records
     sys.argv = ["sft.py", f"--init_from={init_from}", f"--data={traces_file}", "--val_data=",

@@ -21,6 +21,8 @@ import json
 import math
 import os
 import re
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -494,40 +496,50 @@ def tokenize_window(records, indices, processor, max_tokens, strict=False, think
     return samples, problems
 
 
-class PackedWindows(torch.utils.data.IterableDataset):
+class PackedWindows:
     """This rank's training rows, window by window, in a fixed order that resumes exactly.
 
     Each epoch's shuffled order is sharded across ranks; a rank's shard is cut into windows of `window`
-    records, each window tokenized and best-fit packed into rows. Under a DataLoader with N workers, worker k
-    builds global windows k, k+N, ... and the DataLoader's round-robin returns them in order, so the
-    tokenization and image decoding run in the background and the stream is the same for any N.
+    records, each window tokenized and best-fit packed into rows. `num_workers` background threads build the
+    next windows while the current one trains (image decoding, resizing and tokenization release the GIL) and
+    hand them over in order, so the stream is the same for any number of them. Threads, not processes: a
+    window crosses no process boundary, so nothing goes through shared memory, which containers cap at 64 MB
+    (one window of the synthetic default holds 100 MB of pixel values, at the paper's settings ~1.6 GB).
     Yields {"epoch", "window", "rows", "problems"}; start at `start=(epoch, window)`.
     """
 
     def __init__(self, records, processor, model, max_tokens, window=64, rank=0, world=1, seed=0, start=(0, 0),
-                 strict=False, thinking=False):
+                 strict=False, thinking=False, num_workers=0):
         self.records, self.processor, self.model, self.max_tokens = records, processor, model, max_tokens
         self.window, self.rank, self.world, self.seed, self.start = window, rank, world, seed, tuple(start)
-        self.strict, self.thinking = strict, thinking
+        self.strict, self.thinking, self.num_workers = strict, thinking, num_workers
         self.n_windows = math.ceil(len(records) / world / window)
+        self.filler = image_filler(processor)
+
+    def build(self, g):
+        """Window g, counted across epochs."""
+        epoch, w = divmod(g, self.n_windows)
+        mine = epoch_order(len(self.records), self.seed, epoch)[self.rank::self.world]
+        samples, problems = tokenize_window(self.records, mine[w * self.window:(w + 1) * self.window], self.processor,
+                                            self.max_tokens - len(self.filler["input_ids"]), self.strict, self.thinking)
+        rows, _ = pack_samples(samples, self.model, self.max_tokens, self.filler)
+        return {"epoch": epoch, "window": w, "rows": rows, "problems": problems}
 
     def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
-        if info:
-            torch.set_num_threads(1)
-        filler = image_filler(self.processor)
-        g = self.start[0] * self.n_windows + self.start[1]  # global window number, counted across epochs
-        g += (worker - g) % n_workers  # this worker's first window
-        while True:
-            epoch, w = divmod(g, self.n_windows)
-            mine = epoch_order(len(self.records), self.seed, epoch)[self.rank::self.world]
-            samples, problems = tokenize_window(self.records, mine[w * self.window:(w + 1) * self.window],
-                                                self.processor, self.max_tokens - len(filler["input_ids"]),
-                                                self.strict, self.thinking)
-            rows, _ = pack_samples(samples, self.model, self.max_tokens, filler)
-            yield {"epoch": epoch, "window": w, "rows": rows, "problems": problems}
-            g += n_workers
+        g = self.start[0] * self.n_windows + self.start[1]
+        if not self.num_workers:
+            while True:
+                yield self.build(g)
+                g += 1
+        pool, ahead = ThreadPoolExecutor(self.num_workers), deque()
+        try:
+            while True:
+                while len(ahead) < 2 * self.num_workers:  # keep every thread busy with the windows that come next
+                    ahead.append(pool.submit(self.build, g))
+                    g += 1
+                yield ahead.popleft().result()
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 if __name__ == "__main__":

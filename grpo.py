@@ -38,8 +38,8 @@ from tqdm import tqdm
 from configurator import configure
 from data import (GROUNDING_TASKS, epoch_order, generation_kwargs, open_records, prompt_batch, reference_answer,
                   task_of)
-from model import (all_reduce_mean, autocast, barrier, build_tiny, init_distributed, latest_checkpoint, load_model,
-                   load_training_checkpoint, print0, save_training_checkpoint, wrap_fsdp)
+from model import (all_reduce_mean, autocast, barrier, build_tiny, compute_dtype, gathered, init_distributed,
+                   latest_checkpoint, load_model, load_training_checkpoint, print0, save_training_checkpoint, wrap_fsdp)
 import rewards
 
 # model and data
@@ -164,21 +164,21 @@ def token_logprobs(model, batch, n_prompt, with_entropy=False):
     return chosen, entropy
 
 
-def sample_rollouts(model, processor, records, group_size, thinking, device, synced, chunk=0):
+def sample_rollouts(model, processor, records, group_size, thinking, device, chunk=0):
     """G sampled answers per record. Every prompt's image is processed once; generate's own expansion
     repeats its pixels for the G samples in order (rollout j belongs to prompt j // G, its group id).
     Prompts go through generate `chunk` at a time (0: all at once), since the KV cache of chunk x G sequences
-    bounds the memory of generation; the chunks are then padded into one batch (prompts left, answers right)."""
+    bounds the memory of generation; the chunks are then padded into one batch (prompts left, answers right).
+    A sharded policy is gathered once for all of it (model.gathered)."""
     tok = processor.tokenizer
     stop = generation_kwargs(tok)
     chunk, parts = chunk or len(records), []
-    for start in range(0, len(records), chunk):
-        prompt = prompt_batch(records[start:start + chunk], processor, thinking).to(device)
-        with torch.no_grad(), autocast(device):
+    with torch.no_grad(), gathered(model), autocast(device):
+        for start in range(0, len(records), chunk):
+            prompt = prompt_batch(records[start:start + chunk], processor, thinking).to(device)
             sequences = model.generate(**prompt, do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
-                                       max_new_tokens=max_new_tokens, num_return_sequences=group_size,
-                                       synced_gpus=synced, **stop)
-        parts.append((prompt, sequences[:, prompt["input_ids"].shape[1]:]))
+                                       max_new_tokens=max_new_tokens, num_return_sequences=group_size, **stop)
+            parts.append((prompt, sequences[:, prompt["input_ids"].shape[1]:]))
     n_prompt = max(p["input_ids"].shape[1] for p, _ in parts)
     n_answer = max(c.shape[1] for _, c in parts)
     left = lambda t, value: F.pad(t, (n_prompt - t.shape[1], 0), value=value)  # noqa: E731
@@ -226,15 +226,15 @@ def rollout_logprobs(model, batch, n_prompt):
     return out
 
 
-def held_out_rewards(policy, processor, eval_sets, device, world, weights=None):
+def held_out_rewards(policy, processor, eval_sets, device, weights=None):
     """Mean greedy reward per task on fixed held-out prompts: the training curve without sampling noise."""
     out = {}
     policy.eval()
     for step_task, records in eval_sets.items():
         inputs = prompt_batch(records, processor, thinking).to(device)
-        with torch.no_grad(), autocast(device):
+        with torch.no_grad(), gathered(policy), autocast(device):
             sequences = policy.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens,
-                                        synced_gpus=world > 1, **generation_kwargs(processor.tokenizer))
+                                        **generation_kwargs(processor.tokenizer))
         answers = processor.tokenizer.batch_decode(sequences[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
         scores, _ = rewards.score(step_task, answers, [reference_answer(r) for r in records], reward=report_reward,
                                   thinking=thinking, **(weights or {}))
@@ -259,11 +259,10 @@ def policy_update(policy, optimizer, batch, old_logprobs, ref_logprobs, advantag
         if world > 1:
             torch.distributed.all_reduce(norm)
         norm = norm.item() / world
-        micro_starts = list(range(0, seqs_per_update, micro_batch))
-        for k, start in enumerate(micro_starts):
+        # FSDP2 reduce-scatters every micro-batch's gradients into the shards: skipping that until the last
+        # micro-batch (set_requires_gradient_sync(False)) would hold a whole unsharded fp32 gradient per rank
+        for start in range(0, seqs_per_update, micro_batch):
             idx = update_idx[start:start + micro_batch]
-            if world > 1:  # reduce-scatter the gradients only after the last micro-batch
-                policy.set_requires_gradient_sync(k == len(micro_starts) - 1)
             mb = select(batch, idx)
             logprobs, entropy = token_logprobs(policy, mb, n_prompt, with_entropy=True)
             loss, stats = grpo_loss(logprobs, old_logprobs[idx], None if ref_logprobs is None else ref_logprobs[idx],
@@ -299,26 +298,26 @@ def main():
         import synthetic
         load = lambda dtype: build_tiny(texts=synthetic.corpus_texts(), seed=seed, min_pixels=min_pixels,  # noqa: E731
                                         max_pixels=max_pixels)
-    else:
+    else:  # on N ranks only rank 0 reads the weights; wrap_fsdp broadcasts them into the shards
         load = lambda dtype: load_model(init_from, dtype=dtype, device=device, min_pixels=min_pixels,  # noqa: E731
-                                        max_pixels=max_pixels)
+                                        max_pixels=max_pixels, rank0_only=world > 1)
     try:
         # fp32 master weights (bf16 compute on GPU): an update of lr 1e-6 is below a bf16 weight's precision
         policy, processor = load(torch.float32)
     except (OSError, RuntimeError) as e:
         raise SystemExit(f"cannot load the starting policy {init_from!r} ({e}).\n"
                          f"Run `python sft.py` first, or pass --init_from=CHECKPOINT_DIR (or --init_from=tiny).")
-    policy.to(device)
     if grad_checkpointing:
         policy.gradient_checkpointing_enable()
     reference = None
     if beta > 0:  # the frozen starting point for the KL term
         reference, _ = load(None)  # frozen: bf16 on GPU is enough
-        reference.to(device).eval().requires_grad_(False)
-    if world > 1:
-        wrap_fsdp(policy)
-        if reference is not None:
-            wrap_fsdp(reference)
+        reference.eval().requires_grad_(False)
+    for model in [m for m in (policy, reference) if m is not None]:
+        if world > 1:
+            wrap_fsdp(model, device)
+        else:
+            model.to(device)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999),
                                   fused=device.type == "cuda")
 
@@ -342,10 +341,6 @@ def main():
     print0(f"grpo: {task} prompts, {prompts_per_step} x {group_size} rollouts per step on {world} rank(s), "
            f"{prompts_per_step // mini_batch} update(s) per step, beta {beta}, reward {report_reward}/soft-F1 IoU, thinking {thinking}")
 
-    if world > 1:  # a freshly sharded model must run one plain forward before its first generate (FSDP2)
-        with torch.no_grad():
-            first = next(iter(pools[step_tasks[0]].values()))[0]
-            policy(**prompt_batch([first], processor).to(device), use_cache=False)
     weights = {k: v for k, v in (("bertscore_model", bertscore_model), ("chexbert_checkpoint", chexbert_checkpoint),
                ("chexbert_tokenizer", chexbert_tokenizer), ("radgraph_model_dir", radgraph_model_dir)) if v}
     eval_sets = {}
@@ -354,7 +349,7 @@ def main():
             held_out = open_records(data, "val", n_eval, image_size, tasks=record_tasks[t])
             eval_sets[t] = [held_out[i] for i in range(rank, n_eval - n_eval % world, world)]
     if eval_sets and step == 0:
-        before = held_out_rewards(policy, processor, eval_sets, device, world, weights)
+        before = held_out_rewards(policy, processor, eval_sets, device, weights)
         if world > 1:
             before = all_reduce_mean(before)
         if master:
@@ -380,7 +375,7 @@ def main():
         t0 = time.time()
         policy.eval()
         batch, completions, n_prompt = sample_rollouts(policy, processor, step_records, group_size, thinking, device,
-                                                       synced=world > 1, chunk=generate_chunk)
+                                                       chunk=generate_chunk)
         times["generate"] = time.time() - t0
 
         # --- rewards, once per completion
@@ -414,7 +409,7 @@ def main():
                   **{f"{step_task}_{k}": sum(v) / len(v) for k, v in components.items() if k != step_task},
                   **{f"time_{k}": v for k, v in times.items()}, "time_step": time.time() - step_start}
         if eval_sets and (step % eval_every == 0 or step == max_steps):
-            record.update(held_out_rewards(policy, processor, eval_sets, device, world, weights))
+            record.update(held_out_rewards(policy, processor, eval_sets, device, weights))
         if world > 1:
             record = all_reduce_mean(record)
         if len(pools[step_task]) > 1:  # the mean reward of each record task: sums and counts over all ranks
@@ -436,7 +431,7 @@ def main():
             bar.update(1)
         if save_every and (step % save_every == 0 or step == max_steps):
             save_training_checkpoint(out_dir, step, policy, optimizer, processor, keep_last=keep_last,
-                                     train_state={"step": step, "settings": settings})
+                                     train_state={"step": step, "settings": settings}, dtype=compute_dtype(device))
     bar.close()
     print0(f"done: {step} steps" + (f"; policy in {latest_checkpoint(out_dir)}" if save_every else ""))
     barrier()

@@ -22,11 +22,12 @@ per decoder layer and vision block, then the root), `print0`, `full_state_dict` 
 Safety: never `trust_remote_code`; weights only as safetensors.
 """
 
+import datetime
 import json
 import os
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.distributed as dist
@@ -291,11 +292,15 @@ def build_random(shape, device="meta", dtype=torch.float32, texts=None, min_pixe
 
 
 def _set_generation_defaults(model, tokenizer):
-    gc = model.generation_config
-    gc.eos_token_id = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")]
-    gc.pad_token_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")  # pad != EOS: EOS stays in the loss mask
-    gc.bos_token_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    gc.do_sample, gc.temperature, gc.top_p, gc.top_k = False, None, None, None
+    """A fresh generation config: greedy unless asked, and sampling from the plain softmax at the temperature the
+    caller gives. A checkpoint's own generation_config.json (Qwen3-VL-Instruct: top_k 20, top_p 0.8, temperature
+    0.7; others add repetition penalties) is dropped: GRPO's ratio assumes it sampled from pi_theta itself."""
+    from transformers import GenerationConfig
+    end = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    model.generation_config = GenerationConfig(
+        eos_token_id=[tokenizer.convert_tokens_to_ids("<|im_end|>"), end],
+        pad_token_id=end,  # pad != EOS: EOS stays in the loss mask
+        bos_token_id=end)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -308,12 +313,15 @@ def default_device():
 
 
 def load_model(name_or_path, dtype=None, device=None, attn_implementation=None, min_pixels=None,
-               max_pixels=None):
+               max_pixels=None, rank0_only=False):
     """(model, processor) from a local checkpoint dir or a hub id (Qwen/Qwen3-VL-8B-Instruct, ...).
 
     dtype defaults to bfloat16 on GPU and float32 on CPU; attention to flash_attention_2 when it imports.
+    rank0_only (torchrun, before wrap_fsdp): only rank 0 reads the weights, into host memory; every other rank
+    gets the same model on the meta device (no memory), and wrap_fsdp broadcasts rank 0's weights into the
+    shards. 8 ranks x a whole fp32 8B model (35 GB each) would not fit a node's host memory.
     """
-    from transformers import AutoModelForImageTextToText
+    from transformers import AutoConfig, AutoModelForImageTextToText
     if os.path.isdir(name_or_path) and not os.path.exists(os.path.join(name_or_path, "config.json")):
         if latest_checkpoint(name_or_path) is None:
             raise FileNotFoundError(f"{name_or_path} holds neither a checkpoint (config.json) nor a 'latest' step")
@@ -332,12 +340,18 @@ def load_model(name_or_path, dtype=None, device=None, attn_implementation=None, 
     device = torch.device(device) if device is not None else default_device()
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model = AutoModelForImageTextToText.from_pretrained(
-        name_or_path, dtype=dtype, attn_implementation=attn_implementation or attention_implementation(),
-        use_safetensors=True, trust_remote_code=False)
+    attn_implementation = attn_implementation or attention_implementation()
+    if rank0_only and dist.get_rank() != 0:
+        with torch.device("meta"):
+            model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(name_or_path), dtype=dtype,
+                                                            attn_implementation=attn_implementation)
+    else:
+        model = AutoModelForImageTextToText.from_pretrained(
+            name_or_path, dtype=dtype, attn_implementation=attn_implementation, use_safetensors=True,
+            trust_remote_code=False)
     processor = load_processor(name_or_path, min_pixels=min_pixels, max_pixels=max_pixels)
     _set_generation_defaults(model, processor.tokenizer)
-    return model.to(device), processor
+    return (model if rank0_only else model.to(device)), processor
 
 
 def save_checkpoint(model, processor, out_dir, state_dict=None, extra_files=None):
@@ -378,6 +392,12 @@ def save_checkpoint(model, processor, out_dir, state_dict=None, extra_files=None
 # ----------------------------------------------------------------------------------------------------
 # distributed
 
+# How long a rank waits in a collective before the run is declared hung. torch's default (10 minutes with NCCL)
+# is shorter than some honest waits: rank 0 alone writing an 8B checkpoint, cold-start teacher ranks finishing
+# hours of generation minutes apart.
+DIST_TIMEOUT = datetime.timedelta(hours=2)
+
+
 def init_distributed():
     """(rank, local_rank, world_size, device) from torchrun's env; a plain process is rank 0 of 1."""
     if "RANK" not in os.environ:
@@ -389,10 +409,10 @@ def init_distributed():
     rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank))
+        dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank), timeout=DIST_TIMEOUT)
         device = torch.device("cuda", local_rank)
     else:
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=DIST_TIMEOUT)
         device = torch.device("cpu")
     return rank, local_rank, world, device
 
@@ -417,14 +437,20 @@ def all_reduce_mean(values):
     return {k: v / dist.get_world_size() for k, v in zip(keys, t.tolist())}
 
 
-def wrap_fsdp(model, bf16=None):
-    """FSDP2: shard every text decoder layer and vision block, then the root.
+def wrap_fsdp(model, device, bf16=None):
+    """FSDP2: shard every text decoder layer and vision block, then the root, with rank 0's weights.
 
-    On GPU parameters are held in bf16 for compute with fp32 gradient reduction; on CPU everything stays fp32.
-    Create the optimizer after this call. Every rank must run the vision tower in every forward (give each
-    micro-batch an image, see data.py), or the collectives go out of step.
+    Rank 0's weights and buffers are broadcast into every rank's shards on `device`, so the other ranks may hold
+    an empty meta-device model (load_model(rank0_only=True)); the rotary `inv_freq` buffers are not in a state
+    dict and are broadcast too. On GPU parameters are held in bf16 for compute with fp32 gradient reduction; on
+    CPU everything stays fp32. Create the optimizer after this call. Every rank must run the vision tower in
+    every forward (give each micro-batch an image, see data.py), or the collectives go out of step.
     """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    rank0 = dist.get_rank() == 0
+    weights = model.state_dict() if rank0 else {}
+    buffers = {name: buffer.detach().clone() for name, buffer in model.named_buffers()} if rank0 else {}
     bf16 = torch.cuda.is_available() if bf16 is None else bf16
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
     for module in model.modules():
@@ -432,7 +458,40 @@ def wrap_fsdp(model, bf16=None):
                                      "Qwen3VLVisionBlock", "Qwen3VLMoeVisionBlock"):
             fully_shard(module, mp_policy=mp)
     fully_shard(model, mp_policy=mp)
+    model.to_empty(device=device)
+    set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if rank0:
+                buffer.copy_(buffers[name])
+            dist.broadcast(buffer, src=0)
+    # FSDP2 names its root at the first forward, which must then enter through the root; generate's image encoding
+    # enters through the vision blocks, so name it now
+    model._get_fsdp_state()._lazy_init()
     return model
+
+
+@contextmanager
+def gathered(model):
+    """Generation on an FSDP2 model: every shard all-gathered once on entry and kept until exit.
+
+    Needed twice over: `generate` encodes images through `get_image_features`, outside the root module's
+    forward hooks, so after a backward has resharded the root the vision conv would meet DTensor weights; and
+    with the decoder blocks' reshard-after-forward every decode step would all-gather every block again (~14 GB
+    per token at 8B). Held whole, the model needs no collective until exit, so ranks may finish generating at
+    different lengths (no synced_gpus). Costs one unsharded copy of the weights (bf16 on GPU) while inside.
+    """
+    from torch.distributed.fsdp import FSDPModule
+    modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for module in modules:
+        module.set_reshard_after_forward(False, recurse=False)
+        module.unshard()
+    try:
+        yield model
+    finally:
+        for module in modules:
+            module.reshard()
+            module.set_reshard_after_forward(module is not model, recurse=False)  # wrap_fsdp's (and FSDP2's) own
 
 
 def full_state_dict(model):
@@ -443,10 +502,15 @@ def full_state_dict(model):
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
+def compute_dtype(device):
+    """What the models compute in: bf16 on GPU (autocast or FSDP2 mixed precision), fp32 on CPU."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
 def autocast(device):
     """bf16 autocast on GPU, nothing on CPU."""
     if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cuda", dtype=compute_dtype(device))
     return nullcontext()
 
 
@@ -458,10 +522,13 @@ def barrier():
 # ----------------------------------------------------------------------------------------------------
 # training checkpoints: what exact resume needs, next to an HF-format model
 
-def save_training_checkpoint(out_dir, step, model, optimizer, processor, train_state, keep_last=2):
+def save_training_checkpoint(out_dir, step, model, optimizer, processor, train_state, keep_last=2,
+                             dtype=torch.float32):
     """Write out_dir/step_NNNNNNN atomically and point out_dir/latest at it; every rank must call.
 
-    The folder holds the HF-format model (loadable by transformers and vLLM) and, for exact resume, the
+    The folder holds the HF-format model in `dtype` (loadable by transformers and vLLM; pass the compute dtype,
+    bf16 on GPU: what people download and serve, half the size of the fp32 master weights) and, for exact
+    resume, the
     sharded model + optimizer state (torch.distributed.checkpoint, written by every rank), each rank's RNG
     state, and `train_state.json` (step, data cursor, ...). It is written under a temporary name and renamed
     when complete; `latest` is replaced atomically afterwards, so a crash at any moment leaves the previous
@@ -483,7 +550,12 @@ def save_training_checkpoint(out_dir, step, model, optimizer, processor, train_s
     full = full_state_dict(model)
     barrier()
     if rank == 0:
-        model.save_pretrained(tmp, state_dict=full)
+        model.save_pretrained(tmp, state_dict={k: v.to(dtype) if v.is_floating_point() else v for k, v in full.items()})
+        config_file = os.path.join(tmp, "config.json")  # save_pretrained writes the dtype of the master weights
+        config = json.load(open(config_file))
+        for part in [config] + [v for v in config.values() if isinstance(v, dict) and "dtype" in v]:
+            part["dtype"] = str(dtype).removeprefix("torch.")
+        json.dump(config, open(config_file, "w"), indent=2)
         processor.save_pretrained(tmp)
         with open(os.path.join(tmp, "train_state.json"), "w") as f:
             json.dump(train_state, f, indent=1)

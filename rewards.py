@@ -34,7 +34,8 @@ Settings of the model-based rewards (local paths; nothing is ever downloaded; a 
 MissingModelError naming it): bertscore_model=DIR (distilroberta-base for radcliq, distilbert-base-uncased
 for bertscore), bertscore_layers, bertscore_baseline (F baseline or a bert-score .tsv); chexbert_checkpoint=
 FILE (chexbert.pth) and chexbert_tokenizer=DIR (bert-base-uncased); radgraph_model_dir=DIR (the radgraph
-package's model_cache_dir, holding radgraph-xl/) and radgraph_model_type; device (default: cuda if any).
+package's model_cache_dir, holding radgraph-xl/) and radgraph_model_type; device (default: this rank's GPU
+if any, cuda:LOCAL_RANK).
 
 Deliberately left out: GREEN and the other LLM-judged metrics (evaluation only, not rewards), and a
 separate format reward (the paper has none).
@@ -440,8 +441,9 @@ class MissingModelError(RuntimeError):
 
 
 def _default_device():
+    """This rank's GPU (torchrun's LOCAL_RANK), else the CPU: every rank of a GRPO run scores its own rollouts."""
     import torch
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
 
 
 class BertScorer:
@@ -567,8 +569,8 @@ class RadGraphScorer:
             raise MissingModelError(f"radgraph_model_dir={model_dir!r} has no {model_type}/ folder (the radgraph "
                                     f"package's model_cache_dir with the {model_type} archive unpacked)")
         device = device or _default_device()
-        self.model = RadGraph(model_type=model_type, model_cache_dir=model_dir,
-                              cuda=0 if device.startswith("cuda") else -1)
+        self.model = RadGraph(model_type=model_type, model_cache_dir=model_dir,  # cuda: a GPU index, -1 the CPU
+                              cuda=int(device.partition(":")[2] or 0) if device.startswith("cuda") else -1)
         self.compute_reward = compute_reward
 
     def annotate(self, texts):

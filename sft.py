@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from configurator import configure
 from data import PackedWindows, model_inputs, open_records, pack_samples, tokenize_window
-from model import (autocast, build_tiny, init_distributed, latest_checkpoint, load_model,
+from model import (autocast, build_tiny, compute_dtype, init_distributed, latest_checkpoint, load_model,
                    load_training_checkpoint, print0, save_training_checkpoint, wrap_fsdp)
 
 # model and data
@@ -62,7 +62,7 @@ save_every = 500          # checkpoint every N steps (and at the end)
 keep_last = 2             # step folders to keep
 eval_every = 100          # val_loss every N steps (and at the end)
 window = 256              # records tokenized and packed together (bigger: better packing, slower resume)
-num_workers = 1           # background processes that decode images, tokenize and pack
+num_workers = 1           # background threads that decode images, tokenize and pack the next windows
 strict = False            # a bad record stops the run instead of being skipped and counted
 resume = False            # continue from out_dir/latest
 seed = 0
@@ -75,11 +75,11 @@ torch.manual_seed(seed)
 if init_from == "tiny":
     import synthetic
     model, processor = build_tiny(texts=synthetic.corpus_texts(), seed=seed, min_pixels=min_pixels, max_pixels=max_pixels)
-    model.to(device)
 else:
-    # fp32 master weights, bf16 compute on GPU: a bf16 weight would not move under updates of lr 1e-5 x its size
+    # fp32 master weights, bf16 compute on GPU: a bf16 weight would not move under updates of lr 1e-5 x its size;
+    # on N ranks only rank 0 reads them, and wrap_fsdp broadcasts them into the shards
     model, processor = load_model(init_from, dtype=torch.float32, device=device, min_pixels=min_pixels,
-                                  max_pixels=max_pixels)
+                                  max_pixels=max_pixels, rank0_only=world > 1)
 model.config.use_cache = False
 if grad_checkpointing:
     model.gradient_checkpointing_enable()
@@ -87,8 +87,10 @@ vision_params = set(model.model.visual.parameters())
 for p in vision_params:
     p.requires_grad_(not freeze_vision)
 if world > 1:
-    wrap_fsdp(model)
+    wrap_fsdp(model, device)
     vision_params = set(model.model.visual.parameters())  # fully_shard swapped them for DTensors
+else:
+    model.to(device)
 # AdamW with a lower learning rate for the vision tower and no decay on norms/biases, as is usual
 groups = {}
 for p in model.parameters():
@@ -112,9 +114,8 @@ if resume and latest_checkpoint(out_dir):
     print0(f"resumed from {latest_checkpoint(out_dir)} at step {step}")
 
 stream = PackedWindows(train_records, processor, model, max_tokens, window, rank, world, seed, start=cursor[:2],
-                       strict=strict, thinking=thinking)
-windows = iter(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=num_workers,
-                                           multiprocessing_context="fork") if num_workers else stream)
+                       strict=strict, thinking=thinking, num_workers=num_workers)
+windows = iter(stream)
 
 
 def train_rows(windows, skip_in_first_window):
@@ -183,8 +184,9 @@ def evaluate_val_loss():
 
 
 def save(step, cursor):
-    save_training_checkpoint(out_dir, step, model, optimizer, processor, keep_last=keep_last, train_state={
-        "step": step, "total_steps": total_steps, "cursor": list(cursor), "skipped": skipped, "tokens_seen": tokens_seen, "settings": settings})
+    save_training_checkpoint(out_dir, step, model, optimizer, processor, keep_last=keep_last, dtype=compute_dtype(device),
+                             train_state={"step": step, "total_steps": total_steps, "cursor": list(cursor),
+                                          "skipped": skipped, "tokens_seen": tokens_seen, "settings": settings})
 
 
 n_params = sum(p.numel() for p in model.parameters())  # FSDP2's DTensors report their full size
@@ -222,9 +224,9 @@ while step < total_steps:
         torch.distributed.all_reduce(counts)
     n_label, n_tokens = counts.tolist()
     loss_sum = 0.0
-    for i, row in enumerate(batch):
-        if world > 1:  # FSDP2: reduce-scatter the gradients only after the last micro-step
-            model.set_requires_gradient_sync(i == len(batch) - 1)
+    # FSDP2 reduce-scatters each micro-step's gradients into the shards: deferring that to the last micro-step
+    # (set_requires_gradient_sync(False)) would hold a whole unsharded fp32 gradient on every rank
+    for row in batch:
         loss = row_loss_sum(row)
         if not torch.isfinite(loss):
             raise SystemExit(f"non-finite loss at step {step + 1} on rank {rank}, records {row['ids']}")

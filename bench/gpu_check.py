@@ -3,7 +3,9 @@ The checks that need a GPU, in one go (sized for about 5 minutes on one H200; no
 initialised model of Qwen3-VL-2B's real shape in bf16 with images of up to 262,144 pixels:
 
 1. packing with flash-attention-2 gives the same logits as packing with sdpa, and as each sample on its own;
-2. FSDP2 on NCCL: one sharded training step (mixed precision) and a synced generate run and match the plain model;
+2. FSDP2 on NCCL: a sharded training step (mixed precision), then greedy generation from an image prompt with the
+   policy gathered once per call (model.gathered), match a plain copy stepped alike; peak memory of each; generate
+   tokens/s and all-gathers per call, gathered once vs. per token (how generation ran before model.gathered);
 3. SFT tokens/s and MFU (bench/bench_sft.py), GRPO step time split (bench/bench_grpo.py), peak memory.
 
     python bench/gpu_check.py                      # 1 GPU; prints markdown and writes it to out/gpu_check.md
@@ -16,17 +18,19 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from torch.distributed.fsdp._fully_shard._fsdp_param_group import FSDPParamGroup  # noqa: E402
 
 import synthetic  # noqa: E402
 from configurator import configure  # noqa: E402
-from data import model_inputs, pack_samples, tokenize_window  # noqa: E402
-from model import autocast, build_random, build_tiny, default_device, wrap_fsdp  # noqa: E402
+from data import generation_kwargs, model_inputs, pack_samples, prompt_batch, tokenize_window  # noqa: E402
+from model import autocast, build_random, build_tiny, default_device, gathered, wrap_fsdp  # noqa: E402
 
 shape = "2b"              # "2b" / "4b" / "8b", or "tiny" for a CPU dry run
 image_size = 512          # synthetic image side
@@ -94,51 +98,100 @@ model = packed = reference = None  # free the bf16 model before the fp32 one
 if device.type == "cuda":
     torch.cuda.empty_cache()
 
-# --- 2. FSDP2 on NCCL (gloo on CPU): a sharded step and a synced generate match the plain model
+# --- 2. FSDP2 on NCCL (gloo on CPU): the sharded loss, an optimizer step and generation after it (an image prompt,
+# the policy gathered once per generate call, as grpo.py does) match a plain copy of the model stepped alike
 t0 = time.time()
 os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
 os.environ.setdefault("MASTER_PORT", "29531")
 dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1,
                         **({"device_id": device} if device.type == "cuda" else {}))
-model, processor = build(torch.float32)  # fp32 master weights, as sft.py and grpo.py train
-model.config.use_cache = False
+plain, processor = build(torch.float32)  # fp32 master weights, as sft.py and grpo.py train
+model, _ = build(torch.float32)
+model.load_state_dict(plain.state_dict())
+prompt_record = synthetic.SyntheticRecords("test", 1, size=image_size, tasks=("report",))[0]
+prompt = prompt_batch([prompt_record], processor).to(device)
+stop = generation_kwargs(processor.tokenizer)
+gen_tokens = 32
 
 
-def row_loss():
+def row_loss(m):
     with autocast(device):
-        logits = model(**model_inputs(row)).logits
+        logits = m(**model_inputs(row)).logits
     return F.cross_entropy(logits[0, :-1].float(), row["labels"][0, 1:], ignore_index=-100)
 
 
-with torch.no_grad():
-    plain = row_loss().item()
-prompt = processor(text=[processor.apply_chat_template(
-    [{"role": "user", "content": [{"type": "text", "text": "Write a radiology report."}]}], tokenize=False,
-    add_generation_prompt=True)], return_tensors="pt").to(device)
-with torch.no_grad(), autocast(device):
-    plain_tokens = model.generate(**prompt, do_sample=False, max_new_tokens=8)
-wrap_fsdp(model)
-with torch.no_grad(), autocast(device):
-    model(**prompt, use_cache=False)  # FSDP2: one plain forward before the first generate
-    sharded_tokens = model.generate(**prompt, do_sample=False, max_new_tokens=8, synced_gpus=True)
-optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-sharded = row_loss()
-sharded.backward()
-grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-optimizer.step()
-with torch.no_grad():
-    after = row_loss().item()
+def greedy(m, gather_once=True, **kwargs):
+    """Greedy tokens of the image prompt, tokens/s, and how many parameter groups FSDP2 all-gathered on the way
+    (counted at FSDPParamGroup.unshard, so that one rank counts too: its "all-gather" is a local copy)."""
+    calls, unshard = [0], FSDPParamGroup.unshard
+
+    def counting(group, *args, **kw):
+        calls[0] += not group.is_unsharded
+        return unshard(group, *args, **kw)
+    FSDPParamGroup.unshard = counting
+    sync()
+    start = time.time()
+    with torch.no_grad(), gathered(m) if gather_once else nullcontext(), autocast(device):
+        tokens = m.generate(**prompt, do_sample=False, max_new_tokens=gen_tokens, min_new_tokens=gen_tokens,
+                            **stop, **kwargs)
+    sync()
+    FSDPParamGroup.unshard = unshard
+    return tokens, gen_tokens / (time.time() - start), calls[0]
+
+
+def sync():
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_reset():
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak():
+    return f"{torch.cuda.max_memory_allocated() / 2 ** 30:.1f} GiB" if device.type == "cuda" else "-"
+
+
+plain.to(device)
+model.config.use_cache = plain.config.use_cache = False
+wrap_fsdp(model, device)
+results = {}
+for name, m in (("plain", plain), ("sharded", model)):
+    optimizer = torch.optim.AdamW(m.parameters(), lr=1e-4)
+    peak_reset()
+    loss = row_loss(m)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    step_peak = peak()
+    with torch.no_grad():
+        after = row_loss(m).item()
+    peak_reset()
+    tokens, tokens_per_s, gathers = greedy(m)
+    results[name] = dict(loss=loss.item(), after=after, tokens=tokens, tokens_per_s=tokens_per_s, gathers=gathers,
+                         grad_norm=grad_norm.full_tensor().item() if hasattr(grad_norm, "full_tensor") else grad_norm.item(),
+                         step_peak=step_peak, generate_peak=peak())
+    optimizer = None
+with torch.no_grad():  # the way generate ran before model.gathered: per-token all-gathers (after a forward
+    model(**prompt, use_cache=False)  # through the root, without which the vision conv meets sharded weights)
+    _, per_token_speed, per_token_gathers = greedy(model, gather_once=False, synced_gpus=True)
 precision = "bf16 mixed precision" if device.type == "cuda" else "fp32"
-say(f"## 2. FSDP2 (1 rank, {'NCCL' if device.type == 'cuda' else 'gloo'}, {precision})\n")
-say("| loss plain | loss sharded | greedy tokens plain = sharded (synced generate) | grad norm | "
-    "loss after one step (lr 1e-4) |")
-say("|---|---|---|---|---|")
-same = plain_tokens.shape == sharded_tokens.shape and bool((plain_tokens == sharded_tokens).all())
-say(f"| {plain:.4f} | {sharded.item():.4f} | {'yes' if same else 'no'} | {grad_norm.full_tensor().item():.3f} | "
-    f"{after:.4f} |")
+say(f"## 2. FSDP2 (1 rank, {'NCCL' if device.type == 'cuda' else 'gloo'}, {precision}): one AdamW step (lr 1e-4) "
+    f"on the packed row, then {gen_tokens} greedy tokens of an image prompt\n")
+say("| model | loss | grad norm | loss after the step | peak memory of the step | greedy tokens after the step "
+    "= plain | generate tokens/s | parameter groups all-gathered per generate call | peak memory of generate |")
+say("|---|---|---|---|---|---|---|---|---|")
+for name, r in results.items():
+    same = r["tokens"].shape == results["plain"]["tokens"].shape and bool((r["tokens"] == results["plain"]["tokens"]).all())
+    say(f"| {name} | {r['loss']:.4f} | {r['grad_norm']:.3f} | {r['after']:.4f} | {r['step_peak']} | "
+        f"{'yes' if same else 'no'} | {r['tokens_per_s']:.1f} | {r['gathers']} | {r['generate_peak']} |")
+say(f"| sharded, all-gathered per token (before model.gathered) | | | | | | {per_token_speed:.1f} | "
+    f"{per_token_gathers} | |")
 say(f"\n({time.time() - t0:.0f} s)\n")
 dist.destroy_process_group()
-model = optimizer = None
+model = plain = None
 if device.type == "cuda":
     torch.cuda.empty_cache()
 

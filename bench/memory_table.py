@@ -8,11 +8,20 @@ measurement: allocator fragmentation, CUDA context (~1 GiB) and NCCL buffers com
 Terms, per GPU, with N GPUs under FSDP2 (full sharding), as sft.py / grpo.py train:
   states     16 bytes x params / N   fp32 master weights, fp32 gradients, AdamW's two fp32 moments
   reference   2 bytes x params / N   grpo.py's frozen bf16 reference (beta > 0)
-  gathered    bf16 copies of the unsharded root (embeddings, lm_head, merger) and of two decoder layers in flight
+  gathered    bf16 copies of the unsharded root (embeddings, lm_head, merger) and of two decoder layers in flight;
+              on one GPU (no FSDP) autocast's bf16 copies of all the weights, 2 bytes x params
+  grads       FSDP2 only: the unsharded gradient of the largest unit (the root) while it is reduce-scattered, bf16
+              from autograd plus its fp32 copy for the reduction (6 bytes x root params). sft.py and grpo.py
+              reduce-scatter every micro-step; deferring that to the last one (set_requires_gradient_sync(False))
+              would instead hold a whole unsharded fp32 gradient, 4 bytes x params (35 GB at 8B)
   activations gradient checkpointing on: each decoder layer's bf16 input, plus one layer recomputed
   logits     tokens x vocab x 14 bytes (SFT: every position of the row; GRPO: answer positions only, 16 bytes
              with the entropy's temporaries): bf16 logits, fp32 copy, log-softmax saved for backward, gradients
   KV cache   grpo.py generation: sequences in flight x length x layers x 2 x kv heads x head dim x 2 bytes
+  generating grpo.py: the whole policy in bf16 (2 bytes x params), all-gathered once per rollout batch by
+             model.gathered instead of layer by layer at every generated token (one GPU: autocast's copies)
+GRPO never generates and trains at once, so its total is the larger of the two phases: states + ref + generating +
+KV cache, and states + ref + gathered + grads + activations + logits.
 """
 import os
 import sys
@@ -46,34 +55,48 @@ def parts(shape, params, layer, root, n_gpus):
     s = QWEN3_VL_SHAPES[shape]
     h, inter, n_layers = s["hidden_size"], s["intermediate_size"], s["num_layers"]
     kv = s["num_kv_heads"] * s["head_dim"]
-    gathered = 2 * (root + 2 * layer)
+    gathered = 2 * (root + 2 * layer) if n_gpus > 1 else 2 * params
     one_layer = lambda tokens: tokens * (6 * h + 4 * kv + 3 * inter) * 2  # noqa: E731  recomputed layer, bf16
     checkpointed = lambda tokens: n_layers * tokens * h * 2 + one_layer(tokens)  # noqa: E731
     logits = lambda tokens, bytes_per=14: tokens * QWEN3_VL_VOCAB * bytes_per  # noqa: E731
     states = 16 * params / n_gpus
-    rows = {"SFT": {"states": states, "gathered": gathered, "activations": checkpointed(SFT_ROW),
+    grads = 6 * root if n_gpus > 1 else 0  # one GPU trains the plain model: its fp32 gradients are in `states`
+    rows = {"SFT": {"states": states, "gathered": gathered, "grads": grads, "activations": checkpointed(SFT_ROW),
                     "logits": logits(SFT_ROW)}}
     for run, c in RUNS.items():
         length = c["prompt"] + c["answer"]
-        rows[run] = {"states": states, "reference": 2 * params / n_gpus, "gathered": gathered,
+        rows[run] = {"states": states, "reference": 2 * params / n_gpus, "gathered": gathered, "grads": grads,
                      "activations": checkpointed(c["micro"] * length), "logits": logits(c["micro"] * c["answer"], 16),
-                     "kv_cache": c["chunk"] * GROUP * length * n_layers * 2 * kv * 2}
+                     "kv_cache": c["chunk"] * GROUP * length * n_layers * 2 * kv * 2,
+                     "generating": 2 * params}
     return rows
 
 
-print("| model | params | stage | GPUs | states | ref | gathered | activations | logits | KV cache | total | "
-      "fits 80 GB / 141 GB |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+GENERATE = ("kv_cache", "generating")  # the terms of grpo.py's generation phase, besides states and reference
+
+
+def total(terms):
+    """Peak of the larger phase (SFT has one)."""
+    common = terms["states"] + terms.get("reference", 0)
+    generate = common + sum(terms.get(k, 0) for k in GENERATE)
+    train = common + sum(v for k, v in terms.items() if k not in ("states", "reference", *GENERATE))
+    return max(generate, train)
+
+
+print("| model | params | stage | GPUs | states | ref | gathered | grads | activations | logits | generating | KV cache | "
+      "total | fits 80 GB / 141 GB |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for shape in QWEN3_VL_SHAPES:
     params, layer, root = parameter_counts(shape)
     for n_gpus in gpus:
         rows = parts(shape, params, layer, root, n_gpus)
         for stage, terms in rows.items():
-            total = sum(terms.values()) + GiB  # + CUDA context
+            peak = total(terms) + GiB  # + CUDA context
             cells = " | ".join(f"{terms[k] / GiB:.1f}" if k in terms else "-" for k in
-                               ("states", "reference", "gathered", "activations", "logits", "kv_cache"))
-            fits = " / ".join("yes" if total <= size * 1e9 else "no" for size in (80, 141))
-            print(f"| {shape.upper()} | {params / 1e9:.2f} B | {stage} | {n_gpus} | {cells} | {total / GiB:.0f} GiB | "
+                               ("states", "reference", "gathered", "grads", "activations", "logits", "generating",
+                                "kv_cache"))
+            fits = " / ".join("yes" if peak <= size * 1e9 else "no" for size in (80, 141))
+            print(f"| {shape.upper()} | {params / 1e9:.2f} B | {stage} | {n_gpus} | {cells} | {peak / GiB:.0f} GiB | "
                   f"{fits} |")
 print(f"\nSFT: one {SFT_ROW}-token row per micro-step. GRPO report / grounding: micro-batches of "
       f"{RUNS['GRPO report']['micro']} / {RUNS['GRPO grounding']['micro']} sequences, generation in chunks of "

@@ -23,7 +23,7 @@ for i, (size, answer) in enumerate([((128, 96), "Small left pleural effusion."),
     inputs["labels"] = inputs["input_ids"].clone()
     samples.append(dict(inputs))
 if world > 1:
-    wrap_fsdp(model)
+    wrap_fsdp(model, torch.device("cpu"))
     samples = samples[rank::world]
 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
 losses = []

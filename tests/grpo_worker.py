@@ -1,42 +1,91 @@
-"""Run by test_grpo.py: one GRPO step's policy updates on fixed rollouts, as one process or as one rank of a
-torchrun group (FSDP2 on gloo, prompts sharded rank::world). Writes the updated parameters' checksums."""
+"""Run by test_grpo.py as one process or as each rank of a 2-process torchrun (FSDP2 on gloo): load the policy (on
+2 ranks only rank 0 reads the weights: the other ranks get a copy of the folder without them), sample rollouts from
+it with the same seed on every rank, make one GRPO step's updates with the prompts sharded rank::world, then
+generate greedily from the updated policy. Writes what the test compares between 1 and 2 processes."""
 import json
 import os
 import sys
 
 import torch
+import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import grpo  # noqa: E402
-from data import load_records  # noqa: E402
-from model import full_state_dict, init_distributed, load_model, wrap_fsdp  # noqa: E402
+from data import generation_kwargs, load_records, prompt_batch  # noqa: E402
+from model import full_state_dict, gathered, init_distributed, load_model, wrap_fsdp  # noqa: E402
 
 torch.set_num_threads(1)
-ckpt, data, out = sys.argv[1:4]
+ckpt, weightless, data, out = sys.argv[1:5]
 rank, _, world, device = init_distributed()
 grpo.prompts_per_step, grpo.group_size, grpo.mini_batch, grpo.micro_batch = 4, 3, 2, 2
 grpo.max_new_tokens, grpo.beta, grpo.lr = 10, 0.05, 1e-3
-policy, processor = load_model(ckpt, device="cpu")
-reference, _ = load_model(ckpt, device="cpu")
+path = ckpt if rank == 0 else weightless
+policy, processor = load_model(path, device="cpu", rank0_only=world > 1)
+reference, _ = load_model(path, device="cpu", rank0_only=world > 1)
+if world > 1:
+    wrap_fsdp(policy, device)
+    wrap_fsdp(reference, device)
+optimizer = torch.optim.AdamW(policy.parameters(), lr=grpo.lr)  # FSDP2: before any forward registers unsharded ones
+loaded = full_state_dict(policy)
 records = [r for r in load_records(data) if r["task"] == "report"][:4]
-# identical rollouts on every rank: the same seed and the same (still unsharded) model
-torch.manual_seed(0)
+
+torch.manual_seed(0)  # the same seed on every rank: the same rollouts as one process, if sharded sampling is right
 policy.eval()
-batch, texts, n_prompt = grpo.sample_rollouts(policy, processor, records, 3, False, device, synced=False)
+batch, texts, n_prompt = grpo.sample_rollouts(policy, processor, records, 3, False, device)
 rewards = torch.tensor([len(t) % 5 / 4 for t in texts])
 advantages = grpo.group_advantages(rewards, batch["group_ids"])
 old = grpo.rollout_logprobs(policy, batch, n_prompt)
 ref = grpo.rollout_logprobs(reference, batch, n_prompt)
 mine = torch.tensor([p * 3 + g for p in range(rank, 4, world) for g in range(3)])
-if world > 1:
-    wrap_fsdp(policy)
-optimizer = torch.optim.AdamW(policy.parameters(), lr=grpo.lr)
+
+# before each training forward: do the trainable parameters hold gradients from the micro-batches before it?
+grads_held, token_logprobs = [], grpo.token_logprobs
+
+
+def watching(model, *args, **kwargs):
+    if torch.is_grad_enabled():
+        grads = [p.grad for p in model.parameters() if p.requires_grad]
+        grads_held.append({"all": all(g is not None for g in grads), "none": all(g is None for g in grads),
+                           "sharded": world > 1 and all(g.to_local().numel() < g.numel() for g in grads
+                                                        if g is not None and g.shape[0] >= world)})
+    return token_logprobs(model, *args, **kwargs)
+
+
+grpo.token_logprobs = watching
 stats = grpo.policy_update(policy, optimizer, grpo.select(batch, mine), old[mine], ref[mine], advantages[mine],
                            n_prompt, world)
+grpo.token_logprobs = token_logprobs
+
+# greedy answers of the updated policy, and the all-gathers FSDP2 makes for one generate call of each length
+prompt = prompt_batch(records[:1], processor)
+counts, all_gather = {}, dist.all_gather_single
+
+
+def counting(*args, **kwargs):
+    counts[length] += 1
+    return all_gather(*args, **kwargs)
+
+
+dist.all_gather_single = counting
+answers = {}
+for length in (4, 12):
+    counts[length] = 0
+    with torch.no_grad(), gathered(policy):
+        sequences = policy.generate(**prompt, do_sample=False, max_new_tokens=length, min_new_tokens=length,
+                                    **generation_kwargs(processor.tokenizer))
+    answers[length] = sequences[0, prompt["input_ids"].shape[1]:].tolist()
+dist.all_gather_single = all_gather
+
 state = full_state_dict(policy)
 if rank == 0:
-    json.dump({"param_sum": sum(v.double().sum().item() for v in state.values()),
+    plain, _ = load_model(ckpt, device="cpu")
+    json.dump({"loaded_equals_file": all(torch.equal(loaded[k], v) for k, v in plain.state_dict().items()),
+               "rollouts": batch["input_ids"].tolist(), "texts": texts,
+               "param_sum": sum(v.double().sum().item() for v in state.values()),
                "param_abs": sum(v.double().abs().sum().item() for v in state.values()),
-               "grad_norm": stats["grad_norm"]}, open(out, "w"))
+               "grad_norm": stats["grad_norm"], "grads_held": grads_held, "answers": answers,
+               "all_gathers": counts, "n_fsdp_modules": sum(hasattr(m, "unshard") for m in policy.modules()),
+               "timeout_s": dist.distributed_c10d._get_default_group()._get_backend(torch.device("cpu"))
+               .options._timeout.total_seconds() if world > 1 else None}, open(out, "w"))
 if world > 1:
-    torch.distributed.destroy_process_group()
+    dist.destroy_process_group()

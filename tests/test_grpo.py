@@ -24,7 +24,7 @@ def test_rollouts_keep_eos_in_the_mask_and_groups_aligned(tiny, records_file):
     records = [r for r in load_records(records_file) if r["task"] == "report"][:3]
     grpo.max_new_tokens = 40
     torch.manual_seed(0)
-    batch, texts, n_prompt = grpo.sample_rollouts(model, processor, records, 4, False, torch.device("cpu"), False)
+    batch, texts, n_prompt = grpo.sample_rollouts(model, processor, records, 4, False, torch.device("cpu"))
     eos = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
     completion = batch["input_ids"][:, n_prompt:]
     assert batch["group_ids"].tolist() == [0] * 4 + [1] * 4 + [2] * 4
@@ -51,7 +51,7 @@ def test_training_forward_reproduces_the_sampling_distribution(tiny, records_fil
     records = [r for r in load_records(records_file) if r["task"] == "report"][:3]
     grpo.max_new_tokens = 12
     torch.manual_seed(1)
-    batch, _, n_prompt = grpo.sample_rollouts(model, processor, records, 2, False, torch.device("cpu"), False)
+    batch, _, n_prompt = grpo.sample_rollouts(model, processor, records, 2, False, torch.device("cpu"))
     torch.manual_seed(1)
     out = model.generate(**prompt_batch(records, processor), do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
                          max_new_tokens=12, num_return_sequences=2, output_logits=True, return_dict_in_generate=True,
@@ -72,7 +72,7 @@ def test_generation_in_chunks_pads_into_one_batch_without_changing_logprobs(tiny
     records = [r for r in load_records(records_file) if r["task"] == "report"][:2]  # 64x64 and 96x64 images
     grpo.max_new_tokens = 12
     torch.manual_seed(2)
-    batch, _, n_prompt = grpo.sample_rollouts(model, processor, records, 2, False, torch.device("cpu"), False, chunk=1)
+    batch, _, n_prompt = grpo.sample_rollouts(model, processor, records, 2, False, torch.device("cpu"), chunk=1)
     assert batch["group_ids"].tolist() == [0, 0, 1, 1]
     assert (batch["attention_mask"][:, :n_prompt] == 0).any()  # one chunk's prompts were padded on the left
     padded = grpo.rollout_logprobs(model, batch, n_prompt)
@@ -86,21 +86,35 @@ def test_generation_in_chunks_pads_into_one_batch_without_changing_logprobs(tiny
         assert (padded[j][batch["completion_mask"][j]] - own[0]).abs().max() < 1e-4
 
 
-def _run_worker(cmd, ckpt, data, out):
+def _run_worker(cmd, ckpt, weightless, data, out):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd + [os.path.join(ROOT, "tests", "grpo_worker.py"), ckpt, data, out], env=env,
+    proc = subprocess.run(cmd + [os.path.join(ROOT, "tests", "grpo_worker.py"), ckpt, weightless, data, out], env=env,
                           timeout=300, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return json.load(open(out))
 
 
-def test_two_process_update_equals_one_process(tiny_checkpoint, records_file, tmp_path):
-    one = _run_worker([sys.executable], tiny_checkpoint, records_file, str(tmp_path / "one.json"))
+def test_two_processes_load_sample_update_and_generate_as_one(tiny_checkpoint, records_file, tmp_path):
+    """2 FSDP2 ranks == 1 process for: loading (only rank 0 reads the weights), sampling rollouts from the sharded
+    policy, one GRPO step's updates, and greedy generation from the updated policy, gathered once per call."""
+    weightless = str(tmp_path / "weightless")  # what rank 1 loads: the checkpoint without its weights file
+    shutil.copytree(tiny_checkpoint, weightless, ignore=shutil.ignore_patterns("*.safetensors"))
+    one = _run_worker([sys.executable], tiny_checkpoint, weightless, records_file, str(tmp_path / "one.json"))
     two = _run_worker([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"],
-                      tiny_checkpoint, records_file, str(tmp_path / "two.json"))
+                      tiny_checkpoint, weightless, records_file, str(tmp_path / "two.json"))
+    assert two["loaded_equals_file"]
+    assert two["rollouts"] == one["rollouts"] and two["texts"] == one["texts"]
+    assert len(set(one["texts"])) > 1  # unequal rewards: the update is not zero
     assert abs(one["param_sum"] - two["param_sum"]) < 1e-4
     assert abs(one["param_abs"] - two["param_abs"]) < 1e-4
     assert abs(one["grad_norm"] - two["grad_norm"]) < 1e-5
+    assert two["answers"] == one["answers"]
+    # one all-gather per FSDP module (decoder layers, vision blocks, root) per generate call, whatever its length
+    assert two["all_gathers"]["4"] == two["all_gathers"]["12"] <= two["n_fsdp_modules"]
+    # gradients are reduce-scattered into the shards at every micro-batch, never held whole until the last one
+    first, second = two["grads_held"][:2]
+    assert first["none"] and second["all"] and second["sharded"]
+    assert two["timeout_s"] == 7200
 
 
 def test_a_few_grpo_steps_raise_a_toy_reward(tiny_checkpoint, records_file):
@@ -116,7 +130,7 @@ def test_a_few_grpo_steps_raise_a_toy_reward(tiny_checkpoint, records_file):
     torch.manual_seed(0)
     for _ in range(10):
         policy.eval()
-        batch, _, n_prompt = grpo.sample_rollouts(policy, processor, records, 6, False, torch.device("cpu"), False)
+        batch, _, n_prompt = grpo.sample_rollouts(policy, processor, records, 6, False, torch.device("cpu"))
         completion, mask = batch["input_ids"][:, n_prompt:].float(), batch["completion_mask"].float()
         reward = (completion * mask).sum(1) / mask.sum(1) / vocab
         means.append(reward.mean().item())
@@ -177,7 +191,7 @@ def test_held_out_rewards_are_greedy_and_per_task(tiny, records_file):
     eval_sets = {"report": [r for r in records if r["task"] == "report"][:3],
                  "grounding": [r for r in records if r["task"] == "anatomical_grounding"][:2]}
     grpo.max_new_tokens = 8
-    first = grpo.held_out_rewards(model, processor, eval_sets, torch.device("cpu"), 1)
-    again = grpo.held_out_rewards(model, processor, eval_sets, torch.device("cpu"), 1)
+    first = grpo.held_out_rewards(model, processor, eval_sets, torch.device("cpu"))
+    again = grpo.held_out_rewards(model, processor, eval_sets, torch.device("cpu"))
     assert sorted(first) == ["val_reward_grounding", "val_reward_report"]
     assert first == again and all(0.0 <= v <= 1.0 for v in first.values())

@@ -1,0 +1,120 @@
+"""Every stage script as 2 torchrun processes (FSDP2 on gloo, one thread each): steps after updates, checkpoints that
+plain transformers loads, and resume equal to an uninterrupted run. Where the math says 2 ranks equal 1 process
+(SFT's losses, greedy evaluation, the cold-start traces) it is asserted; GRPO's sampling draws from each rank's own
+seed, so its 2-rank run is compared with itself across a resume (tests/grpo_worker.py holds its 2 == 1 checks)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import write_records
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(script, nproc, *args):
+    launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                    f"--nproc_per_node={nproc}"]
+    proc = subprocess.run(launcher + [os.path.join(ROOT, script), *args], capture_output=True, text=True, timeout=300,
+                          cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def log(out_dir):
+    return [json.loads(line) for line in open(os.path.join(out_dir, "log.jsonl"))]
+
+
+def crash_after(out_dir, step, copy):
+    """The output folder of the run as it was when killed right after its checkpoint of `step`."""
+    shutil.copytree(out_dir, copy)
+    for name in os.listdir(copy):
+        if name.startswith("step_") and int(name[5:]) > step:
+            shutil.rmtree(os.path.join(copy, name))
+    open(os.path.join(copy, "latest"), "w").write(f"step_{step:07d}")
+    kept = [line for line in open(os.path.join(copy, "log.jsonl")) if json.loads(line)["step"] <= step]
+    open(os.path.join(copy, "log.jsonl"), "w").write("".join(kept))
+    return copy
+
+
+def loads_with_plain_transformers(out_dir):
+    import torch
+    from transformers import AutoModelForImageTextToText
+    latest = os.path.join(out_dir, open(os.path.join(out_dir, "latest")).read())
+    model = AutoModelForImageTextToText.from_pretrained(latest)
+    return all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.fixture(scope="module")
+def records_file(tmp_path_factory):
+    return write_records(str(tmp_path_factory.mktemp("torchrun_data")), 16)
+
+
+def test_sft_on_two_ranks_saves_and_resumes_exactly(tiny_checkpoint, records_file, tmp_path):
+    out = str(tmp_path / "sft")
+    args = [f"--init_from={tiny_checkpoint}", f"--data={records_file}", f"--val_data={records_file}", "--lr=1e-3",
+            "--vision_lr=1e-3", "--max_tokens=512", "--rows_per_step=1", "--window=4", "--epochs=50", "--max_steps=4",
+            "--save_every=2", "--eval_every=2", "--num_workers=1"]
+    run("sft.py", 2, *args, f"--out_dir={out}")
+    full = {r["step"]: r for r in log(out)}
+    assert sorted(full) == [0, 1, 2, 3, 4] and "val_loss" in full[2] and full[4]["loss"] < full[1]["loss"]
+    assert loads_with_plain_transformers(out)
+    resumed_dir = crash_after(out, 2, str(tmp_path / "resumed"))
+    run("sft.py", 2, *args, f"--out_dir={resumed_dir}", "--resume=True")
+    resumed = {r["step"]: r for r in log(resumed_dir)}
+    for step in (3, 4):
+        for key in ("loss", "grad_norm", "tokens"):
+            assert abs(full[step][key] - resumed[step][key]) <= 1e-6, (step, key)
+    assert abs(full[4]["val_loss"] - resumed[4]["val_loss"]) <= 1e-6
+
+
+def test_grpo_on_two_ranks_steps_evaluates_saves_and_resumes_exactly(tiny_checkpoint, tmp_path):
+    """Image prompts of the synthetic world, 3 steps (so rollouts come from an updated, resharded policy), greedy
+    held-out rewards at steps 0, 2 and 3, a checkpoint every step, and a resume from step 2."""
+    out = str(tmp_path / "grpo")
+    args = [f"--init_from={tiny_checkpoint}", "--data=synthetic", "--n_train=48", "--n_eval=4", "--task=both",
+            "--prompts_per_step=4", "--mini_batch=2", "--micro_batch=3", "--group_size=3", "--max_new_tokens=12",
+            "--lr=1e-3", "--max_steps=3", "--eval_every=2", "--save_every=1"]
+    run("grpo.py", 2, *args, f"--out_dir={out}")
+    full = {r["step"]: r for r in log(out)}
+    assert sorted(full) == [0, 1, 2, 3]
+    assert [full[s]["task"] for s in (1, 2, 3)] == ["report", "grounding", "report"]
+    assert all(f"val_reward_{t}" in full[s] for s in (0, 2, 3) for t in ("report", "grounding"))
+    assert full[2]["grad_norm"] > 0 and full[3]["kl"] > 0  # the policy moved away from the reference
+    assert loads_with_plain_transformers(out)
+    resumed_dir = crash_after(out, 2, str(tmp_path / "resumed"))
+    run("grpo.py", 2, *args, f"--out_dir={resumed_dir}", "--resume=True")
+    resumed = {r["step"]: r for r in log(resumed_dir)}
+    for key in ("reward_mean", "kl", "loss", "grad_norm", "response_length", "entropy", "val_reward_report",
+                "val_reward_grounding"):
+        assert abs(full[3][key] - resumed[3][key]) <= 1e-6, key
+
+
+def test_coldstart_on_two_ranks_shards_the_traces_and_fine_tunes(tiny_checkpoint, tmp_path):
+    args = [f"--init_from={tiny_checkpoint}", "--n_records=12", "--min_words=5",
+            "--sft_overrides=--max_steps=2 --rows_per_step=1 --epochs=10 --save_every=2 --eval_every=100 "
+            "--max_tokens=1024 --num_workers=0"]
+    run("coldstart.py", 2, *args, f"--out_dir={tmp_path / 'two'}")
+    run("coldstart.py", 1, *args, f"--out_dir={tmp_path / 'one'}")
+    traces = {n: [json.loads(line) for line in open(tmp_path / n / "traces.jsonl")] for n in ("one", "two")}
+    assert len(traces["two"]) == 12
+    key = lambda r: r["id"]  # noqa: E731
+    strip = lambda r: {k: v for k, v in r.items() if k != "image"}  # noqa: E731  (each run writes its own PNGs)
+    assert [strip(r) for r in sorted(traces["two"], key=key)] == [strip(r) for r in sorted(traces["one"], key=key)]
+    assert [r["step"] for r in log(str(tmp_path / "two" / "model"))] == [1, 2]
+    assert loads_with_plain_transformers(str(tmp_path / "two" / "model"))
+
+
+def test_evaluate_on_two_ranks_equals_one_process(tiny_checkpoint, tmp_path):
+    args = [f"--init_from={tiny_checkpoint}", "--n_test=12", "--max_new_tokens=8", "--batch_size=4",
+            "--bootstrap=50"]
+    run("evaluate.py", 2, *args, f"--out_dir={tmp_path / 'two'}")
+    run("evaluate.py", 1, *args, f"--out_dir={tmp_path / 'one'}")
+    predictions = {n: open(tmp_path / n / "predictions.jsonl").read() for n in ("one", "two")}
+    assert predictions["two"] == predictions["one"] and len(predictions["one"].splitlines()) == 12
+    results = {n: json.load(open(tmp_path / n / "results.json")) for n in ("one", "two")}
+    assert {k: v for k, v in results["two"].items() if k != "settings"} == \
+           {k: v for k, v in results["one"].items() if k != "settings"}
