@@ -31,7 +31,8 @@ positive or uncertain is positive, f1chexbert's "rrg" mode), RadGraph F1 (radgra
 better; rewards.radcliq_rewards, so 3.0 for a text of 5 characters or fewer) and GREEN. Per-sample metrics are
 averaged over samples; F1s are pooled over the test set, and a macro average skips labels absent from both gold and
 predictions (sklearn would count them as 0; on MIMIC-CXR's test split every label occurs and the two agree).
-Grounding, per task kind and dataset (`source`): mAP@0.5 as the paper computes it (average_precision_50), mean IoU
+Grounding, per task kind and dataset (`source`): mAP@0.5 by the rule of the paper's own evaluation code
+(average_precision_50), mean IoU
 of the matched boxes, and the soft-F1 GRPO reward. Classification: micro / macro F1 of the listed abnormalities.
 With --thinking the text after the last </think> is scored (none: an empty answer), and thinking.well_formed is
 the fraction of outputs with a </think> and an answer after it.
@@ -105,19 +106,23 @@ def rouge_l(prediction, reference):
 
 
 def average_precision_50(predicted, gold):
-    """The paper's per-sample AP@0.5, and the IoUs of the matched pairs. Predictions are taken in output order
-    (there are no confidences); each is matched to the best still-unused gold box, a true positive if their IoU
-    is >= 0.5. AP is the area under the precision-recall curve with VOC's all-point interpolation (precision at
-    recall r = the best precision at any recall >= r). No gold box: 1 if nothing was predicted, else 0."""
-    if not gold:
-        return float(not predicted), []
-    unused, hits, matched = list(range(len(gold))), [], []
+    """The paper's per-sample AP@0.5, and the IoUs of its true positives, by the rule of the authors' evaluation code
+    (RadVLM, radvlm/evaluation/compute_metrics_tasks.py, evaluate_boxes). Predictions are taken in output order
+    (there are no confidences); each takes the gold box it overlaps most, over all gold boxes (the first on ties),
+    and is a true positive if that IoU is >= 0.5 and that gold box is not matched yet, else a false positive: it
+    does not fall back to the next-best unused box (so a second prediction on one of two overlapping gold boxes
+    misses). AP is the area under the precision-recall curve with VOC's all-point interpolation (precision at
+    recall r = the best precision at any recall >= r). A sample with no predicted box or no gold box scores 0."""
+    if not predicted or not gold:
+        return 0.0, []
+    used, hits, matched = set(), [], []
     for box in predicted:
-        iou, j = max(((box_iou(box, gold[j]), j) for j in unused), key=lambda c: c[0], default=(0.0, None))
-        hits.append(iou >= 0.5)
-        if iou >= 0.5:
-            unused.remove(j)
-            matched.append(iou)
+        ious = [box_iou(box, g) for g in gold]
+        j = max(range(len(gold)), key=ious.__getitem__)  # the first of equal maxima, as numpy's argmax
+        hits.append(ious[j] >= 0.5 and j not in used)
+        if hits[-1]:
+            used.add(j)
+            matched.append(ious[j])
     if not matched:
         return 0.0, []
     tp = np.cumsum(hits)

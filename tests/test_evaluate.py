@@ -40,24 +40,22 @@ def report_record(rid, answer):
 # mAP@0.5
 
 def brute_force_ap(predicted, gold):
-    """The paper's AP@0.5 written out plainly: predictions in order, each matched to the unused gold box of highest
-    IoU if that IoU is >= 0.5; then VOC's all-point interpolated AP the classic way (recall padded with 0 and 1,
-    precision with 0 and 0, precision made non-increasing from the right, summed over the points where recall
-    changes)."""
+    """The paper's AP@0.5 written out as its authors' evaluate_boxes does: predictions in order, each taking the gold
+    box of highest IoU (numpy's argmax over all of them), a hit if that IoU is >= 0.5 and the box is not matched yet;
+    then VOC's all-point interpolated AP the classic way (recall padded with 0 and 1, precision with 0 and 0,
+    precision made non-increasing from the right, summed over the points where recall changes)."""
     def iou(a, b):
         inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
         union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
         return inter / union
-    if not gold:
-        return float(not predicted)
-    used, recalls, precisions, hits = [False] * len(gold), [], [], 0
+    if not gold or not predicted:
+        return 0.0
+    matched, recalls, precisions, hits = set(), [], [], 0
     for k, p in enumerate(predicted, 1):
-        best, best_j = 0.0, None
-        for j, g in enumerate(gold):
-            if not used[j] and iou(p, g) > best:
-                best, best_j = iou(p, g), j
-        if best >= 0.5:
-            used[best_j] = True
+        ious = np.array([iou(p, g) for g in gold])
+        best = int(np.argmax(ious))
+        if ious[best] >= 0.5 and best not in matched:
+            matched.add(best)
             hits += 1
         recalls.append(hits / len(gold))
         precisions.append(hits / k)
@@ -80,6 +78,7 @@ def test_map50_matches_a_brute_force_reference_on_random_cases():
     values = []
     for _ in range(500):
         gold = [random_box(rng) for _ in range(rng.randint(0, 4))]
+        gold += [random_box(rng, g, 0.04) for g in gold if rng.random() < 0.3]  # a second reader's box: overlapping
         predicted = [random_box(rng, g, rng.choice([0.02, 0.06, 0.15])) for g in gold if rng.random() < 0.8]
         predicted += [random_box(rng) for _ in range(rng.randint(0, 3))]  # false positives
         predicted += [list(p) for p in predicted if rng.random() < 0.2]  # duplicates: the second one is a FP
@@ -96,7 +95,29 @@ def test_map50_hand_cases():
     assert evaluate.average_precision_50([gold[0], gold[0]], gold)[0] == 1.0  # a duplicate after the hit costs nothing
     assert evaluate.average_precision_50([[0.7, 0.7, 0.9, 0.9], gold[0]], gold)[0] == 0.5  # a miss before it halves it
     assert evaluate.average_precision_50([], gold) == (0.0, [])
-    assert evaluate.average_precision_50([], []) == (1.0, [])
+    assert evaluate.average_precision_50(gold, []) == (0.0, [])
+    assert evaluate.average_precision_50([], []) == (0.0, [])  # the paper's rule: no box on either side scores 0
+
+
+def test_map50_takes_the_best_gold_box_even_if_it_is_used():
+    """Where the paper's rule differs from "the best still-unused gold box": overlapping gold boxes (two readers,
+    adjacent findings). Gold A = [0, 0, 0.4, 0.4] and B = [0.05, 0, 0.45, 0.4] overlap (IoU 0.14 / 0.18 = 0.78)."""
+    a, b = [0.0, 0.0, 0.4, 0.4], [0.05, 0.0, 0.45, 0.4]
+    near_a = [0.02, 0.0, 0.42, 0.4]  # IoU 0.152 / 0.168 = 0.905 with A, 0.148 / 0.172 = 0.860 with B
+    # 1st prediction: A (IoU 1), a hit. 2nd: its best box is A again, already matched, so a false positive, although
+    # B is unused at IoU 0.86. Precision 1, 1/2 at recall 1/2, 1/2: AP = 1/2 x 1 = 0.5 (best unused box: 1.0)
+    ap, matched = evaluate.average_precision_50([a, near_a], [a, b])
+    assert ap == pytest.approx(0.5) and matched == [1.0]
+    # the same duplicate after a prediction of B: B, then near_a -> A (0.905), both hits: AP 1
+    assert evaluate.average_precision_50([b, near_a], [a, b])[0] == pytest.approx(1.0)
+    # a duplicate of A on the two overlapping boxes: A (hit), A again (its best box is A, used: a miss) -> 0.5
+    assert evaluate.average_precision_50([a, a], [a, b])[0] == pytest.approx(0.5)
+    # ties go to the first gold box: a box exactly between two gold boxes, at IoU 0.1875 / 0.3125 = 0.6 with each,
+    # takes the first (a hit); its twin takes the first again (a miss), so the second is never found: AP 0.5
+    left, right, middle = [0.0, 0.0, 0.5, 0.5], [0.25, 0.0, 0.75, 0.5], [0.125, 0.0, 0.625, 0.5]
+    assert evaluate.box_iou(middle, left) == evaluate.box_iou(middle, right) == 0.6
+    ap, matched = evaluate.average_precision_50([middle, middle], [left, right])
+    assert ap == pytest.approx(0.5) and matched == [0.6]
 
 
 # ---------------------------------------------------------------------------------------------------
