@@ -1,16 +1,17 @@
 """
-coldstart.py: stage 2, a short SFT on reasoning traces so that the model can "think" before it answers.
+coldstart.py: stage 2, reasoning traces for a short SFT that teaches the model to "think" before it answers.
 
-The paper's "RadVLM-Thinking": a teacher VLM is shown the image, the question AND the gold answer and asked
-for a step-by-step radiological reasoning that arrives at that answer. Traces that are well formed and whose
-final answer scores well against the gold answer are kept; the training target becomes
-`<think>\\n{trace}\\n</think>\\n\\n{gold answer}` and the question ends with " /think", the same request
-grpo.py and evaluate.py use with --thinking=True. Then the SFT model is fine-tuned on these records with
-sft.py's own loop (run in this process, not copied).
+The paper's "RadVLM-Thinking": a teacher VLM is shown the image, the question AND the gold answer and asked for a
+step-by-step radiological reasoning that arrives at that answer. Traces that are well formed and whose final
+answer scores well against the gold answer are kept; the training target becomes
+`<think>\\n{trace}\\n</think>\\n\\n{gold answer}` and the question ends with " /think", the same request grpo.py and
+evaluate.py use with --thinking=True. This script writes those records (out_dir/traces.jsonl); the cold-start SFT
+on them is sft.py with the config file config/coldstart.py, as nanoGPT fine-tunes with a config:
 
-    python coldstart.py                                               # CPU: rule-based teacher, after sft.py
-    python coldstart.py --teacher=Qwen3-VL-32B-Instruct --data=train.jsonl --init_from=out/sft_paper
-    torchrun --nproc_per_node=8 coldstart.py --teacher=... --data=... # traces sharded over ranks, then SFT
+    python coldstart.py && python sft.py config/coldstart.py                    # CPU: rule-based teacher
+    python coldstart.py --teacher=Qwen3-VL-32B-Instruct --data=train.jsonl      # 1 GPU: a local teacher VLM
+    torchrun --nproc_per_node=8 coldstart.py --teacher=... --data=...           # traces sharded over ranks
+    torchrun --nproc_per_node=8 sft.py config/coldstart.py --init_from=out/sft_paper --max_pixels=262144
 
 The offline default teacher reads the synthetic world's ground truth (every finding, its side, size and
 box; the anatomy) and writes a genuine systematic review: what is looked at, what is seen, where, hence the
@@ -20,20 +21,17 @@ Deliberately left out: trace rewriting/cleaning by a second LLM, and rejection s
 
 import json
 import os
-import runpy
-import sys
 from collections import Counter
 
 import torch
 from PIL import Image
 
 from configurator import configure
-from data import (GROUNDING_TASKS, THINK_SUFFIX, generation_kwargs, open_records, parse_boxes, prompt_batch,
-                  reference_answer, save_records, task_of)
+from data import generation_kwargs, open_records, prompt_batch
 import rewards
 from model import barrier, init_distributed, load_model, print0
+from records import GROUNDING_TASKS, THINK_SUFFIX, parse_boxes, reference_answer, save_records, task_of
 
-init_from = "out/sft"     # the model to fine-tune: a training output dir, a checkpoint dir or a hub id
 teacher = "rule"          # "rule" (the synthetic world's ground truth) or a local VLM checkpoint dir
 data = "synthetic"        # records to write traces for: "synthetic" or a .json/.jsonl file
 n_records = 3000          # synthetic records (report and grounding, as the paper's two trace sets)
@@ -43,9 +41,8 @@ min_score = 0.5           # a trace whose final answer scores below this against
 teacher_max_new_tokens = 768
 teacher_min_pixels = 1024     # the teacher's pixel budget per image (the paper's RL/evaluation budget): a
 teacher_max_pixels = 451584   # native-resolution radiograph would otherwise be thousands of visual tokens
-batch_size = 8
-out_dir = "out/coldstart"
-sft_overrides = "--max_steps=400 --lr=1e-3 --vision_lr=5e-4 --warmup=0.05 --eval_every=100 --save_every=200"
+generate_batch = 8        # records per generate call of the teacher
+out_dir = "out/coldstart"  # traces.jsonl (what config/coldstart.py trains on), the per-rank parts, images/
 
 TEACHER_PROMPT = (
     "You are an expert radiologist teaching a resident. Below are a chest X-ray, a question about it and its "
@@ -99,22 +96,22 @@ def rule_trace(record, study):
 
 # ---------------------------------------------------------------------------------------------------
 
-def thinking_record(record, trace):
+def thinking_record(record, trace, image_dir):
     """The record with its question asking for thinking and its answer preceded by the trace; an in-memory
-    synthetic image is written next to the traces so that the records file stands on its own."""
+    synthetic image is written to image_dir so that the records file stands on its own."""
     turns = [dict(t) for t in record["conversations"]]
     turns[0]["value"] += THINK_SUFFIX
     turns[-1]["value"] = f"<think>\n{trace.strip()}\n</think>\n\n{turns[-1]['value'].strip()}"
     out = {k: v for k, v in record.items() if k not in ("image_array", "conversations")}
     out["conversations"] = turns
     if record.get("image_array") is not None:
-        out["image"] = os.path.abspath(os.path.join(out_dir, "images", f"{record['id']}.png"))
+        out["image"] = os.path.abspath(os.path.join(image_dir, f"{record['id']}.png"))
         os.makedirs(os.path.dirname(out["image"]), exist_ok=True)
         Image.fromarray(record["image_array"]).save(out["image"])
     return out
 
 
-def check_trace(record, trace, final_answer):
+def check_trace(record, trace, final_answer, min_words, min_score):
     """None if the trace is kept, else the reason it is dropped."""
     if "<think>" in trace or "</think>" in trace:
         return "nested think tags"
@@ -134,7 +131,7 @@ def split_final_answer(text):
     return (head.strip(), tail.strip()) if sep else (text.strip(), None)
 
 
-def teacher_outputs(batch, model, processor, device):
+def teacher_outputs(batch, model, processor, device, image_size, max_new_tokens, min_words):
     """The teacher's text for each record, a reasoning trace ending in "Final answer: ...", and the number of
     prompt tokens it read (None for the rule-based teacher)."""
     if model is None:  # the rule-based teacher
@@ -146,27 +143,28 @@ def teacher_outputs(batch, model, processor, device):
         answer=reference_answer(r))}, {"from": "gpt", "value": ""}]} for r in batch]
     inputs = prompt_batch(asks, processor).to(device)
     with torch.no_grad():
-        generated = model.generate(**inputs, do_sample=False, max_new_tokens=teacher_max_new_tokens,
+        generated = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens,
                                    **generation_kwargs(processor.tokenizer))
     texts = processor.tokenizer.batch_decode(generated[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
     return list(zip(texts, inputs["attention_mask"].sum(1).tolist()))
 
 
-def write_traces(records, part_file, model=None, processor=None, device=None):
-    """Append one line per record to `part_file` ({id, kept, reason, prompt_tokens, record}); records already
-    there are skipped, so a restarted run continues where it stopped. Returns the number of records written now."""
+def write_traces(records, part_file, teach, generate_batch, min_words, min_score):
+    """Append one line per record to `part_file` ({id, kept, reason, prompt_tokens, record}), the records' teacher
+    outputs coming from teach(batch) (teacher_outputs with its model bound); records already there are skipped,
+    so a restarted run continues where it stopped. Returns the number of records written now."""
     done = {json.loads(line)["id"] for line in open(part_file)} if os.path.exists(part_file) else set()
     todo = [r for r in records if r["id"] not in done]
     print0(f"coldstart: traces for {len(todo)} records ({len(done)} already written)")
     with open(part_file, "a") as out:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
-            for record, (output, prompt_tokens) in zip(batch, teacher_outputs(batch, model, processor, device)):
+        for start in range(0, len(todo), generate_batch):
+            batch = todo[start:start + generate_batch]
+            for record, (output, prompt_tokens) in zip(batch, teach(batch)):
                 trace, final = split_final_answer(output)
-                reason = check_trace(record, trace, final)
+                reason = check_trace(record, trace, final, min_words, min_score)
                 line = {"id": record["id"], "kept": reason is None, "reason": reason, "prompt_tokens": prompt_tokens}
                 if reason is None:
-                    line["record"] = thinking_record(record, trace)
+                    line["record"] = thinking_record(record, trace, os.path.join(os.path.dirname(part_file), "images"))
                 out.write(json.dumps(line) + "\n")
             out.flush()
     return len(todo)
@@ -182,8 +180,11 @@ def main():
     os.makedirs(out_dir, exist_ok=True)
     model, processor = (None, None) if teacher == "rule" else load_model(
         teacher, device=device, min_pixels=teacher_min_pixels, max_pixels=teacher_max_pixels)
+    def teach(batch):
+        return teacher_outputs(batch, model and model.eval(), processor, device, image_size, teacher_max_new_tokens,
+                               min_words)
     write_traces([records[i] for i in range(rank, len(records), world)],
-                 os.path.join(out_dir, f"traces.rank{rank}.jsonl"), model and model.eval(), processor, device)
+                 os.path.join(out_dir, f"traces.rank{rank}.jsonl"), teach, generate_batch, min_words, min_score)
     barrier()
     traces_file = os.path.join(out_dir, "traces.jsonl")
     if rank == 0:
@@ -196,11 +197,9 @@ def main():
     if not os.path.getsize(traces_file):
         raise SystemExit(f"no trace was kept, so there is nothing to fine-tune on; the reason for each record is in "
                          f"{out_dir}/traces.rank*.jsonl")
-    del model
-    # the cold-start SFT itself: sft.py's loop, in this process, on the thinking records
-    sys.argv = ["sft.py", f"--init_from={init_from}", f"--data={traces_file}", "--val_data=",
-                f"--out_dir={os.path.join(out_dir, 'model')}", f"--image_size={image_size}", *sft_overrides.split()]
-    runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "sft.py"), run_name="__main__")
+    print0(f"next, the cold-start SFT on them: python sft.py config/coldstart.py --data={traces_file}")
+    if world > 1:
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ converters.py: one command per public chest X-ray dataset, from its original fil
     python data.py convert vindr-cxr --root /data/vindr-cxr/1.0.0 --split train --out out/vindr_train.jsonl
 
 Every `convert_<dataset>(root, split=None, ...)` returns (records, summary). Records are built with
-data.make_record, phrased with data.PROMPTS (the phrasing is picked by a hash of the record id, so a rerun
-gives the same file) and checked with data.validate_record. The summary counts records per task, rows
+records.make_record, phrased with records.PROMPTS (the phrasing is picked by a hash of the record id, so a rerun
+gives the same file) and checked with records.validate_record. The summary counts records per task, rows
 skipped by reason and a few notes. Grounding boxes are normalized by the image size and rounded to 2
 decimals; the `boxes` field holds exactly the boxes written in the answer. A box that cannot be right
 (x_max <= x_min, y_max <= y_min, outside the image) is dropped and counted, never clipped. Image paths are
@@ -28,8 +28,8 @@ from collections import Counter, defaultdict
 import numpy as np
 from PIL import Image
 
-from data import (CHEXPERT_LABELS, PROMPTS, box_iou, box_is_valid, classification_answer, findings_answer,
-                  location_answer, make_record, phrase_answer, read_dicom, save_records, validate_record)
+from records import (CHEXPERT_LABELS, PROMPTS, box_iou, box_is_valid, classification_answer, findings_answer,
+                     location_answer, make_record, phrase_answer, save_records, validate_record)
 
 # The 14 CheXpert observations (MIMIC-CXR-JPG label file, CheXbert labels of CheXpert Plus). "No Finding"
 # is kept in `labels` but never named as an abnormality, so answers list at most the other 13.
@@ -255,6 +255,7 @@ def image_size(path):
 def dicom_to_png(path, out_path, max_side=None):
     """A DICOM radiograph (data.read_dicom: LUTs applied, MONOCHROME1 inverted) as an 8-bit grayscale PNG,
     downscaled to `max_side` at most: boxes are normalized, so they do not change."""
+    from data import read_dicom  # data.py brings torch: only for the datasets that ship DICOM
     image = Image.fromarray(read_dicom(path))
     if max_side:
         image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)

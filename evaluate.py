@@ -10,8 +10,7 @@ classification; conversations are skipped; a record without a task is a report).
     python evaluate.py --init_from=tiny --n_test=32         # a random tiny Qwen3-VL: a smoke test of the pipeline
     python evaluate.py --init_from=out/grpo --thinking=True --log=out/sft/log.jsonl,out/grpo/log.jsonl
     python evaluate.py --init_from=RadVLM-8B --data=test.jsonl --max_pixels=451584 --max_new_tokens=1024 \\
-        --bertscore_model=W/distilroberta-base --chexbert_checkpoint=W/chexbert.pth \\
-        --chexbert_tokenizer=W/bert-base-uncased --radgraph_model_dir=W/radgraph --green_model=W/GREEN-radllama2-7b
+        --metric_weights=W   # W/distilroberta-base, W/chexbert.pth, ... as scorers.py lays them out
     torchrun --nproc_per_node=8 evaluate.py --init_from=RadVLM-8B --data=test.jsonl  # generation sharded over ranks
     python evaluate.py --data=test.jsonl --predictions=maira2.jsonl --out_dir=out/eval_maira2  # {"id", "answer"} lines
     python evaluate.py --compare out/eval_sft out/eval_grpo out/eval_maira2  # side by side: markdown on stdout
@@ -45,18 +44,18 @@ import math
 import os
 import re
 import sys
-import textwrap
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 import rewards
+import scorers
 from configurator import configure
-from data import (GROUNDING_TASKS, box_iou, generation_kwargs, has_image, load_image, open_records, parse_boxes,
-                  prompt_batch, record_id, reference_answer, task_of)
+from data import generation_kwargs, load_image, open_records, prompt_batch
 from model import autocast, build_tiny, init_distributed, latest_checkpoint, load_model, print0
+from pictures import contact_sheet, draw_curves
+from records import GROUNDING_TASKS, box_iou, has_image, parse_boxes, record_id, reference_answer, task_of
 
 # model and data
 init_from = "out/sft"     # "tiny", a training out dir (its latest step), a checkpoint dir, or a hub id
@@ -67,7 +66,7 @@ min_pixels = 1024         # processor pixel budget (the paper evaluates at 1,024
 max_pixels = 16384
 thinking = False          # ask for <think>...</think> first; the metrics score the answer after it
 max_new_tokens = 256      # longest answer (the paper: 1024 for reports, 4096 with thinking)
-batch_size = 16           # prompts per generate call on each rank
+generate_batch = 16       # prompts per generate call on each rank
 predictions = ""          # a JSONL of {"id", "answer"} to score instead of generating (any model's outputs)
 # output
 out_dir = "out/eval"
@@ -75,13 +74,10 @@ bootstrap = 1000          # resamples of the test records for the 95 % confidenc
 seed = 0
 contact_sheet_n = 16      # test images drawn in contact_sheet.png
 log = ""                  # training log.jsonl file(s), comma-separated, for curves.png (default: init_from's own)
-# metric weights: local paths only, nothing is downloaded; a metric without its weights is "unavailable"
-bertscore_model = ""      # distilroberta-base folder (BERTScore, RadCliQ)
-chexbert_checkpoint = ""  # chexbert.pth (CheXbert F1, RadCliQ)
-chexbert_tokenizer = ""   # bert-base-uncased folder (CheXbert's tokenizer)
-radgraph_model_dir = ""   # the radgraph package's model_cache_dir holding radgraph-xl/ (RadGraph F1, RadCliQ)
+# the model-based metrics: a local folder of their weights laid out as scorers.py says (nothing is downloaded); a
+# metric without its weights is "unavailable"
+metric_weights = ""
 radgraph_level = "radcliq"  # RadGraph F1: "radcliq" ((entity F1 + relation F1) / 2) or simple / partial / complete
-green_model = ""          # GREEN-radllama2-7b folder (the GREEN LLM judge)
 
 SCORED_TASKS = ("report", "classification", *GROUNDING_TASKS)
 GROUNDING_KINDS = {"anatomical_grounding": "anatomical", "abnormality_grounding": "abnormality",
@@ -143,124 +139,6 @@ def rule_labels(texts):
     return np.array(labels, dtype=bool).reshape(len(texts), len(rewards.OBSERVATIONS))
 
 
-def chexbert_labels(texts, weights):
-    """The same [N, 14] booleans from CheXbert: its 14 linear heads (13 x {blank, positive, negative, uncertain},
-    then No Finding x {blank, positive}) over the [CLS] vector of rewards' CheXbertEmbedder."""
-    embedder = rewards.chexbert_embedder(weights)  # the encoder, loaded once and shared with RadCliQ
-    state = torch.load(weights["chexbert_checkpoint"], map_location="cpu", weights_only=True)
-    state = state.get("model_state_dict", state)
-    prefix = next(k for k in state if k.endswith("linear_heads.0.weight"))[:-len("0.weight")]
-    cls = embedder(texts).float()
-    classes = torch.stack([(cls @ state[f"{prefix}{i}.weight"].float().T + state[f"{prefix}{i}.bias"].float()).argmax(1)
-                           for i in range(14)], 1)
-    heads = rewards.OBSERVATIONS[1:] + rewards.OBSERVATIONS[:1]  # CheXbert's order: No Finding last
-    return ((classes == 1) | (classes == 3)).numpy()[:, [heads.index(o) for o in rewards.OBSERVATIONS]]
-
-
-# GREEN (Ostmeier et al. 2024) as its green_score package runs the local judge: this prompt (every line after the
-# first indented by 4 spaces) with reference and candidate cut to 300 words, its chat template, greedy decoding.
-GREEN_PROMPT = textwrap.indent("""\
-Objective: Evaluate the accuracy of a candidate radiology report in comparison to a reference radiology report \
-composed by expert radiologists.
-
-Process Overview: You will be presented with:
-
-1. The criteria for making a judgment.
-2. The reference radiology report.
-3. The candidate radiology report.
-4. The desired format for your assessment.
-
-1. Criteria for Judgment:
-
-For each candidate report, determine:
-
-The count of clinically significant errors.
-The count of clinically insignificant errors.
-
-Errors can fall into one of these categories:
-
-a) False report of a finding in the candidate.
-b) Missing a finding present in the reference.
-c) Misidentification of a finding's anatomic location/position.
-d) Misassessment of the severity of a finding.
-e) Mentioning a comparison that isn't in the reference.
-f) Omitting a comparison detailing a change from a prior study.
-Note: Concentrate on the clinical findings rather than the report's writing style. Evaluate only the findings that \
-appear in both reports.
-
-2. Reference Report:
-{reference}
-
-3. Candidate Report:
-{candidate}
-
-4. Reporting Your Assessment:
-
-Follow this specific format for your output, even if no errors are found:
-```
-[Explanation]:
-<Explanation>
-
-[Clinically Significant Errors]:
-(a) <Error Type>: <The number of errors>. <Error 1>; <Error 2>; ...; <Error n>
-....
-(f) <Error Type>: <The number of errors>. <Error 1>; <Error 2>; ...; <Error n>
-
-[Clinically Insignificant Errors]:
-(a) <Error Type>: <The number of errors>. <Error 1>; <Error 2>; ...; <Error n>
-....
-(f) <Error Type>: <The number of errors>. <Error 1>; <Error 2>; ...; <Error n>
-
-[Matched Findings]:
-<The number of matched findings>. <Finding 1>; <Finding 2>; ...; <Finding n>
-```
-""", "    ").lstrip()
-GREEN_CHAT_TEMPLATE = (
-    "{% for message in messages %}\n{% if message['from'] == 'human' %}\n{{ '<|user|>\\n' + message['value'] + "
-    "eos_token }}\n{% elif message['from'] == 'gpt' %}\n{{ '<|assistant|>\\n'  + message['value'] + eos_token }}\n"
-    "{% endif %}\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}")
-
-
-def green_score(judgement):
-    """matched findings / (matched findings + clinically significant errors (a)-(f)), parsed as green_score does;
-    0 when the judge names no matched finding (also when its answer cannot be parsed)."""
-    def section(name):
-        found = re.search(rf"\[{name}\]:\s*(.*?)(?:\n\s*\n|\Z)", judgement, re.DOTALL)
-        return "" if found is None or found.group(1).startswith("No") else found.group(1)
-    matched = re.findall(r"^\b\d+\b(?=\.)", section("Matched Findings"), re.MULTILINE)
-    if not matched or int(matched[0]) == 0:
-        return 0.0
-    errors, body = {}, section("Clinically Significant Errors")
-    for line in sorted(re.findall(r"\([a-f]\) .*", body)) or sorted(re.findall(r"\([1-6]\) .*", body)):
-        count = re.search(r"(?<=: )\b\d+\b(?=\.)", line)
-        if count:
-            errors[line[:3]] = int(count.group())
-    return int(matched[0]) / (int(matched[0]) + sum(errors.values()))
-
-
-def green_scores(candidates, references, model_dir, batch_size=8, max_length=2048):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, add_eos_token=True, padding_side="left")
-    tokenizer.chat_template, tokenizer.pad_token = GREEN_CHAT_TEMPLATE, tokenizer.eos_token
-    judge = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float16 if device == "cuda" else torch.float32)
-    judge.to(device).eval()
-    cut = lambda text: " ".join(text.split()[:300])  # noqa: E731
-    scores = []
-    for start in range(0, len(candidates), batch_size):
-        pairs = zip(candidates[start:start + batch_size], references[start:start + batch_size])
-        chats = [[{"from": "human", "value": GREEN_PROMPT.format(reference=cut(r), candidate=cut(c))},
-                  {"from": "gpt", "value": ""}] for c, r in pairs]
-        texts = [tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) for chat in chats]
-        batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length).to(device)
-        with torch.no_grad():
-            out = judge.generate(**batch, max_length=max_length, do_sample=False, eos_token_id=tokenizer.eos_token_id,
-                                 pad_token_id=tokenizer.pad_token_id)
-        judgements = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-        scores += [green_score(j) for j in judgements]
-    return scores
-
-
 # ----------------------------------------------------------------------------------------------------------
 # metrics of a test set: statistics are functions of (resampled) record indices, then bootstrapped
 
@@ -299,47 +177,35 @@ def with_ci(statistic, n, n_boot, seed):
     return result
 
 
-def needs(weights, *names):
-    """Raise MissingModelError naming each weight setting of a metric that is not an existing local path."""
-    missing = [n for n in names if not weights.get(n) or not os.path.exists(weights[n])]
-    if missing:
-        raise rewards.MissingModelError(f"needs {', '.join(n + '=PATH' for n in missing)} (local paths: nothing "
-                                        f"is downloaded)")
-
-
-def model_statistics(answers, references, weights):
-    """The model-based report metrics, each in turn; one without its weights (or package) becomes a string: why."""
+def model_statistics(answers, references, metric_weights, radgraph_level):
+    """The model-based report metrics (scorers.py), each in turn; one without its weights (or package) becomes a
+    string: why."""
     def bertscore():
-        needs(weights, "bertscore_model")
-        return {"bertscore": mean_of(rewards.bert_scorer(weights, "radcliq")(answers, references))}
+        return {"bertscore": mean_of(scorers.bert_scorer(metric_weights)(answers, references))}
 
     def chexbert():
-        needs(weights, "chexbert_checkpoint", "chexbert_tokenizer")
-        labels = chexbert_labels(answers + references, weights)
+        labels = scorers.chexbert_labels(answers + references, metric_weights)
         predicted, gold = labels[:len(answers)], labels[len(answers):]
         return {**f1_statistics("chexbert_f1", predicted, gold),
                 **f1_statistics("chexbert_f1", predicted, gold, FIVE, "_5")}
 
     def radgraph():
-        needs(weights, "radgraph_model_dir")
-        scorer = rewards.radgraph_scorer(weights)
+        scorer = scorers.radgraph_scorer(metric_weights)
         scored = [i for i, (a, r) in enumerate(zip(answers, references)) if a.strip() and r.strip()]
         values = np.zeros(len(answers))  # an empty text has no entities: F1 0 (the package cannot annotate "")
         values[scored] = scorer([answers[i] for i in scored], [references[i] for i in scored],
-                                level=weights.get("radgraph_level", "radcliq"))
+                                level=radgraph_level)
         return {"radgraph_f1": mean_of(values)}
 
     def radcliq():
-        needs(weights, "radgraph_model_dir", "bertscore_model", "chexbert_checkpoint", "chexbert_tokenizer")
         try:
-            values, _ = rewards.radcliq_rewards(answers, references, floor_on_failure=False, **weights)
+            values, _ = rewards.radcliq_rewards(answers, references, metric_weights, floor_on_failure=False)
         except RuntimeError as e:  # a number would hide that the metric's models failed
             return {"radcliq_v1": str(e)}
         return {"radcliq_v1": mean_of([-v for v in values])}
 
     def green():
-        needs(weights, "green_model")
-        return {"green": mean_of(green_scores(answers, references, weights["green_model"]))}
+        return {"green": mean_of(scorers.green_scores(answers, references, metric_weights))}
 
     stats = {}
     for metric, keys in ((bertscore, ["bertscore"]), (radgraph, ["radgraph_f1"]), (radcliq, ["radcliq_v1"]),
@@ -347,19 +213,19 @@ def model_statistics(answers, references, weights):
                          (green, ["green"])):
         try:
             stats.update(metric())
-        except rewards.MissingModelError as e:
+        except scorers.MissingModelError as e:
             stats.update({key: str(e) for key in keys})
     return stats
 
 
-def report_statistics(answers, records, weights):
+def report_statistics(answers, records, metric_weights, radgraph_level):
     references = [reference_answer(r) for r in records]
     predicted, gold = rule_labels(answers), rule_labels(references)
     return {"rouge_l": mean_of([rouge_l(a, r) for a, r in zip(answers, references)]),
             "bleu4": mean_of([rewards.bleu4(a, r) for a, r in zip(answers, references)]),
             **f1_statistics("label_f1", predicted, gold), **f1_statistics("label_f1", predicted, gold, FIVE, "_5"),
             "label_f1_reward": mean_of([rewards.label_f1(a, r) for a, r in zip(answers, references)]),
-            "answer_chars": mean_of([len(a) for a in answers]), **model_statistics(answers, references, weights)}
+            "answer_chars": mean_of([len(a) for a in answers]), **model_statistics(answers, references, metric_weights, radgraph_level)}
 
 
 def grounding_statistics(answers, records):
@@ -379,7 +245,7 @@ def classification_statistics(answers, records):
     return {**f1_statistics("f1", matrix(predicted), matrix(gold)), "sample_f1": mean_of(sample_f1)}
 
 
-def score(records, completions, thinking=False, n_boot=1000, seed=0, weights=None):
+def score(records, completions, thinking=False, n_boot=1000, seed=0, metric_weights="", radgraph_level="radcliq"):
     """results.json's metric sections for the records' raw completions (one per record)."""
     answers = [rewards.final_answer(c, thinking) for c in completions]
     tasks = [task_of(r) for r in records]
@@ -391,7 +257,7 @@ def score(records, completions, thinking=False, n_boot=1000, seed=0, weights=Non
     results = {}
     reports = [i for i, t in enumerate(tasks) if t == "report"]
     if reports:
-        results["report"] = summarize(reports, report_statistics, weights or {})
+        results["report"] = summarize(reports, report_statistics, metric_weights, radgraph_level)
     grounding, groups = [i for i, t in enumerate(tasks) if t in GROUNDING_TASKS], {}
     for task, kind in GROUNDING_KINDS.items():  # each kind, each of its datasets, then all of them
         members = [i for i in grounding if tasks[i] == task]
@@ -413,13 +279,13 @@ def score(records, completions, thinking=False, n_boot=1000, seed=0, weights=Non
 # ----------------------------------------------------------------------------------------------------------
 # answers: generated here, or read from a predictions file
 
-def generate_answers(model, processor, records, batch_size, thinking, max_new_tokens, device, progress=True):
+def generate_answers(model, processor, records, generate_batch, thinking, max_new_tokens, device, progress=True):
     """Greedy answers to the records' prompts, in record order; only the new tokens, special tokens dropped.
     Records with and without an image go in separate batches (one processor call cannot mix them)."""
     stop = generation_kwargs(processor.tokenizer)
     groups = [[i for i, r in enumerate(records) if has_image(r) == image] for image in (True, False)]
     answers = [None] * len(records)
-    for idx in tqdm([g[s:s + batch_size] for g in groups for s in range(0, len(g), batch_size)], disable=not progress,
+    for idx in tqdm([g[s:s + generate_batch] for g in groups for s in range(0, len(g), generate_batch)], disable=not progress,
                     desc="generate", dynamic_ncols=True):
         inputs = prompt_batch([records[i] for i in idx], processor, thinking).to(device)
         with torch.no_grad(), autocast(device):
@@ -498,84 +364,15 @@ def paper_tables(runs):
     return "\n\n".join(t for t in tables if t) + "\n"
 
 
-def draw_contact_sheet(records, answers, path, cols=4, side=192, text_lines=8):
-    """Test images with gold boxes (green) and predicted boxes (red); under each its id and task, the answer
-    (white) and the start of the gold answer (green)."""
-    font, line_height = ImageFont.load_default(), 12
-    tiles = []
-    for record, answer in zip(records, answers):
-        image = load_image(record)
-        scale = side / max(image.size)
-        image = image.resize((round(image.width * scale), round(image.height * scale)))
-        tile = Image.new("RGB", (side, side + line_height * (text_lines + 1) + 4), "black")
-        tile.paste(image)
-        draw = ImageDraw.Draw(tile)
-        gold = record.get("boxes") or parse_boxes(reference_answer(record))
-        for boxes, color in ((gold, "#30ff30"), (parse_boxes(answer), "#ff3030")):
-            for box in boxes:  # clipped to the image, corners sorted: a model may write anything
-                (x0, x1), (y0, y1) = sorted(np.clip([box[0], box[2]], 0, 1)), sorted(np.clip([box[1], box[3]], 0, 1))
-                draw.rectangle([x0 * image.width, y0 * image.height, x1 * image.width, y1 * image.height],
-                               outline=color, width=2)
-        lines = ([(f"{record_id(record)} ({task_of(record)})", "#a0a0a0")]
-                 + [(t, "white") for t in (textwrap.wrap(answer, side // 6) or ["(blank answer)"])[:text_lines - 3]]
-                 + [(t, "#30ff30") for t in textwrap.wrap("gold: " + reference_answer(record), side // 6)[:3]])
-        for k, (line, color) in enumerate(lines):
-            draw.text((3, side + 2 + line_height * k), line, fill=color, font=font)
-        tiles.append(tile)
-    sheet = Image.new("RGB", (cols * (side + 4), math.ceil(len(tiles) / cols) * (tiles[0].height + 4)), "#606060")
-    for i, tile in enumerate(tiles):
-        sheet.paste(tile, ((i % cols) * (side + 4) + 2, (i // cols) * (tile.height + 4) + 2))
-    sheet.save(path)
-
-
-def draw_curves(log_paths, path, width=720, height=300):
-    """Against step, one panel each where the logs have them: the sampled reward per task, the greedy reward on
-    held-out prompts per task (grpo.py), loss / val_loss; a colored line per run and series."""
-    colors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
-    runs = [(os.path.basename(os.path.dirname(os.path.abspath(p))),  # a run is named by its folder: out/sft -> sft
-             [json.loads(line) for line in open(p) if line.strip()]) for p in log_paths]
-    panels = []
-    for keys in (("reward_report", "reward_grounding"), ("val_reward_report", "val_reward_grounding"),
-                 ("loss", "val_loss")):
-        series = [(f"{run} {key}", [(r["step"], r[key]) for r in rows
-                                    if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])])
-                  for run, rows in runs for key in keys]
-        if any(points for _, points in series):
-            panels.append((" / ".join(keys), [(label, points) for label, points in series if points]))
-    if not panels:
-        return False
-    font = ImageFont.load_default()
-    image = Image.new("RGB", (width, height * len(panels)), "white")
-    draw = ImageDraw.Draw(image)
-    for p, (title, series) in enumerate(panels):
-        x0, x1, y0, y1 = 64, width - 16, p * height + 24, (p + 1) * height - 40  # the plot area in pixels
-        xs, ys = [x for _, pts in series for x, _ in pts], [y for _, pts in series for _, y in pts]
-        x_lo, x_hi, y_lo, y_hi = min(xs), max(xs) + (max(xs) == min(xs)), min(ys), max(ys) + (max(ys) == min(ys))
-        px = lambda x: x0 + (x - x_lo) / (x_hi - x_lo) * (x1 - x0)  # noqa: E731
-        py = lambda y: y1 - (y - y_lo) / (y_hi - y_lo) * (y1 - y0)  # noqa: E731
-        draw.rectangle([x0, y0, x1, y1], outline="black")
-        for t in (0, 0.25, 0.5, 0.75, 1):  # ticks and their values on both axes
-            x, y = x_lo + t * (x_hi - x_lo), y_lo + t * (y_hi - y_lo)
-            draw.line([px(x), y1, px(x), y1 + 4], fill="black")
-            draw.text((px(x) - 10, y1 + 6), f"{x:.0f}", fill="black", font=font)
-            draw.line([x0 - 4, py(y), x0, py(y)], fill="black")
-            draw.text((4, py(y) - 6), f"{y:.3g}", fill="black", font=font)
-        draw.text((x0, y0 - 18), title, fill="black", font=font)
-        draw.text(((x0 + x1) // 2 - 12, y1 + 22), "step", fill="black", font=font)
-        for k, (label, points) in enumerate(series):
-            pixels = [(px(x), py(y)) for x, y in sorted(points)]
-            if len(pixels) > 1:
-                draw.line(pixels, fill=colors[k % len(colors)], width=2)
-            else:  # a single point: a dot
-                (x, y), = pixels
-                draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colors[k % len(colors)])
-        left = x1 - 40 - 6 * max(len(label) for label, _ in series)  # the legend, over the curves
-        draw.rectangle([left, y0 + 4, x1 - 4, y0 + 12 + 14 * len(series)], fill="white", outline="#c0c0c0")
-        for k, (label, _) in enumerate(series):
-            draw.line([left + 6, y0 + 14 + 14 * k, left + 26, y0 + 14 + 14 * k], fill=colors[k % len(colors)], width=3)
-            draw.text((left + 30, y0 + 8 + 14 * k), label, fill="black", font=font)
-    image.save(path)
-    return True
+def contact_sheet_tiles(records, answers):
+    """Tiles for pictures.contact_sheet: each test image with its gold boxes (green) and predicted boxes (red), its id
+    and task, the answer (white) and the start of the gold answer (green)."""
+    return [{"image": load_image(record), "lines": [(f"{record_id(record)} ({task_of(record)})", "#a0a0a0"),
+                                                    (answer[:150] or "(blank answer)", "white"),
+                                                    ("gold: " + reference_answer(record)[:90], "#30ff30")],
+             "boxes": [(box, "#30ff30", "") for box in record.get("boxes") or parse_boxes(reference_answer(record))]
+             + [(box, "#ff3030", "") for box in parse_boxes(answer)]}
+            for record, answer in zip(records, answers)]
 
 
 def compare(dirs):
@@ -589,8 +386,7 @@ def main():
     if sys.argv[1:2] == ["--compare"]:  # not a setting: a different command
         print(compare(sys.argv[2:]))
         return
-    settings = configure({k: v for k, v in globals().items() if k.islower()})  # UPPER_CASE names are not settings
-    globals().update(settings)
+    settings = configure(globals())
     rank, _, world, device = init_distributed()
     source = open_records(data, "test", n_test, image_size, tasks=SCORED_TASKS)
     records = [source[i] for i in range(len(source))]  # synthetic records draw their image on access: once each
@@ -610,7 +406,7 @@ def main():
             model, processor = load_model(path, device=device, min_pixels=min_pixels, max_pixels=max_pixels)
         # each rank answers every world-th record with its own whole model: no collective until the gather
         mine = list(range(rank, len(records), world))
-        answers = generate_answers(model.to(device).eval(), processor, [records[i] for i in mine], batch_size,
+        answers = generate_answers(model.to(device).eval(), processor, [records[i] for i in mine], generate_batch,
                                    thinking, max_new_tokens, device, progress=rank == 0)
         shards = [list(zip(mine, answers))]
         if world > 1:
@@ -621,10 +417,9 @@ def main():
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     if rank == 0:
-        weights = {k: settings[k] for k in ("bertscore_model", "chexbert_checkpoint", "chexbert_tokenizer",
-                                            "radgraph_model_dir", "radgraph_level", "green_model")}
         results = {"model": predictions or init_from, "data": data,
-                   **score(records, completions, thinking, bootstrap, seed, weights), "settings": settings}
+                   **score(records, completions, thinking, bootstrap, seed, metric_weights, radgraph_level),
+                   "settings": settings}
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "predictions.jsonl"), "w") as f:
             for rid, record, completion in zip(ids, records, completions):
@@ -639,7 +434,8 @@ def main():
         shown = [i for i, r in enumerate(records) if has_image(r)][:contact_sheet_n]
         if shown:
             answers = [rewards.final_answer(completions[i], thinking) for i in shown]
-            draw_contact_sheet([records[i] for i in shown], answers, os.path.join(out_dir, "contact_sheet.png"))
+            contact_sheet(contact_sheet_tiles([records[i] for i in shown], answers),
+                          os.path.join(out_dir, "contact_sheet.png"))
         own_log = os.path.join(init_from, "log.jsonl")  # the training log of the run evaluated, if that is one
         logs = log.split(",") if log else [own_log] if not predictions and os.path.isfile(own_log) else []
         drew = bool(logs) and draw_curves(logs, os.path.join(out_dir, "curves.png"))

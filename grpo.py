@@ -36,10 +36,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from configurator import configure
-from data import (GROUNDING_TASKS, epoch_order, generation_kwargs, open_records, prompt_batch, reference_answer,
-                  task_of)
+from data import epoch_order, generation_kwargs, open_records, prompt_batch
 from model import (all_reduce_mean, autocast, barrier, build_tiny, compute_dtype, gathered, init_distributed,
                    latest_checkpoint, load_model, load_training_checkpoint, print0, save_training_checkpoint, wrap_fsdp)
+from records import GROUNDING_TASKS, reference_answer, task_of
 import rewards
 
 # model and data
@@ -52,17 +52,14 @@ min_pixels = 1024         # processor pixel budget (the paper: 1,024 .. 451,584 
 max_pixels = 16384
 thinking = False          # ask for <think>...</think> first; rewards score only the answer after it
 report_reward = "label_f1"  # label_f1 | radcliq | bertscore | radgraph | gleu | bleu4
-bertscore_model = ""      # local weights of the model-based rewards (radcliq needs all four; see rewards.py)
-chexbert_checkpoint = ""
-chexbert_tokenizer = ""
-radgraph_model_dir = ""
+metric_weights = ""       # folder of the model-based rewards' weights (radcliq and its ablations), see scorers.py
 # rollouts
 prompts_per_step = 16     # P: prompts per step over all ranks
 group_size = 8            # G: samples per prompt
 max_new_tokens = 96       # longest answer (the paper: 1024 reports, 4096 grounding/thinking)
 temperature = 1.0
 top_p = 1.0
-generate_chunk = 0        # prompts per generate call on each rank (0: all at once); bounds the KV cache
+generate_batch = 0        # prompts per generate call on each rank (0: all at once); bounds the KV cache
 # optimization
 mini_batch = 8            # prompts per optimizer update (P / mini_batch updates per step)
 micro_batch = 16          # sequences per forward/backward (memory only; the update is the same)
@@ -148,6 +145,10 @@ def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, beta=0.01,
 # ---------------------------------------------------------------------------------------------------
 # rollouts
 
+
+# ---------------------------------------------------------------------------------------------------
+# rollouts and their log-probs
+
 def token_logprobs(model, batch, n_prompt, with_entropy=False):
     """log pi(token) of every completion token ([B, T]), and optionally the policy's entropy there."""
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values",
@@ -164,15 +165,16 @@ def token_logprobs(model, batch, n_prompt, with_entropy=False):
     return chosen, entropy
 
 
-def sample_rollouts(model, processor, records, group_size, thinking, device, chunk=0):
+def sample_rollouts(model, processor, records, group_size, thinking, device, temperature=1.0, top_p=1.0,
+                    max_new_tokens=96, generate_batch=0):
     """G sampled answers per record. Every prompt's image is processed once; generate's own expansion
     repeats its pixels for the G samples in order (rollout j belongs to prompt j // G, its group id).
-    Prompts go through generate `chunk` at a time (0: all at once), since the KV cache of chunk x G sequences
+    Prompts go through generate `generate_batch` at a time (0: all at once), since the KV cache of those x G sequences
     bounds the memory of generation; the chunks are then padded into one batch (prompts left, answers right).
     A sharded policy is gathered once for all of it (model.gathered)."""
     tok = processor.tokenizer
     stop = generation_kwargs(tok)
-    chunk, parts = chunk or len(records), []
+    chunk, parts = generate_batch or len(records), []
     with torch.no_grad(), gathered(model), autocast(device):
         for start in range(0, len(records), chunk):
             prompt = prompt_batch(records[start:start + chunk], processor, thinking).to(device)
@@ -216,7 +218,7 @@ def select(batch, idx):
     return out
 
 
-def rollout_logprobs(model, batch, n_prompt):
+def rollout_logprobs(model, batch, n_prompt, micro_batch):
     """log-probs of every completion token under `model`, micro-batch by micro-batch, without gradients."""
     out = torch.zeros_like(batch["completion_mask"], dtype=torch.float32)
     with torch.no_grad():
@@ -226,36 +228,23 @@ def rollout_logprobs(model, batch, n_prompt):
     return out
 
 
-def held_out_rewards(policy, processor, eval_sets, device, weights=None):
-    """Mean greedy reward per task on fixed held-out prompts: the training curve without sampling noise."""
-    out = {}
-    policy.eval()
-    for step_task, records in eval_sets.items():
-        inputs = prompt_batch(records, processor, thinking).to(device)
-        with torch.no_grad(), gathered(policy), autocast(device):
-            sequences = policy.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens,
-                                        **generation_kwargs(processor.tokenizer))
-        answers = processor.tokenizer.batch_decode(sequences[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-        scores, _ = rewards.score(step_task, answers, [reference_answer(r) for r in records], reward=report_reward,
-                                  thinking=thinking, **(weights or {}))
-        out[f"val_reward_{step_task}"] = sum(scores) / len(scores)
-    return out
-
-
-def policy_update(policy, optimizer, batch, old_logprobs, ref_logprobs, advantages, n_prompt, world):
-    """P / mini_batch optimizer steps over this rank's rollouts, each over one mini-batch of its prompts'
-    groups, gradients accumulated over micro-batches. Returns averaged kl / clip_frac / entropy / loss."""
+def policy_update(policy, optimizer, batch, old_logprobs, ref_logprobs, advantages, n_prompt, world, n_updates,
+                  micro_batch, grad_clip, loss_settings):
+    """`n_updates` optimizer steps over this rank's rollouts, each over one mini-batch of its prompts' groups,
+    gradients accumulated over micro-batches; `loss_settings` are grpo_loss's (beta, eps_low, eps_high, dual_clip,
+    loss_agg, max_new_tokens). Returns kl / clip_frac / entropy averaged over micro-batches, the loss and the last
+    update's gradient norm."""
     policy.train()
-    seqs_per_update = mini_batch // world * group_size
+    seqs_per_update = len(advantages) // n_updates
     sums = {"kl": 0.0, "clip_frac": 0.0, "entropy": 0.0, "loss": 0.0}
     n_micro = 0
-    for u in range(prompts_per_step // mini_batch):
+    for u in range(n_updates):
         update_idx = torch.arange(u * seqs_per_update, (u + 1) * seqs_per_update, device=advantages.device)
         mask = batch["completion_mask"][update_idx]
         # the mini-batch's normalizer over all ranks, so that micro-batching and sharding change nothing;
         # divided by world because FSDP averages the gradients of the ranks
-        norm = torch.tensor([float(mask.sum()) if loss_agg == "token-mean" else float(len(update_idx))],
-                            device=advantages.device)
+        token_mean = loss_settings["loss_agg"] == "token-mean"
+        norm = torch.tensor([float(mask.sum()) if token_mean else float(len(update_idx))], device=advantages.device)
         if world > 1:
             torch.distributed.all_reduce(norm)
         norm = norm.item() / world
@@ -266,8 +255,7 @@ def policy_update(policy, optimizer, batch, old_logprobs, ref_logprobs, advantag
             mb = select(batch, idx)
             logprobs, entropy = token_logprobs(policy, mb, n_prompt, with_entropy=True)
             loss, stats = grpo_loss(logprobs, old_logprobs[idx], None if ref_logprobs is None else ref_logprobs[idx],
-                                    advantages[idx], mb["completion_mask"], beta, eps_low, eps_high, dual_clip,
-                                    loss_agg, max_new_tokens, normalizer=norm)
+                                    advantages[idx], mb["completion_mask"], normalizer=norm, **loss_settings)
             if not torch.isfinite(loss) or not torch.isfinite(stats["kl"]):
                 raise SystemExit(f"non-finite loss or KL in update {u + 1} (kl {stats['kl'].item()})")
             loss.backward()
@@ -285,6 +273,101 @@ def policy_update(policy, optimizer, batch, old_logprobs, ref_logprobs, advantag
     return {**out, "loss": sums["loss"], "grad_norm": grad_norm.item()}
 
 
+# ---------------------------------------------------------------------------------------------------
+# prompts, held-out rewards, logging
+
+RECORD_TASKS = {"report": ("report",), "grounding": GROUNDING_TASKS}  # the record tasks of each step task
+
+
+def prompt_pools(data, step_tasks, split, n, image_size):
+    """{step task: {record task: its records}}: the prompts a step of each task draws from."""
+    pools = {}
+    for step_task in step_tasks:
+        pools[step_task] = {t: open_records(data, split, n, image_size, tasks=(t,)) for t in RECORD_TASKS[step_task]}
+        pools[step_task] = {t: pool for t, pool in pools[step_task].items() if len(pool)}
+        if not pools[step_task]:
+            raise SystemExit(f"no {step_task} records in {data}")
+    return pools
+
+
+def step_prompts(pools, step, n_step_tasks, prompts_per_step, seed):
+    """This step's prompts: the same share from each record task every step (anatomy is easy, abnormalities hard:
+    with a random mix a step's mean reward would swing with the mix), each a deterministic walk through shuffled
+    epochs of that task's pool."""
+    prompts = []
+    for j, pool in enumerate(pools.values()):
+        share = prompts_per_step // len(pools) + (j < prompts_per_step % len(pools))
+        epoch, offset = divmod(step // n_step_tasks * share, len(pool))
+        order = epoch_order(len(pool), seed, epoch)[offset:] + epoch_order(len(pool), seed, epoch + 1)
+        prompts += [pool[i] for i in order[:share]]
+    return prompts
+
+
+def held_out_rewards(policy, processor, eval_sets, device, thinking, max_new_tokens, report_reward, metric_weights):
+    """Mean greedy reward per task on fixed held-out prompts: the training curve without sampling noise."""
+    out = {}
+    policy.eval()
+    for step_task, records in eval_sets.items():
+        inputs = prompt_batch(records, processor, thinking).to(device)
+        with torch.no_grad(), gathered(policy), autocast(device):
+            sequences = policy.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens,
+                                        **generation_kwargs(processor.tokenizer))
+        answers = processor.tokenizer.batch_decode(sequences[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        scores, _ = rewards.score(step_task, answers, [reference_answer(r) for r in records], reward=report_reward,
+                                  thinking=thinking, metric_weights=metric_weights)
+        out[f"val_reward_{step_task}"] = sum(scores) / len(scores)
+    return out
+
+
+def step_log(step_task, records, reward_list, components, batch, stats, times, record_tasks, world):
+    """One log.jsonl line's values, averaged over ranks: rewards (per record task too), their spread, lengths,
+    the update's statistics and times."""
+    reward_t = torch.tensor(reward_list, dtype=torch.float32)
+    group_std = torch.stack([reward_t[batch["group_ids"].cpu() == g].std() for g in batch["group_ids"].unique().cpu()])
+    log = {f"reward_{step_task}": reward_t.mean().item(), "reward_mean": reward_t.mean().item(),
+           "reward_std": reward_t.std().item(), "zero_var_frac": (group_std < 1e-6).float().mean().item(),
+           "response_length": batch["completion_mask"].sum(1).float().mean().item(), **stats,
+           **{f"{step_task}_{k}": sum(v) / len(v) for k, v in components.items() if k != step_task},
+           **{f"time_{k}": v for k, v in times.items()}}
+    log = all_reduce_mean(log)
+    if len(record_tasks) > 1:  # the mean reward of each record task: sums and counts over all ranks
+        sums, counts = [0.0] * len(record_tasks), [0.0] * len(record_tasks)
+        for r, g in zip(reward_list, batch["group_ids"].tolist()):
+            k = record_tasks.index(task_of(records[g]))
+            sums[k], counts[k] = sums[k] + r, counts[k] + 1
+        totals = torch.tensor([sums, counts], dtype=torch.float64)
+        if world > 1:
+            torch.distributed.all_reduce(totals)
+        log.update({f"reward_{t}": s / max(c, 1) for t, s, c in zip(record_tasks, *totals.tolist())})
+    return log
+
+
+def load_policy_and_reference(init_from, beta, grad_checkpointing, device, world, min_pixels, max_pixels, seed):
+    """The trained policy in fp32 (master weights; bf16 compute on GPU: an update of lr 1e-6 is below a bf16
+    weight's precision), its frozen starting point for the KL term (None when beta is 0; bf16 on GPU is enough),
+    both sharded over the ranks, and the processor. On N ranks only rank 0 reads the weights (model.wrap_fsdp)."""
+    def load(dtype):
+        if init_from == "tiny":
+            import synthetic
+            return build_tiny(texts=synthetic.corpus_texts(), seed=seed, min_pixels=min_pixels, max_pixels=max_pixels)
+        return load_model(init_from, dtype=dtype, device=device, min_pixels=min_pixels, max_pixels=max_pixels,
+                          rank0_only=world > 1)
+    try:
+        policy, processor = load(torch.float32)
+    except (OSError, RuntimeError) as e:
+        raise SystemExit(f"cannot load the starting policy {init_from!r} ({e}).\n"
+                         f"Run `python sft.py` first, or pass --init_from=CHECKPOINT_DIR (or --init_from=tiny).")
+    if grad_checkpointing:
+        policy.gradient_checkpointing_enable()
+    reference = load(None)[0].eval().requires_grad_(False) if beta > 0 else None
+    for model in [m for m in (policy, reference) if m is not None]:
+        if world > 1:
+            wrap_fsdp(model, device)
+        else:
+            model.to(device)
+    return policy, reference, processor
+
+
 def main():
     settings = configure(globals())
     rank, _, world, device = init_distributed()
@@ -293,141 +376,79 @@ def main():
     if prompts_per_step % world or (prompts_per_step // world) % max(1, mini_batch // world) or mini_batch % world:
         raise SystemExit(f"prompts_per_step={prompts_per_step} and mini_batch={mini_batch} must split evenly over "
                          f"{world} ranks, and mini_batch must divide prompts_per_step")
-
-    if init_from == "tiny":
-        import synthetic
-        load = lambda dtype: build_tiny(texts=synthetic.corpus_texts(), seed=seed, min_pixels=min_pixels,  # noqa: E731
-                                        max_pixels=max_pixels)
-    else:  # on N ranks only rank 0 reads the weights; wrap_fsdp broadcasts them into the shards
-        load = lambda dtype: load_model(init_from, dtype=dtype, device=device, min_pixels=min_pixels,  # noqa: E731
-                                        max_pixels=max_pixels, rank0_only=world > 1)
-    try:
-        # fp32 master weights (bf16 compute on GPU): an update of lr 1e-6 is below a bf16 weight's precision
-        policy, processor = load(torch.float32)
-    except (OSError, RuntimeError) as e:
-        raise SystemExit(f"cannot load the starting policy {init_from!r} ({e}).\n"
-                         f"Run `python sft.py` first, or pass --init_from=CHECKPOINT_DIR (or --init_from=tiny).")
-    if grad_checkpointing:
-        policy.gradient_checkpointing_enable()
-    reference = None
-    if beta > 0:  # the frozen starting point for the KL term
-        reference, _ = load(None)  # frozen: bf16 on GPU is enough
-        reference.eval().requires_grad_(False)
-    for model in [m for m in (policy, reference) if m is not None]:
-        if world > 1:
-            wrap_fsdp(model, device)
-        else:
-            model.to(device)
+    policy, reference, processor = load_policy_and_reference(init_from, beta, grad_checkpointing, device, world,
+                                                             min_pixels, max_pixels, seed)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999),
                                   fused=device.type == "cuda")
-
+    loss_settings = dict(beta=beta, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip, loss_agg=loss_agg,
+                         max_new_tokens=max_new_tokens)
     step_tasks = ["report", "grounding"] if task == "both" else [task]  # "both": steps alternate between them
-    record_tasks = {"report": ("report",), "grounding": GROUNDING_TASKS}
-    pools = {}  # step task -> {record task: its training records}
-    for t in step_tasks:
-        pools[t] = {rt: open_records(data, "train", n_train, image_size, tasks=(rt,)) for rt in record_tasks[t]}
-        pools[t] = {rt: pool for rt, pool in pools[t].items() if len(pool)}
-        if not pools[t]:
-            raise SystemExit(f"no {t} records in {data}")
+    pools = prompt_pools(data, step_tasks, "train", n_train, image_size)
+    eval_sets = {}  # the same held-out prompts at every evaluation, this rank's share of them
+    if eval_every and data == "synthetic":
+        for step_task in step_tasks:
+            held_out = open_records(data, "val", n_eval, image_size, tasks=RECORD_TASKS[step_task])
+            eval_sets[step_task] = [held_out[i] for i in range(rank, n_eval - n_eval % world, world)]
 
     step = 0
     if resume and latest_checkpoint(out_dir):
-        state = load_training_checkpoint(latest_checkpoint(out_dir), policy, optimizer)
-        step = state["step"]
+        step = load_training_checkpoint(latest_checkpoint(out_dir), policy, optimizer)["step"]
         print0(f"resumed from {latest_checkpoint(out_dir)} at step {step}")
     if master:
         os.makedirs(out_dir, exist_ok=True)
         log_file = open(os.path.join(out_dir, "log.jsonl"), "a")
     print0(f"grpo: {task} prompts, {prompts_per_step} x {group_size} rollouts per step on {world} rank(s), "
-           f"{prompts_per_step // mini_batch} update(s) per step, beta {beta}, reward {report_reward}/soft-F1 IoU, thinking {thinking}")
+           f"{prompts_per_step // mini_batch} update(s) per step, beta {beta}, reward {report_reward}/soft-F1 IoU, "
+           f"thinking {thinking}")
 
-    weights = {k: v for k, v in (("bertscore_model", bertscore_model), ("chexbert_checkpoint", chexbert_checkpoint),
-               ("chexbert_tokenizer", chexbert_tokenizer), ("radgraph_model_dir", radgraph_model_dir)) if v}
-    eval_sets = {}
-    if eval_every and data == "synthetic":  # the same prompts at every evaluation, this rank's share of them
-        for t in step_tasks:
-            held_out = open_records(data, "val", n_eval, image_size, tasks=record_tasks[t])
-            eval_sets[t] = [held_out[i] for i in range(rank, n_eval - n_eval % world, world)]
+    def held_out():  # the greedy rewards on the held-out prompts, averaged over the ranks
+        return all_reduce_mean(held_out_rewards(policy, processor, eval_sets, device, thinking, max_new_tokens,
+                                                report_reward, metric_weights))
     if eval_sets and step == 0:
-        before = held_out_rewards(policy, processor, eval_sets, device, weights)
-        if world > 1:
-            before = all_reduce_mean(before)
+        before = held_out()
         if master:
             log_file.write(json.dumps({"step": 0, **before}) + "\n")
     bar = tqdm(total=max_steps, initial=step, disable=not master, dynamic_ncols=True)
     while step < max_steps:
         times, step_start = {}, time.time()
-        # --- prompts of this step: the same share of them from each of its record tasks every step (anatomy is
-        # easy, abnormalities hard: with a random mix the step's mean reward would swing with the mix), each a
-        # deterministic walk through shuffled epochs of that task's pool
+        # prompts: rank r takes prompts r, r + world, ...: mini-batch u of every rank then holds the same prompts
+        # as mini-batch u of a single process, so sharding does not change the updates
         step_task = step_tasks[step % len(step_tasks)]
-        step_records = []
-        for j, pool in enumerate(pools[step_task].values()):
-            share = prompts_per_step // len(pools[step_task]) + (j < prompts_per_step % len(pools[step_task]))
-            epoch, offset = divmod(step // len(step_tasks) * share, len(pool))
-            order = epoch_order(len(pool), seed, epoch)[offset:] + epoch_order(len(pool), seed, epoch + 1)
-            step_records += [pool[i] for i in order[:share]]
-        # rank r takes prompts r, r + world, ...: mini-batch u of every rank then holds the same prompts as
-        # mini-batch u of a single process, so sharding does not change the updates
-        step_records = step_records[rank::world]
+        records = step_prompts(pools[step_task], step, len(step_tasks), prompts_per_step, seed)[rank::world]
 
-        # --- rollouts with the current policy
-        t0 = time.time()
+        t0 = time.time()  # G answers per prompt from the current policy
         policy.eval()
-        batch, completions, n_prompt = sample_rollouts(policy, processor, step_records, group_size, thinking, device,
-                                                       chunk=generate_chunk)
+        batch, completions, n_prompt = sample_rollouts(policy, processor, records, group_size, thinking, device,
+                                                       temperature, top_p, max_new_tokens, generate_batch)
         times["generate"] = time.time() - t0
 
-        # --- rewards, once per completion
-        t0 = time.time()
-        answers = [reference_answer(r) for r in step_records for _ in range(group_size)]
+        t0 = time.time()  # rewards, and each answer's advantage over its own group
+        answers = [reference_answer(r) for r in records for _ in range(group_size)]
         reward_list, components = rewards.score(step_task, completions, answers, reward=report_reward,
-                                                thinking=thinking, **weights)
-        reward_t = torch.tensor(reward_list, dtype=torch.float32, device=device)
-        advantages = group_advantages(reward_t.cpu(), batch["group_ids"].cpu(), scale_std=scale_std).to(device)
+                                                thinking=thinking, metric_weights=metric_weights)
+        advantages = group_advantages(reward_list, batch["group_ids"].cpu(), scale_std=scale_std).to(device)
         times["reward"] = time.time() - t0
 
-        # --- old and reference log-probs, computed once for all updates of this step
-        t0 = time.time()
-        old_logprobs = rollout_logprobs(policy, batch, n_prompt)
-        ref_logprobs = rollout_logprobs(reference, batch, n_prompt) if reference is not None else None
+        t0 = time.time()  # old and reference log-probs, once for all the updates of this step
+        old_logprobs = rollout_logprobs(policy, batch, n_prompt, micro_batch)
+        ref_logprobs = rollout_logprobs(reference, batch, n_prompt, micro_batch) if reference is not None else None
         times["reference"] = time.time() - t0
 
-        # --- policy updates: P / mini_batch optimizer steps over the rollout batch
-        t0 = time.time()
-        stats = policy_update(policy, optimizer, batch, old_logprobs, ref_logprobs, advantages, n_prompt, world)
+        t0 = time.time()  # P / mini_batch optimizer updates over the rollouts
+        stats = policy_update(policy, optimizer, batch, old_logprobs, ref_logprobs, advantages, n_prompt, world,
+                              prompts_per_step // mini_batch, micro_batch, grad_clip, loss_settings)
         times["train"] = time.time() - t0
         step += 1
 
-        # --- logging: averages over ranks
-        group_std = torch.stack([reward_t[batch["group_ids"] == g].std() for g in batch["group_ids"].unique()])
-        record = {f"reward_{step_task}": reward_t.mean().item(),
-                  "reward_mean": reward_t.mean().item(), "reward_std": reward_t.std().item(),
-                  "zero_var_frac": (group_std < 1e-6).float().mean().item(),
-                  "response_length": batch["completion_mask"].sum(1).float().mean().item(),
-                  **stats,
-                  **{f"{step_task}_{k}": sum(v) / len(v) for k, v in components.items() if k != step_task},
-                  **{f"time_{k}": v for k, v in times.items()}, "time_step": time.time() - step_start}
+        times["step"] = time.time() - step_start
+        log = step_log(step_task, records, reward_list, components, batch, stats, times, list(pools[step_task]), world)
         if eval_sets and (step % eval_every == 0 or step == max_steps):
-            record.update(held_out_rewards(policy, processor, eval_sets, device, weights))
-        if world > 1:
-            record = all_reduce_mean(record)
-        if len(pools[step_task]) > 1:  # the mean reward of each record task: sums and counts over all ranks
-            names = list(pools[step_task])
-            sums, counts = [0.0] * len(names), [0.0] * len(names)
-            for r, g in zip(reward_list, batch["group_ids"].tolist()):
-                k = names.index(task_of(step_records[g]))
-                sums[k], counts[k] = sums[k] + r, counts[k] + 1
-            totals = torch.tensor([sums, counts], dtype=torch.float64, device=device)
-            if world > 1:
-                torch.distributed.all_reduce(totals)
-            record.update({f"reward_{n}": s / max(c, 1) for n, s, c in zip(names, *totals.tolist())})
-        record = {"step": step, "task": step_task, **record}
+            log.update(held_out())
         if master:
-            log_file.write(json.dumps(record) + "\n")
+            log_file.write(json.dumps({"step": step, "task": step_task, **log}) + "\n")
             log_file.flush()
-            bar.set_postfix(reward=f"{record['reward_mean']:.3f}", kl=f"{record['kl']:.4f}",
-                            len=f"{record['response_length']:.0f}")
+            bar.set_postfix(reward=f"{log['reward_mean']:.3f}", kl=f"{log['kl']:.4f}",
+                            len=f"{log['response_length']:.0f}")
             bar.update(1)
         if save_every and (step % save_every == 0 or step == max_steps):
             save_training_checkpoint(out_dir, step, policy, optimizer, processor, keep_last=keep_last,

@@ -402,10 +402,6 @@ def init_distributed():
     """(rank, local_rank, world_size, device) from torchrun's env; a plain process is rank 0 of 1."""
     if "RANK" not in os.environ:
         return 0, 0, 1, default_device()
-    if is_distributed():  # already set up by the calling stage (coldstart.py runs sft.py in its processes)
-        local_rank = int(os.environ["LOCAL_RANK"])
-        device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-        return dist.get_rank(), local_rank, dist.get_world_size(), device
     rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)

@@ -25,7 +25,9 @@ python sft.py --init_from="$OUT/sft" --out_dir="$OUT/sft_more" --max_steps=400 -
 python evaluate.py --init_from="$OUT/sft_more" --out_dir="$OUT/eval_sft_more" --n_test="$N_TEST"
 
 stage "3. Cold start on reasoning traces, then GRPO with thinking (RadVLM-Thinking + RL)"
-python coldstart.py --init_from="$OUT/sft" --out_dir="$OUT/coldstart"
+python coldstart.py --out_dir="$OUT/coldstart"
+python sft.py config/coldstart.py --init_from="$OUT/sft" --data="$OUT/coldstart/traces.jsonl" \
+    --out_dir="$OUT/coldstart/model"
 python evaluate.py --init_from="$OUT/coldstart/model" --thinking=True --out_dir="$OUT/eval_thinking" --n_test="$N_TEST"
 python grpo.py --init_from="$OUT/coldstart/model" --thinking=True --max_new_tokens=224 --max_steps=60 \
     --out_dir="$OUT/grpo_thinking"

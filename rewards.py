@@ -2,12 +2,13 @@
 rewards.py: every reward of the project, as pure functions of (completion, reference) texts.
 
 GRPO scores thousands of completions per step, so the default rewards are plain Python over precompiled
-regexes (>= 10,000 completions/s on one core: `python bench/bench_rewards.py`). The paper's model-based
-report reward (RadCliQ) and its Table 3 ablations are optional extras that load local weights lazily.
+regexes (>= 10,000 completions/s on one core: `python bench/bench_rewards.py`), and `import rewards` brings no
+torch (a reward server or a grader can run them alone). The paper's model-based report reward (-RadCliQ-v1) and
+its Table 3 ablations take their models from scorers.py, on first use, out of one local weights folder.
 
-    rewards, components = score(task, completions, answers, reward=None, thinking=False, **settings)
+    rewards, components = score(task, completions, answers, reward=None, thinking=False, metric_weights="")
 
-- task: "report" | "classification" | "grounding", or a record task of data.TASKS (every *_grounding task
+- task: "report" | "classification" | "grounding", or a record task of records.TASKS (every *_grounding task
   is "grounding"), or a list with one task per completion (a mixed batch).
 - reward: the report reward, one of REPORT_REWARDS (default "label_f1"); grounding and classification
   have one reward each and ignore it.
@@ -17,7 +18,7 @@ report reward (RadCliQ) and its Table 3 ablations are optional extras that load 
   does not apply to that completion).
 
 The rewards:
-- grounding_reward: the paper's soft-F1 of Hungarian-matched IoU (boxes parsed by data.parse_boxes).
+- grounding_reward: the paper's soft-F1 of Hungarian-matched IoU (boxes parsed by records.parse_boxes).
 - classification_reward: F1 between the sets of abnormality names listed in the answer and the gold.
 - label_f1 (default report reward, offline): 0.75 x F1 between the findings that extract_labels (a
   rule-based CheXpert labeler) finds stated present or possible in prediction and reference ("No Finding"
@@ -30,12 +31,8 @@ The rewards:
   either is 5 characters or shorter or scoring fails.
 - bertscore, radgraph ("complete" level), gleu, bleu4: the Table 3 ablation rewards.
 
-Settings of the model-based rewards (local paths; nothing is ever downloaded; a missing one raises
-MissingModelError naming it): bertscore_model=DIR (distilroberta-base for radcliq, distilbert-base-uncased
-for bertscore), bertscore_layers, bertscore_baseline (F baseline or a bert-score .tsv); chexbert_checkpoint=
-FILE (chexbert.pth) and chexbert_tokenizer=DIR (bert-base-uncased); radgraph_model_dir=DIR (the radgraph
-package's model_cache_dir, holding radgraph-xl/) and radgraph_model_type; device (default: this rank's GPU
-if any, cuda:LOCAL_RANK).
+metric_weights: the folder of the model-based rewards' weights, laid out as scorers.py says (a missing file raises
+scorers.MissingModelError naming it; nothing is ever downloaded).
 
 Deliberately left out: GREEN and the other LLM-judged metrics (evaluation only, not rewards), and a
 separate format reward (the paper has none).
@@ -44,12 +41,12 @@ separate format reward (the paper has none).
 import bisect
 import functools
 import math
-import os
 import re
 import warnings
 from collections import Counter
 
-from data import CHEXPERT_LABELS, GROUNDING_TASKS, box_iou, parse_boxes
+from records import CHEXPERT_LABELS, GROUNDING_TASKS, box_iou, parse_boxes
+
 
 MAX_REPORT_CHARS = 2048  # the paper cuts both texts to this length before scoring a report
 REPORT_REWARDS = ("label_f1", "radcliq", "bertscore", "radgraph", "gleu", "bleu4")
@@ -423,12 +420,6 @@ RADCLIQ_V1 = {
 }
 RADCLIQ_V1_INTERCEPT = 2.46655256e-10
 RADCLIQ_FLOOR = -3.0
-# bert-score's rescale baselines (F column of rescale_baseline/en/<model>.tsv, row = layer) for the two
-# encoders of the paper, both at bert-score's default layer 5
-BERTSCORE_DEFAULTS = {"radcliq": (5, 0.8473319),   # distilroberta-base
-                      "bertscore": (5, 0.66620487)}  # distilbert-base-uncased
-
-
 def radcliq_v1(radgraph, bertscore, semb, bleu):
     """RadCliQ-v1 of one pair from its four features (lower is better); the paper's reward is minus this."""
     features = {"radgraph": radgraph, "bertscore": bertscore, "semb": semb, "bleu": bleu}
@@ -436,211 +427,12 @@ def radcliq_v1(radgraph, bertscore, semb, bleu):
                                       for name, (mean, scale, coef) in RADCLIQ_V1.items())
 
 
-class MissingModelError(RuntimeError):
-    """A model-based reward was asked for without the local weights (or package) it needs."""
-
-
-def _default_device():
-    """This rank's GPU (torchrun's LOCAL_RANK), else the CPU: every rank of a GRPO run scores its own rollouts."""
-    import torch
-    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
-
-
-class BertScorer:
-    """BERTScore F1 (Zhang et al. 2020) on a local transformers encoder, computed as the bert-score package
-    does with idf=False: hidden states of layer `num_layers`, each token matched to its most similar token
-    of the other text (cosine, special tokens included as match targets), precision and recall averaged
-    over the non-special tokens, F1 rescaled as (F - baseline) / (1 - baseline)."""
-
-    def __init__(self, model_path, num_layers, baseline=None, device=None, batch_size=64):
-        import torch
-        from transformers import AutoModel, AutoTokenizer, GPT2Tokenizer, RobertaTokenizer
-        self.torch, self.device = torch, device or _default_device()
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.model = AutoModel.from_pretrained(model_path).eval().to(self.device)
-        self.num_layers, self.batch_size = num_layers, batch_size
-        if isinstance(baseline, str):  # a bert-score baseline file: columns LAYER,P,R,F, one row per layer
-            with open(baseline) as f:
-                baseline = float(f.read().split()[1 + num_layers].split(",")[3])
-        self.baseline = baseline
-        # like bert-score, byte-level BPE tokenizers get a leading space so the first word is encoded as the rest
-        byte_level = isinstance(self.tokenizer, (GPT2Tokenizer, RobertaTokenizer))
-        self.encode_kwargs = {"add_prefix_space": True} if byte_level else {}
-        self.special_ids = {self.tokenizer.cls_token_id, self.tokenizer.sep_token_id}
-        # bert-score truncates at the tokenizer's model_max_length; some tokenizers leave that unset (1e30)
-        self.max_length = min(self.tokenizer.model_max_length, self.model.config.max_position_embeddings)
-
-    def _token_ids(self, text):
-        kwargs = self.encode_kwargs if text.strip() else {}  # an empty text is just the special tokens
-        return self.tokenizer.encode(text.strip(), add_special_tokens=True, truncation=True,
-                                     max_length=self.max_length, **kwargs)
-
-    def _embed(self, texts):
-        """{text: (unit-norm token embeddings [L, D], token weights [L])} for distinct texts, batched."""
-        torch, out = self.torch, {}
-        for i in range(0, len(texts), self.batch_size):
-            batch = texts[i:i + self.batch_size]
-            ids = [self._token_ids(t) for t in batch]
-            input_ids = torch.full((len(ids), max(map(len, ids))), self.tokenizer.pad_token_id)
-            mask = torch.zeros_like(input_ids)
-            for row, token_ids in enumerate(ids):
-                input_ids[row, :len(token_ids)] = torch.tensor(token_ids)
-                mask[row, :len(token_ids)] = 1
-            with torch.no_grad():
-                hidden = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
-                                    output_hidden_states=True).hidden_states[self.num_layers].float().cpu()
-            for row, (text, token_ids) in enumerate(zip(batch, ids)):
-                emb = hidden[row, :len(token_ids)]
-                weights = torch.tensor([float(t not in self.special_ids) for t in token_ids])
-                out[text] = (emb / emb.norm(dim=-1, keepdim=True), weights)
-        return out
-
-    def __call__(self, candidates, references):
-        embedded = self._embed(sorted(set(candidates) | set(references)))
-        scores = []
-        for candidate, reference in zip(candidates, references):
-            (c, wc), (r, wr) = embedded[candidate], embedded[reference]
-            f1 = 0.0  # bert-score's value for an empty text
-            if wc.sum() > 0 and wr.sum() > 0:
-                similarity = c @ r.T
-                precision = float((similarity.max(dim=1).values * wc).sum() / wc.sum())
-                recall = float((similarity.max(dim=0).values * wr).sum() / wr.sum())
-                f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-            scores.append(f1 if self.baseline is None else (f1 - self.baseline) / (1 - self.baseline))
-        return scores
-
-
-class CheXbertEmbedder:
-    """[CLS] embedding of CheXbert (Smit et al. 2020): its checkpoint (chexbert.pth: a DataParallel state
-    dict of a BERT encoder plus 14 linear heads) loaded into a transformers BertModel; sizes are read off
-    the weights (bert-base-uncased for the real one)."""
-
-    def __init__(self, checkpoint, tokenizer_path, device=None):
-        import torch
-        from transformers import AutoTokenizer, BertConfig, BertModel
-        self.torch, self.device = torch, device or _default_device()
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        state = state.get("model_state_dict", state)
-        bert = {k.split("bert.", 1)[1]: v for k, v in state.items() if k.startswith(("module.bert.", "bert."))}
-        hidden = bert["embeddings.word_embeddings.weight"].shape[1]
-        config = BertConfig(
-            vocab_size=bert["embeddings.word_embeddings.weight"].shape[0], hidden_size=hidden,
-            num_hidden_layers=1 + max(int(k.split(".")[2]) for k in bert if k.startswith("encoder.layer.")),
-            num_attention_heads=max(1, hidden // 64),  # BERT's heads are 64 wide
-            intermediate_size=bert["encoder.layer.0.intermediate.dense.weight"].shape[0],
-            max_position_embeddings=bert["embeddings.position_embeddings.weight"].shape[0],
-            type_vocab_size=bert["embeddings.token_type_embeddings.weight"].shape[0])
-        self.model = BertModel(config, add_pooling_layer="pooler.dense.weight" in bert)
-        missing, unexpected = self.model.load_state_dict(bert, strict=False)
-        missing = [k for k in missing + unexpected if not k.endswith("position_ids")]  # a buffer in old versions
-        if missing:
-            raise ValueError(f"{checkpoint} does not fit a BERT encoder: {missing[:5]}")
-        self.model.eval().to(self.device)
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-
-    def __call__(self, texts, batch_size=64):
-        """[CLS] vectors of the final layer, one per text (reports truncated to BERT's 512 tokens)."""
-        vectors = []
-        for i in range(0, len(texts), batch_size):
-            batch = self.tokenizer([" ".join(t.split()) for t in texts[i:i + batch_size]], padding=True,
-                                   truncation=True, max_length=512, return_tensors="pt").to(self.device)
-            with self.torch.no_grad():
-                vectors.append(self.model(**batch).last_hidden_state[:, 0].float().cpu())
-        return self.torch.cat(vectors)
-
-    def similarity(self, predictions, references):
-        distinct = sorted(set(predictions) | set(references))
-        vectors = dict(zip(distinct, self(distinct)))
-        cos = self.torch.nn.functional.cosine_similarity
-        return [float(cos(vectors[p], vectors[r], dim=0)) for p, r in zip(predictions, references)]
-
-
-class RadGraphScorer:
-    """RadGraph annotations through the `radgraph` package (its RadGraph-XL by default), and the two F1s the
-    rewards use: RadCliQ's (entity F1 + relation F1) / 2, and the package's "complete" reward."""
-
-    def __init__(self, model_dir, model_type="radgraph-xl", device=None):
-        try:
-            from radgraph import RadGraph
-            from radgraph.rewards import compute_reward
-        except ImportError as e:
-            raise MissingModelError("RadGraph F1 needs the radgraph package: pip install radgraph==0.1.18") from e
-        if not os.path.isdir(os.path.join(model_dir, model_type)):
-            raise MissingModelError(f"radgraph_model_dir={model_dir!r} has no {model_type}/ folder (the radgraph "
-                                    f"package's model_cache_dir with the {model_type} archive unpacked)")
-        device = device or _default_device()
-        self.model = RadGraph(model_type=model_type, model_cache_dir=model_dir,  # cuda: a GPU index, -1 the CPU
-                              cuda=int(device.partition(":")[2] or 0) if device.startswith("cuda") else -1)
-        self.compute_reward = compute_reward
-
-    def annotate(self, texts):
-        distinct = sorted(set(texts))
-        annotations = self.model(distinct)
-        return {text: annotations[str(i)] for i, text in enumerate(distinct)}
-
-    @staticmethod
-    def radcliq_f1(prediction, reference):
-        """Mean of the entity F1 (on token text + label) and the relation F1 (on both ends + relation type)."""
-        def entities(a):
-            return {(e["tokens"], e["label"]) for e in a["entities"].values()}
-
-        def relations(a):
-            ents = a["entities"]
-            return {((e["tokens"], e["label"]), (ents[j]["tokens"], ents[j]["label"]), kind)
-                    for e in ents.values() for kind, j in e["relations"] if j in ents}
-        return (set_f1(entities(prediction), entities(reference))
-                + set_f1(relations(prediction), relations(reference))) / 2
-
-    def __call__(self, predictions, references, level="radcliq"):
-        annotated = self.annotate(predictions + references)
-        pairs = [(annotated[p], annotated[r]) for p, r in zip(predictions, references)]
-        if level == "radcliq":
-            return [self.radcliq_f1(p, r) for p, r in pairs]
-        return [self.compute_reward(p, r, level) for p, r in pairs]
-
-
-_LOADED = {}  # loaded scorers by (kind, settings): a model is read from disk once per process
-
-
-def _setting_path(settings, name, needed_for):
-    path = settings.get(name)
-    if not path or not os.path.exists(path):
-        raise MissingModelError(f"{needed_for} needs the setting {name}=PATH (a local file or folder); "
-                                f"got {path!r}. Nothing is downloaded.")
-    return path
-
-
-def bert_scorer(settings, reward):
-    path = _setting_path(settings, "bertscore_model", f"the {reward} reward (BERTScore)")
-    layers, baseline = BERTSCORE_DEFAULTS[reward]
-    key = ("bertscore", path, settings.get("bertscore_layers", layers), settings.get("bertscore_baseline", baseline))
-    if key not in _LOADED:
-        _LOADED[key] = BertScorer(path, key[2], key[3], settings.get("device"))
-    return _LOADED[key]
-
-
-def chexbert_embedder(settings):
-    checkpoint = _setting_path(settings, "chexbert_checkpoint", "RadCliQ's CheXbert similarity")
-    tokenizer = _setting_path(settings, "chexbert_tokenizer", "RadCliQ's CheXbert similarity (its bert-base-uncased "
-                                                              "tokenizer)")
-    key = ("chexbert", checkpoint, tokenizer)
-    if key not in _LOADED:
-        _LOADED[key] = CheXbertEmbedder(checkpoint, tokenizer, settings.get("device"))
-    return _LOADED[key]
-
-
-def radgraph_scorer(settings):
-    model_dir = _setting_path(settings, "radgraph_model_dir", "RadGraph F1")
-    key = ("radgraph", model_dir, settings.get("radgraph_model_type", "radgraph-xl"))
-    if key not in _LOADED:
-        _LOADED[key] = RadGraphScorer(model_dir, key[2], settings.get("device"))
-    return _LOADED[key]
-
-
-def radcliq_rewards(predictions, references, floor_on_failure=True, **settings):
-    """-RadCliQ-v1 for each pair of final answers, batched, plus its four features (nan where floored).
-    A batch whose scoring fails is floored with a warning (training goes on), or raises with
-    floor_on_failure=False (evaluation reports the metric as failed instead of a number)."""
+def radcliq_rewards(predictions, references, metric_weights="", floor_on_failure=True):
+    """-RadCliQ-v1 for each pair of final answers, batched, plus its four features (nan where floored); the
+    feature models come from the metric_weights folder (scorers.py). A batch whose scoring fails is floored with a
+    warning (training goes on), or raises with floor_on_failure=False (evaluation reports the metric as failed
+    instead of a number)."""
+    import scorers
     predictions = [p.lower()[:MAX_REPORT_CHARS] for p in predictions]
     references = [r.lower()[:MAX_REPORT_CHARS] for r in references]
     n = len(predictions)
@@ -650,11 +442,12 @@ def radcliq_rewards(predictions, references, floor_on_failure=True, **settings):
     if not scored:
         return rewards, features
     # fail early if a model is missing
-    scorers = radgraph_scorer(settings), bert_scorer(settings, "radcliq"), chexbert_embedder(settings)
+    radgraph, bertscore, chexbert = (scorers.radgraph_scorer(metric_weights), scorers.bert_scorer(metric_weights),
+                                     scorers.chexbert_embedder(metric_weights))
     preds, refs = [predictions[i] for i in scored], [references[i] for i in scored]
     try:
-        values = {"radgraph": scorers[0](preds, refs), "bertscore": scorers[1](preds, refs),
-                  "semb": scorers[2].similarity(preds, refs), "bleu4": [bleu4(p, r) for p, r in zip(preds, refs)]}
+        values = {"radgraph": radgraph(preds, refs), "bertscore": bertscore(preds, refs),
+                  "semb": chexbert.similarity(preds, refs), "bleu4": [bleu4(p, r) for p, r in zip(preds, refs)]}
     except Exception as e:  # the paper scores a failed batch at the floor rather than stopping training
         if not floor_on_failure:
             raise RuntimeError(f"RadCliQ scoring failed: {e!r}") from e
@@ -680,7 +473,7 @@ def task_kind(task):
                      f"{', '.join(GROUNDING_TASKS)})")
 
 
-def _score_kind(kind, reward, answers, golds, settings):
+def _score_kind(kind, reward, answers, golds, metric_weights):
     """(rewards, components) of final answers that all belong to one task kind."""
     if kind == "grounding":
         values = [grounding_reward(a, g) for a, g in zip(answers, golds)]
@@ -692,14 +485,16 @@ def _score_kind(kind, reward, answers, golds, settings):
         values = [label_f1(a, g) for a, g in zip(answers, golds)]
         return values, {"label_f1": values, "n_findings": [float(len(_stated_findings(a)[0])) for a in answers]}
     if reward == "radcliq":
-        values, features = radcliq_rewards(answers, golds, **settings)
+        values, features = radcliq_rewards(answers, golds, metric_weights)
         return values, {"radcliq": values, **features}
     answers = [a.lower()[:MAX_REPORT_CHARS] for a in answers]  # the ablations see the texts RadCliQ sees
     golds = [g.lower()[:MAX_REPORT_CHARS] for g in golds]
     if reward == "bertscore":
-        values = bert_scorer(settings, "bertscore")(answers, golds)
+        import scorers
+        values = scorers.bert_scorer(metric_weights, "distilbert-base-uncased")(answers, golds)
     elif reward == "radgraph":
-        values = radgraph_scorer(settings)(answers, golds, level="complete")
+        import scorers
+        values = scorers.radgraph_scorer(metric_weights)(answers, golds, level="complete")
     elif reward in ("gleu", "bleu4"):
         values = [(gleu if reward == "gleu" else bleu4)(a, g) for a, g in zip(answers, golds)]
     else:
@@ -707,7 +502,7 @@ def _score_kind(kind, reward, answers, golds, settings):
     return values, {reward: values}
 
 
-def score(task, completions, answers, reward=None, thinking=False, **settings):
+def score(task, completions, answers, reward=None, thinking=False, metric_weights=""):
     """Rewards of a batch of completions against their gold answers; see the module docstring."""
     n = len(completions)
     tasks = [task] * n if isinstance(task, str) else list(task)
@@ -718,7 +513,7 @@ def score(task, completions, answers, reward=None, thinking=False, **settings):
     for kind in dict.fromkeys(kinds):  # each kind is scored as one batch (model-based rewards batch on the GPU)
         index = [i for i in range(n) if kinds[i] == kind]
         values, parts = _score_kind(kind, reward or "label_f1", [final_answer(completions[i], thinking) for i in index],
-                                    [answers[i] for i in index], settings)
+                                    [answers[i] for i in index], metric_weights)
         for j, i in enumerate(index):
             rewards[i] = values[j]
         for name, column in parts.items():

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from configurator import configure
-from data import PackedWindows, model_inputs, open_records, pack_samples, tokenize_window
+from data import model_inputs, open_records, pack_samples, PackedWindows, tokenize_window
 from model import (autocast, build_tiny, compute_dtype, init_distributed, latest_checkpoint, load_model,
                    load_training_checkpoint, print0, save_training_checkpoint, wrap_fsdp)
 

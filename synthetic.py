@@ -43,14 +43,16 @@ import math
 import os
 import random
 import sys
-import textwrap
+from collections import Counter
 from functools import lru_cache
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
-from data import (CHEXPERT_LABELS, PROMPTS, TASKS, classification_answer, findings_answer, format_boxes,
-                  location_answer, make_record, phrase_answer, save_records)
+from pictures import contact_sheet
+from records import (CHEXPERT_LABELS, PROMPTS, TASKS, classification_answer, findings_answer, format_boxes,
+                     location_answer, make_record, phrase_answer, save_records)
+
 
 FOV_CM = 36.0  # the image is 36 cm wide: turns normalized sizes into the cm of the reports
 SPLIT_OFFSET = {"train": 0, "val": 10_000_000, "test": 20_000_000}  # disjoint study-seed ranges ...
@@ -638,130 +640,11 @@ BUILDERS = {"report": _report_record, "classification": _classification_record,
 
 
 def build_records(study, image_path, seed, tasks=None):
-    """One record per task of `tasks` (default: data.TASKS) that applies, prompts drawn from `seed`. Skipped:
+    """One record per task of `tasks` (default: records.TASKS) that applies, prompts drawn from `seed`. Skipped:
     abnormality grounding on studies without abnormality, phrase grounding on normal studies without devices."""
     rng = random.Random(seed)
     records = [BUILDERS[task](study, image_path, rng, f"synth-{seed}-{task}") for task in (tasks or TASKS)]
     return [r for r in records if r is not None]
-
-
-def _split_records(split, seeds, n, size, tasks, mix, rng):
-    """Yield n (study, record) pairs, one record per study, tasks drawn by `mix`; a task that does not apply to
-    a study waits for the next study, so that the mix stays as asked."""
-    if n <= 0:
-        return
-    mix = mix or DEFAULT_MIX
-    names = [t for t in (tasks or TASKS) if mix.get(t, 0) > 0]
-    weights = [mix[t] for t in names]
-    task = rng.choices(names, weights)[0]
-    for seed in seeds:
-        study = generate_study(seed, size)
-        records = build_records(study, f"synthetic://{split}/{seed:08d}", seed, [task])
-        if records:
-            yield study, records[0]
-            n -= 1
-            if n == 0:
-                return
-            task = rng.choices(names, weights)[0]
-
-
-def _write_split(split, n, out_dir, size=128, tasks=None, mix=None, seed=0):
-    os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
-    seeds = range(SPLIT_OFFSET[split], SPLIT_OFFSET[split] + SPLIT_SIZE)
-    for study, record in _split_records(split, seeds, n, size, tasks, mix, random.Random(f"{split}-{seed}")):
-        record["image"] = os.path.abspath(os.path.join(out_dir, "images", f"{split}_{study['seed']:08d}.png"))
-        Image.fromarray(study["image"]).save(record["image"])
-        yield study, record
-
-
-def make_split(split, n, out_dir, size=128, tasks=None, mix=None, seed=0):
-    """n records of `split` ("train", "val", "test": disjoint study seeds), one study each, PNGs in out_dir/images
-    (absolute paths). A split's studies and their prompts are always the same; `seed` drives the task draws.
-    mix: task -> weight (default DEFAULT_MIX), restricted to `tasks`."""
-    return [record for _, record in _write_split(split, n, out_dir, size, tasks, mix, seed)]
-
-
-def sample_records(rng_seed, n, size=128, tasks=None, mix=None, split="train"):
-    """n fresh in-memory records for on-the-fly training: random studies of `split`, the image as
-    record["image_array"] (np.uint8 HxW; not JSON-serializable), record["image"] = "synthetic://{split}/{seed}"."""
-    seed_rng = np.random.default_rng(rng_seed)
-    seeds = (SPLIT_OFFSET[split] + int(seed_rng.integers(SPLIT_SIZE)) for _ in itertools.count())
-    pairs = _split_records(split, seeds, n, size, tasks, mix, random.Random(rng_seed))
-    return [dict(record, image_array=study["image"]) for study, record in pairs]
-
-
-def corpus_texts(n=2000):
-    """Every prompt phrasing and all prompt and answer texts of n training studies (for the tiny BPE tokenizer)."""
-    texts = [t.format(name="right lung", phrase="") for templates in PROMPTS.values() for t in templates]
-    for seed in range(n):
-        for record in build_records(generate_study(seed), "x", seed):
-            texts += [turn["value"].replace("<image>\n", "") for turn in record["conversations"]]
-    return texts
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Looking at it: a contact sheet, and the command line
-
-COLORS = {"cardiomegaly": "#ff4040", "pleural effusion": "#40a0ff", "pneumothorax": "#ffff40", "edema": "#40ff80",
-          "consolidation": "#ff9020", "lung opacity": "#ffc080", "atelectasis": "#c060ff", "nodule": "#ff40ff",
-          "mass": "#ff40ff"}
-
-
-def contact_sheet(items, path, cols=4, scale=2, text_lines=9):
-    """A PNG grid of studies (findings boxed, report below) or records (gold boxes, last answer below)."""
-    font = ImageFont.load_default()
-    tiles = []
-    for item in items:
-        if "conversations" in item:
-            pixels = item.get("image_array")
-            pixels = np.asarray(Image.open(item["image"]).convert("L")) if pixels is None else pixels
-            boxes, text = [("", b) for b in item.get("boxes") or []], item["conversations"][-1]["value"]
-        else:
-            pixels, text, boxes = item["image"], item["report"], [(f["name"], f["box"]) for f in item["findings"]]
-        w = pixels.shape[1] * scale
-        tile = Image.new("RGB", (w, w + text_lines * 11 + 4), "black")
-        tile.paste(Image.fromarray(pixels).resize((w, w), Image.BILINEAR).convert("RGB"))
-        draw = ImageDraw.Draw(tile)
-        for name, box in boxes:
-            draw.rectangle([v * w for v in box], outline=COLORS.get(name, "#00ffff"))
-            draw.text((box[0] * w + 2, box[1] * w + 1), name, fill=COLORS.get(name, "#00ffff"), font=font)
-        for i, line in enumerate(textwrap.wrap(text, width=w // 6)[:text_lines]):
-            draw.text((2, w + 2 + 11 * i), line, fill="white", font=font)
-        tiles.append(tile)
-    width, height = tiles[0].size
-    sheet = Image.new("RGB", (cols * width, math.ceil(len(tiles) / cols) * height), "gray")
-    for i, tile in enumerate(tiles):
-        sheet.paste(tile, ((i % cols) * width, (i // cols) * height))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    sheet.save(path)
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="data.py synth", description="Write a synthetic chest X-ray split.")
-    parser.add_argument("--n", type=int, default=500, help="records (one study each)")
-    parser.add_argument("--out", required=True, help="output folder: images/, records.jsonl, contact_sheet.png")
-    parser.add_argument("--size", type=int, default=128, help="image side in pixels")
-    parser.add_argument("--seed", type=int, default=0, help="drives the task draws (the studies depend on --split)")
-    parser.add_argument("--split", default="train", choices=sorted(SPLIT_OFFSET))
-    args = parser.parse_args(argv)
-    records, studies, prevalence, tasks = [], [], {}, {}
-    for study, record in _write_split(args.split, args.n, args.out, args.size, seed=args.seed):
-        records.append(dict(record, image=os.path.relpath(record["image"], args.out)))  # a portable folder
-        studies += [study] if len(studies) < 16 else []
-        for name in {f["name"] for f in study["findings"]} or {"normal"}:
-            prevalence[name] = prevalence.get(name, 0) + 1
-        tasks[record["task"]] = tasks.get(record["task"], 0) + 1
-    save_records(records, os.path.join(args.out, "records.jsonl"))
-    contact_sheet(studies, os.path.join(args.out, "contact_sheet.png"))
-    print(f"{len(records)} studies ({args.split}, {args.size} px) -> {args.out}: records.jsonl, images/, "
-          "contact_sheet.png")
-    print("prevalence: " + ", ".join(f"{k} {v / len(records):.0%}" for k, v in sorted(prevalence.items(),
-                                                                                       key=lambda kv: -kv[1])))
-    print("records per task: " + ", ".join(f"{k} {v}" for k, v in sorted(tasks.items())))
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
 
 
 class SyntheticRecords:
@@ -797,3 +680,55 @@ class SyntheticRecords:
 def study_of(record, size=128):
     """The study a SyntheticRecords record was made from (the rule-based teacher of coldstart.py reads it)."""
     return generate_study(record["study_seed"], size)
+
+
+def corpus_texts(n=2000):
+    """Every prompt phrasing and all prompt and answer texts of n training studies (for the tiny BPE tokenizer)."""
+    texts = [t.format(name="right lung", phrase="") for templates in PROMPTS.values() for t in templates]
+    for seed in range(n):
+        for record in build_records(generate_study(seed), "x", seed):
+            texts += [turn["value"].replace("<image>\n", "") for turn in record["conversations"]]
+    return texts
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Looking at it: a split written to disk, with a contact sheet
+
+COLORS = {"cardiomegaly": "#ff4040", "pleural effusion": "#40a0ff", "pneumothorax": "#ffff40", "edema": "#40ff80",
+          "consolidation": "#ff9020", "lung opacity": "#ffc080", "atelectasis": "#c060ff", "nodule": "#ff40ff",
+          "mass": "#ff40ff"}
+
+
+def main(argv=None):
+    """`python data.py synth`: records of a split exactly as SyntheticRecords gives them to the training stages,
+    their images as PNGs beside records.jsonl, and a contact sheet of the first 16 studies (findings boxed)."""
+    parser = argparse.ArgumentParser(prog="data.py synth", description="Write a synthetic chest X-ray split.")
+    parser.add_argument("--n", type=int, default=500, help="records (one study each)")
+    parser.add_argument("--out", required=True, help="output folder: images/, records.jsonl, contact_sheet.png")
+    parser.add_argument("--size", type=int, default=128, help="image side in pixels")
+    parser.add_argument("--seed", type=int, default=0, help="drives the task draws (the studies depend on --split)")
+    parser.add_argument("--split", default="train", choices=sorted(SPLIT_OFFSET))
+    args = parser.parse_args(argv)
+    source = SyntheticRecords(args.split, args.n, size=args.size, seed=args.seed)
+    os.makedirs(os.path.join(args.out, "images"), exist_ok=True)
+    records, tiles, prevalence = [], [], Counter()
+    for i in range(len(source)):
+        record = source[i]
+        image = os.path.join("images", f"{args.split}_{record['study_seed']:08d}.png")  # relative: a portable folder
+        Image.fromarray(record.pop("image_array")).save(os.path.join(args.out, image))
+        records.append(dict(record, image=image))
+        study = study_of(record, args.size)
+        prevalence.update({f["name"] for f in study["findings"]} or {"normal"})
+        if len(tiles) < 16:
+            tiles.append({"image": study["image"], "lines": [(study["report"], "white")],
+                          "boxes": [(f["box"], COLORS.get(f["name"], "#00ffff"), f["name"]) for f in study["findings"]]})
+    save_records(records, os.path.join(args.out, "records.jsonl"))
+    contact_sheet(tiles, os.path.join(args.out, "contact_sheet.png"), side=2 * args.size, text_lines=9)
+    print(f"{len(records)} studies ({args.split}, {args.size} px) -> {args.out}: records.jsonl, images/, "
+          "contact_sheet.png")
+    print("prevalence: " + ", ".join(f"{k} {v / len(records):.0%}" for k, v in prevalence.most_common()))
+    print("records per task: " + ", ".join(f"{k} {v}" for k, v in sorted(Counter(r["task"] for r in records).items())))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -16,7 +16,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import rewards  # noqa: E402
-from data import format_boxes  # noqa: E402
+from records import format_boxes  # noqa: E402
 
 GROUP_SIZE = 8
 REPORT_SENTENCES = [

@@ -35,7 +35,7 @@ configure(globals())
 
 GiB = 2 ** 30
 # the paper's settings (config/*.py): tokens per packed SFT row; GRPO prompt (~441 image tokens at 672 x 672 plus
-# the question), answers, prompts per rank, samples per prompt, micro-batch and generate_chunk
+# the question), answers, prompts per rank, samples per prompt, micro-batch and generate_batch
 SFT_ROW = 8192
 RUNS = {"GRPO report": dict(prompt=500, answer=1024, chunk=8, micro=8),
         "GRPO grounding": dict(prompt=500, answer=4096, chunk=4, micro=2)}
@@ -101,4 +101,4 @@ for shape in QWEN3_VL_SHAPES:
 print(f"\nSFT: one {SFT_ROW}-token row per micro-step. GRPO report / grounding: micro-batches of "
       f"{RUNS['GRPO report']['micro']} / {RUNS['GRPO grounding']['micro']} sequences, generation in chunks of "
       f"{RUNS['GRPO report']['chunk']} / {RUNS['GRPO grounding']['chunk']} prompts x {GROUP} samples (micro_batch, "
-      f"generate_chunk in config/); all GiB per GPU, estimated.")
+      f"generate_batch in config/); all GiB per GPU, estimated.")

@@ -9,8 +9,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from data import make_record, tokenize_sample  # noqa: E402
+from data import tokenize_sample  # noqa: E402
 from model import build_tiny  # noqa: E402
+from records import make_record  # noqa: E402
 
 _, processor = build_tiny(min_pixels=1024, max_pixels=262144)
 paths = sorted(p for p in glob.glob(os.path.join(sys.argv[1], "**", "*"), recursive=True)

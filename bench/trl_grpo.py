@@ -22,8 +22,9 @@ import torch  # noqa: E402
 
 import rewards  # noqa: E402
 from configurator import configure  # noqa: E402
-from data import load_image, open_records, prompt_messages, reference_answer  # noqa: E402
+from data import load_image, open_records, prompt_messages  # noqa: E402
 from model import load_model  # noqa: E402
+from records import reference_answer  # noqa: E402
 
 init_from = "out/sft"     # the same checkpoint grpo.py starts from
 steps = 6                 # GRPO steps (generations); the first is warm-up

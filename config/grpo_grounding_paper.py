@@ -5,6 +5,6 @@ task = "grounding"
 data = "grounding_train.jsonl"
 max_new_tokens = 4096
 micro_batch = 2               # B x 4096 x 151,936 fp32 log-probs are the largest tensor
-generate_chunk = 4
+generate_batch = 4
 max_steps = 600               # the paper trains 10 epochs of its grounding prompts; set from your data size
 out_dir = "out/grpo_grounding_paper"

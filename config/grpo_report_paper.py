@@ -4,14 +4,14 @@
 init_from = "out/sft_paper"
 task = "report"
 data = "mimic_train.jsonl"
-report_reward = "radcliq"     # needs the metric weights as local paths (see rewards.py)
+report_reward = "radcliq"     # needs --metric_weights=FOLDER, the local weights of its models (see scorers.py)
 min_pixels = 1024
 max_pixels = 451584           # 672 x 672
 prompts_per_step = 512
 group_size = 8
 mini_batch = 128
 micro_batch = 8
-generate_chunk = 8           # prompts per generate call per GPU: bounds the KV cache
+generate_batch = 8           # prompts per generate call per GPU: bounds the KV cache
 grad_checkpointing = True
 max_new_tokens = 1024         # 4096 with --thinking=True
 temperature = 1.0

@@ -11,31 +11,31 @@ import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import grpo  # noqa: E402
-from data import generation_kwargs, load_records, prompt_batch  # noqa: E402
+from data import generation_kwargs, prompt_batch  # noqa: E402
 from model import full_state_dict, gathered, init_distributed, load_model, wrap_fsdp  # noqa: E402
+from records import load_records  # noqa: E402
 
 torch.set_num_threads(1)
 ckpt, weightless, data, out = sys.argv[1:5]
 rank, _, world, device = init_distributed()
-grpo.prompts_per_step, grpo.group_size, grpo.mini_batch, grpo.micro_batch = 4, 3, 2, 2
-grpo.max_new_tokens, grpo.beta, grpo.lr = 10, 0.05, 1e-3
+loss_settings = dict(beta=0.05, eps_low=0.2, eps_high=0.28, dual_clip=3.0, loss_agg="token-mean", max_new_tokens=10)
 path = ckpt if rank == 0 else weightless
 policy, processor = load_model(path, device="cpu", rank0_only=world > 1)
 reference, _ = load_model(path, device="cpu", rank0_only=world > 1)
 if world > 1:
     wrap_fsdp(policy, device)
     wrap_fsdp(reference, device)
-optimizer = torch.optim.AdamW(policy.parameters(), lr=grpo.lr)  # FSDP2: before any forward registers unsharded ones
+optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-3)  # FSDP2: before any forward registers unsharded ones
 loaded = full_state_dict(policy)
 records = [r for r in load_records(data) if r["task"] == "report"][:4]
 
 torch.manual_seed(0)  # the same seed on every rank: the same rollouts as one process, if sharded sampling is right
 policy.eval()
-batch, texts, n_prompt = grpo.sample_rollouts(policy, processor, records, 3, False, device)
+batch, texts, n_prompt = grpo.sample_rollouts(policy, processor, records, 3, False, device, max_new_tokens=10)
 rewards = torch.tensor([len(t) % 5 / 4 for t in texts])
 advantages = grpo.group_advantages(rewards, batch["group_ids"])
-old = grpo.rollout_logprobs(policy, batch, n_prompt)
-ref = grpo.rollout_logprobs(reference, batch, n_prompt)
+old = grpo.rollout_logprobs(policy, batch, n_prompt, micro_batch=2)
+ref = grpo.rollout_logprobs(reference, batch, n_prompt, micro_batch=2)
 mine = torch.tensor([p * 3 + g for p in range(rank, 4, world) for g in range(3)])
 
 # before each training forward: do the trainable parameters hold gradients from the micro-batches before it?
@@ -53,7 +53,7 @@ def watching(model, *args, **kwargs):
 
 grpo.token_logprobs = watching
 stats = grpo.policy_update(policy, optimizer, grpo.select(batch, mine), old[mine], ref[mine], advantages[mine],
-                           n_prompt, world)
+                           n_prompt, world, n_updates=2, micro_batch=2, grad_clip=1.0, loss_settings=loss_settings)
 grpo.token_logprobs = token_logprobs
 
 # greedy answers of the updated policy, and the all-gathers FSDP2 makes for one generate call of each length

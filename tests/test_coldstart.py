@@ -2,17 +2,17 @@ import json
 
 import coldstart
 import synthetic
-from data import THINK_SUFFIX, GROUNDING_TASKS, parse_boxes, prompt_messages, reference_answer, to_messages
+from data import prompt_messages, to_messages
+from records import GROUNDING_TASKS, THINK_SUFFIX, parse_boxes, reference_answer
 
 
 def _records(n=12):
     return synthetic.SyntheticRecords("train", n, tasks=("report", *GROUNDING_TASKS))
 
 
-def test_thinking_record_format_and_image(tmp_path, monkeypatch):
-    monkeypatch.setattr(coldstart, "out_dir", str(tmp_path))
+def test_thinking_record_format_and_image(tmp_path):
     record = _records()[0]
-    out = coldstart.thinking_record(record, "  Heart: normal size. Lungs: clear.  ")
+    out = coldstart.thinking_record(record, "  Heart: normal size. Lungs: clear.  ", str(tmp_path))
     assert out["conversations"][0]["value"].endswith(THINK_SUFFIX)
     assert reference_answer(out) == "<think>\nHeart: normal size. Lungs: clear.\n</think>\n\n" + reference_answer(record)
     assert "image_array" not in out and out["image"].startswith(str(tmp_path))
@@ -32,27 +32,30 @@ def test_rule_teacher_reviews_what_the_study_holds():
             assert trace.count("The target is in the") == len(parse_boxes(reference_answer(record)))
 
 
-def test_filter_keeps_good_traces_and_names_the_reason_for_others(monkeypatch):
-    monkeypatch.setattr(coldstart, "min_words", 5)
+def test_filter_keeps_good_traces_and_names_the_reason_for_others():
+    check = lambda record, trace, final: coldstart.check_trace(record, trace, final, 5, 0.5)  # noqa: E731
     record = next(r for r in _records(30) if r["task"] in GROUNDING_TASKS)
     gold = reference_answer(record)
     good = "Lungs: clear. Heart: normal size. The target is in the right upper zone."
-    assert coldstart.check_trace(record, good, gold) is None
-    assert coldstart.check_trace(record, "Too short.", gold) == "too short"
-    assert coldstart.check_trace(record, good + " <think>again</think>", gold) == "nested think tags"
-    assert coldstart.check_trace(record, good, None) == "no final answer"
-    assert coldstart.check_trace(record, good, "It is at [0.9, 0.9, 0.95, 0.95].") == "final answer scores low"
+    assert check(record, good, gold) is None
+    assert check(record, "Too short.", gold) == "too short"
+    assert check(record, good + " <think>again</think>", gold) == "nested think tags"
+    assert check(record, good, None) == "no final answer"
+    assert check(record, good, "It is at [0.9, 0.9, 0.95, 0.95].") == "final answer scores low"
     assert coldstart.split_final_answer("step one. step two.\nFinal answer: [0.1, 0.2, 0.3, 0.4]") == (
         "step one. step two.", "[0.1, 0.2, 0.3, 0.4]")
     assert coldstart.split_final_answer("no conclusion") == ("no conclusion", None)
 
 
-def test_restart_skips_records_already_written(tmp_path, monkeypatch):
-    monkeypatch.setattr(coldstart, "out_dir", str(tmp_path))
+def test_restart_skips_records_already_written(tmp_path):
     records = [_records(10)[i] for i in range(10)]
     part = str(tmp_path / "traces.rank0.jsonl")
-    assert coldstart.write_traces(records[:6], part) == 6
-    assert coldstart.write_traces(records, part) == 4  # a restart continues where the first run stopped
+
+    def write(records):
+        teach = lambda batch: coldstart.teacher_outputs(batch, None, None, None, 128, 0, 20)  # noqa: E731
+        return coldstart.write_traces(records, part, teach, generate_batch=4, min_words=20, min_score=0.5)
+    assert write(records[:6]) == 6
+    assert write(records) == 4  # a restart continues where the first run stopped
     lines = [json.loads(line) for line in open(part)]
     assert [line["id"] for line in lines] == [r["id"] for r in records]
     assert all(line["kept"] for line in lines)

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import converters
-from data import NO_ABNORMALITY, PROMPTS, load_records, parse_boxes, validate_record
+from records import NO_ABNORMALITY, PROMPTS, load_records, parse_boxes, validate_record
 
 CHEXPERT_COLUMNS = list(converters.CHEXPERT_LABELS)
 

@@ -15,7 +15,7 @@ from PIL import Image
 import evaluate
 import rewards
 from conftest import write_records
-from data import load_records, reference_answer
+from records import load_records, reference_answer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_METRICS = ("bertscore", "chexbert_f1_micro", "chexbert_f1_macro", "chexbert_f1_micro_5", "chexbert_f1_macro_5",
@@ -150,18 +150,6 @@ def test_label_f1_is_pooled_micro_and_macro_over_the_rule_based_labels():
     assert report["label_f1_micro_5"]["value"] == pytest.approx(2 * 2 / (2 * 2 + 0 + 1))
 
 
-def test_green_score_parses_the_judges_answer():
-    judgement = ("[Explanation]:\nThe candidate misses the effusion.\n\n[Clinically Significant Errors]:\n"
-                 "(a) False report of a finding in the candidate: 0.\n(b) Missing a finding present in the reference: 1. "
-                 "Left pleural effusion\n(c) Misidentification of a finding's anatomic location/position: 0.\n"
-                 "(d) Misassessment of the severity of a finding: 1. severity of cardiomegaly\n\n"
-                 "[Clinically Insignificant Errors]:\n(a) False report of a finding in the candidate: 2.\n\n"
-                 "[Matched Findings]:\n2. Cardiomegaly; no pneumothorax\n")
-    assert evaluate.green_score(judgement) == pytest.approx(2 / (2 + 2))  # insignificant errors do not count
-    assert evaluate.green_score(judgement.replace("[Matched Findings]:\n2.", "[Matched Findings]:\n0.")) == 0.0
-    assert evaluate.green_score("garbage") == 0.0
-
-
 # ---------------------------------------------------------------------------------------------------
 # the predictions-file mode, end to end
 
@@ -201,19 +189,18 @@ def test_predictions_mode_scores_a_file_of_answers(scored_predictions):
     assert set(lines[0]) == {"id", "task", "prompt", "answer", "reference"} and lines[0]["answer"] == lines[0]["reference"]
     table = open(os.path.join(out, "table.md")).read()
     assert "| R-L |" in table and "66.7 [" in table and "n/a" in table and table in proc.stdout
-    assert Image.open(os.path.join(out, "contact_sheet.png")).size[0] == 4 * (192 + 4)
+    assert Image.open(os.path.join(out, "contact_sheet.png")).size[0] == 4 * (192 + 4) + 4
 
 
 def test_missing_weights_are_reported_unavailable_never_zero(scored_predictions, tmp_path):
     out = scored_predictions[0]
     report = json.load(open(os.path.join(out, "results.json")))["report"]
     for name in MODEL_METRICS:
-        assert report[name]["value"] is None and report[name]["unavailable"], name
-    assert "bertscore_model" in report["bertscore"]["unavailable"] and "green_model" in report["green"]["unavailable"]
-    # paths that do not exist, and a radgraph folder without the radgraph package: unavailable too
-    weights = {"bertscore_model": str(tmp_path / "nope"), "chexbert_checkpoint": str(tmp_path / "nope.pth"),
-               "chexbert_tokenizer": str(tmp_path), "radgraph_model_dir": str(tmp_path), "green_model": str(tmp_path / "x")}
-    report = evaluate.score([report_record("a", "No effusion.")], ["No effusion."], n_boot=10, weights=weights)["report"]
+        assert report[name]["value"] is None and "--metric_weights" in report[name]["unavailable"], name
+    # a folder without the weights, and a radgraph folder without the radgraph package: unavailable too
+    (tmp_path / "radgraph" / "radgraph-xl").mkdir(parents=True)
+    report = evaluate.score([report_record("a", "No effusion.")], ["No effusion."], n_boot=10,
+                            metric_weights=str(tmp_path))["report"]
     assert all(report[name] == {"value": None, "unavailable": report[name]["unavailable"]} for name in MODEL_METRICS)
 
 
@@ -227,74 +214,13 @@ def test_predictions_file_must_answer_every_test_record(scored_predictions):
 
 
 # ---------------------------------------------------------------------------------------------------
-# model-based metrics on tiny local weights
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory):
-    """A random tiny 5-layer BERT (BERTScore reads layer 5; + WordPiece tokenizer) saved as a transformers folder, and a CheXbert-style checkpoint
-    of it whose heads ignore the text: Cardiomegaly says positive, Edema uncertain, No Finding positive, the
-    others negative."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-    folder = tmp_path_factory.mktemp("bert")
-    words = "the heart is normal no pleural effusion mild cardiomegaly edema lungs are clear small left right .".split()
-    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(str(folder))
-    torch.manual_seed(0)
-    bert = BertModel(BertConfig(vocab_size=len(words) + 5, hidden_size=32, num_hidden_layers=5, num_attention_heads=2,
-                                intermediate_size=64, max_position_embeddings=64))
-    bert.save_pretrained(str(folder))
-    state = {f"module.bert.{k}": v for k, v in bert.state_dict().items()}
-    heads = rewards.OBSERVATIONS[1:] + rewards.OBSERVATIONS[:1]
-    for i, name in enumerate(heads):
-        wanted = {"Cardiomegaly": 1, "Edema": 3, "No Finding": 1}.get(name, 2)
-        n_classes = 2 if name == "No Finding" else 4
-        state[f"module.linear_heads.{i}.weight"] = torch.zeros(n_classes, 32)
-        state[f"module.linear_heads.{i}.bias"] = torch.nn.functional.one_hot(torch.tensor(wanted), n_classes).float()
-    torch.save({"model_state_dict": state}, folder / "chexbert.pth")
-    return {"bertscore_model": str(folder), "chexbert_checkpoint": str(folder / "chexbert.pth"),
-            "chexbert_tokenizer": str(folder)}
-
-
-def test_chexbert_labels_read_the_heads_in_chexberts_order(tiny_bert):
-    labels = evaluate.chexbert_labels(["the heart is normal .", "mild edema"], tiny_bert)
-    positive = {rewards.OBSERVATIONS[j] for j in np.flatnonzero(labels[0])}
-    assert positive == {"Cardiomegaly", "Edema", "No Finding"} and (labels[0] == labels[1]).all()
-
-
-def test_bertscore_and_chexbert_f1_with_local_weights(tiny_bert):
-    records = [report_record("a", "mild cardiomegaly . small left pleural effusion ."), report_record("b", "the lungs are clear .")]
-    report = evaluate.score(records, [reference_answer(r) for r in records], n_boot=20, weights=tiny_bert)["report"]
-    assert report["bertscore"]["value"] == pytest.approx(1.0, abs=1e-5)  # identical texts, baseline-rescaled
-    assert report["chexbert_f1_micro"]["value"] == pytest.approx(1.0) and report["chexbert_f1_macro_5"]["value"] == 1.0
-    assert "unavailable" in report["radgraph_f1"] and "unavailable" in report["radcliq_v1"]
-
-
-def test_green_runs_a_local_causal_lm_judge(tmp_path):
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-    from model import build_tokenizer
-    tokenizer = build_tokenizer([evaluate.GREEN_PROMPT] * 4, vocab_size=400)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(str(tmp_path))
-    tokenizer.save_pretrained(str(tmp_path))
-    loaded = AutoTokenizer.from_pretrained(str(tmp_path))
-    loaded.chat_template = evaluate.GREEN_CHAT_TEMPLATE
-    prompt = loaded.apply_chat_template([{"from": "human", "value": evaluate.GREEN_PROMPT.format(reference="a b", candidate="c d")},
-                                         {"from": "gpt", "value": ""}], tokenize=False, add_generation_prompt=True)
-    scores = evaluate.green_scores(["c d", "c"], ["a b", "a"], str(tmp_path), max_length=len(loaded(prompt)["input_ids"]) + 8)
-    assert scores == [0.0, 0.0]  # a random judge names no matched finding
-
-
-# ---------------------------------------------------------------------------------------------------
 # generation with a tiny checkpoint
 
 def test_generate_answers_with_and_without_images(tiny, tmp_path):
     model, processor = tiny
     records = load_records(write_records(str(tmp_path), 4))
     records.insert(1, report_record("text-only", "No acute cardiopulmonary process."))
-    answers = evaluate.generate_answers(model, processor, records, batch_size=3, thinking=False, max_new_tokens=6,
+    answers = evaluate.generate_answers(model, processor, records, generate_batch=3, thinking=False, max_new_tokens=6,
                                         device=torch.device("cpu"), progress=False)
     assert len(answers) == 5 and all(isinstance(a, str) for a in answers)
     alone = evaluate.generate_answers(model, processor, records[1:2], 1, False, 6, torch.device("cpu"), progress=False)
@@ -309,7 +235,7 @@ def test_evaluate_a_checkpoint_end_to_end_and_compare_runs(tiny_checkpoint, scor
         f.write(json.dumps({"step": 5, "val_loss": 0.3}) + "\n")
     out = str(tmp_path / "eval")
     run_evaluate(f"--init_from={tiny_checkpoint}", f"--data={records_path}", f"--out_dir={out}", "--max_new_tokens=6",
-                 "--batch_size=2", "--bootstrap=20", "--thinking=True", f"--log={tmp_path / 'log.jsonl'}")
+                 "--generate_batch=2", "--bootstrap=20", "--thinking=True", f"--log={tmp_path / 'log.jsonl'}")
     results = json.load(open(os.path.join(out, "results.json")))
     assert results["report"]["n"] == 3 and results["grounding"]["all"]["n"] == 1
     assert results["thinking"]["well_formed"]["value"] is not None

@@ -9,7 +9,7 @@ import torch
 
 import grpo
 from conftest import write_records
-from data import load_records
+from records import load_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,9 +22,9 @@ def records_file(tmp_path_factory):
 def test_rollouts_keep_eos_in_the_mask_and_groups_aligned(tiny, records_file):
     model, processor = tiny
     records = [r for r in load_records(records_file) if r["task"] == "report"][:3]
-    grpo.max_new_tokens = 40
     torch.manual_seed(0)
-    batch, texts, n_prompt = grpo.sample_rollouts(model, processor, records, 4, False, torch.device("cpu"))
+    batch, texts, n_prompt = grpo.sample_rollouts(model, processor, records, 4, False, torch.device("cpu"),
+                                                  max_new_tokens=40)
     eos = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
     completion = batch["input_ids"][:, n_prompt:]
     assert batch["group_ids"].tolist() == [0] * 4 + [1] * 4 + [2] * 4
@@ -49,9 +49,8 @@ def test_training_forward_reproduces_the_sampling_distribution(tiny, records_fil
     from data import generation_kwargs, prompt_batch
     model, processor = tiny
     records = [r for r in load_records(records_file) if r["task"] == "report"][:3]
-    grpo.max_new_tokens = 12
     torch.manual_seed(1)
-    batch, _, n_prompt = grpo.sample_rollouts(model, processor, records, 2, False, torch.device("cpu"))
+    batch, _, n_prompt = grpo.sample_rollouts(model, processor, records, 2, False, torch.device("cpu"), max_new_tokens=12)
     torch.manual_seed(1)
     out = model.generate(**prompt_batch(records, processor), do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
                          max_new_tokens=12, num_return_sequences=2, output_logits=True, return_dict_in_generate=True,
@@ -59,7 +58,7 @@ def test_training_forward_reproduces_the_sampling_distribution(tiny, records_fil
     steps = len(out.logits)
     sampled = torch.log_softmax(torch.stack(out.logits, 1).float(), -1)
     sampled = sampled.gather(-1, out.sequences[:, n_prompt:, None]).squeeze(-1)
-    forward = grpo.rollout_logprobs(model, batch, n_prompt)[:, :steps]
+    forward = grpo.rollout_logprobs(model, batch, n_prompt, micro_batch=16)[:, :steps]
     mask = batch["completion_mask"][:, :steps]
     assert torch.equal(out.sequences, batch["input_ids"][:, :out.sequences.shape[1]])
     assert (forward - sampled)[mask].abs().max() < 1e-4
@@ -70,12 +69,12 @@ def test_generation_in_chunks_pads_into_one_batch_without_changing_logprobs(tiny
     every rollout's log-probs still equal those of the rollout alone, with no padding at all."""
     model, processor = tiny
     records = [r for r in load_records(records_file) if r["task"] == "report"][:2]  # 64x64 and 96x64 images
-    grpo.max_new_tokens = 12
     torch.manual_seed(2)
-    batch, _, n_prompt = grpo.sample_rollouts(model, processor, records, 2, False, torch.device("cpu"), chunk=1)
+    batch, _, n_prompt = grpo.sample_rollouts(model, processor, records, 2, False, torch.device("cpu"),
+                                              max_new_tokens=12, generate_batch=1)
     assert batch["group_ids"].tolist() == [0, 0, 1, 1]
     assert (batch["attention_mask"][:, :n_prompt] == 0).any()  # one chunk's prompts were padded on the left
-    padded = grpo.rollout_logprobs(model, batch, n_prompt)
+    padded = grpo.rollout_logprobs(model, batch, n_prompt, micro_batch=16)
     for j in range(4):
         keep = batch["attention_mask"][j].bool()
         alone = {"input_ids": batch["input_ids"][j][keep][None], "attention_mask": torch.ones(1, int(keep.sum())),
@@ -122,21 +121,21 @@ def test_a_few_grpo_steps_raise_a_toy_reward(tiny_checkpoint, records_file):
     from model import load_model
     policy, processor = load_model(tiny_checkpoint, device="cpu")
     records = [r for r in load_records(records_file) if r["task"] == "report"][:4]
-    grpo.prompts_per_step, grpo.group_size, grpo.mini_batch, grpo.micro_batch = 4, 6, 4, 24
-    grpo.max_new_tokens, grpo.beta, grpo.loss_agg = 6, 0.0, "token-mean"
+    loss_settings = dict(beta=0.0, eps_low=0.2, eps_high=0.28, dual_clip=3.0, loss_agg="token-mean", max_new_tokens=6)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=3e-3)
     vocab = len(processor.tokenizer)
     means = []
     torch.manual_seed(0)
     for _ in range(10):
         policy.eval()
-        batch, _, n_prompt = grpo.sample_rollouts(policy, processor, records, 6, False, torch.device("cpu"))
+        batch, _, n_prompt = grpo.sample_rollouts(policy, processor, records, 6, False, torch.device("cpu"),
+                                                  max_new_tokens=6)
         completion, mask = batch["input_ids"][:, n_prompt:].float(), batch["completion_mask"].float()
         reward = (completion * mask).sum(1) / mask.sum(1) / vocab
         means.append(reward.mean().item())
-        old = grpo.rollout_logprobs(policy, batch, n_prompt)
+        old = grpo.rollout_logprobs(policy, batch, n_prompt, micro_batch=24)
         grpo.policy_update(policy, optimizer, batch, old, None, grpo.group_advantages(reward, batch["group_ids"]),
-                           n_prompt, 1)
+                           n_prompt, world=1, n_updates=1, micro_batch=24, grad_clip=1.0, loss_settings=loss_settings)
     assert sum(means[-3:]) / 3 > sum(means[:3]) / 3 + 0.05, means
 
 
@@ -190,8 +189,8 @@ def test_held_out_rewards_are_greedy_and_per_task(tiny, records_file):
     records = load_records(records_file)
     eval_sets = {"report": [r for r in records if r["task"] == "report"][:3],
                  "grounding": [r for r in records if r["task"] == "anatomical_grounding"][:2]}
-    grpo.max_new_tokens = 8
-    first = grpo.held_out_rewards(model, processor, eval_sets, torch.device("cpu"))
-    again = grpo.held_out_rewards(model, processor, eval_sets, torch.device("cpu"))
+    settings = dict(thinking=False, max_new_tokens=8, report_reward="label_f1", metric_weights="")
+    first = grpo.held_out_rewards(model, processor, eval_sets, torch.device("cpu"), **settings)
+    again = grpo.held_out_rewards(model, processor, eval_sets, torch.device("cpu"), **settings)
     assert sorted(first) == ["val_reward_grounding", "val_reward_report"]
     assert first == again and all(0.0 <= v <= 1.0 for v in first.values())

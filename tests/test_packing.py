@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from conftest import gray_image
-from data import (RecordError, image_filler, make_record, model_inputs, pack_samples,
-                  tokenize_sample)
+from data import image_filler, model_inputs, pack_samples, tokenize_sample
+from records import RecordError, make_record
 
 
 def _records(tmp_path):

@@ -1,43 +1,20 @@
-"""What the real path (8 GPUs, real checkpoints and data) needs that the synthetic default never meets: metric models
-on each rank's own GPU, bf16 exports, checkpoints with their own sampling settings, a teacher's pixel budget, and a
+"""What the real path (8 GPUs, real checkpoints and data) needs that the synthetic default never meets: bf16 exports, checkpoints with their own sampling settings, a teacher's pixel budget, and a
 data stream that does not go through shared memory."""
 import json
 import os
 import subprocess
 import sys
-import types
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
-import rewards
 from conftest import write_records
-from data import PackedWindows, generation_kwargs, load_records, prompt_batch
+from data import generation_kwargs, PackedWindows, prompt_batch
 from model import build_tiny, load_model, save_checkpoint, save_training_checkpoint, load_training_checkpoint
+from records import load_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def test_metric_models_go_to_this_ranks_gpu(tmp_path, monkeypatch):
-    """Every rank of an 8-GPU GRPO run scores its own rollouts: its metric models belong on cuda:LOCAL_RANK,
-    RadGraph (which takes a GPU index) included, not all on GPU 0."""
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setenv("LOCAL_RANK", "3")
-    assert rewards._default_device() == "cuda:3"
-    seen = {}
-    fake = types.ModuleType("radgraph")
-    fake.RadGraph = lambda **kwargs: seen.update(kwargs)
-    fake_rewards = types.ModuleType("radgraph.rewards")
-    fake_rewards.compute_reward = None
-    monkeypatch.setitem(sys.modules, "radgraph", fake)
-    monkeypatch.setitem(sys.modules, "radgraph.rewards", fake_rewards)
-    (tmp_path / "radgraph-xl").mkdir()
-    rewards.RadGraphScorer(str(tmp_path))
-    assert seen["cuda"] == 3
-    rewards.RadGraphScorer(str(tmp_path), device="cpu")
-    assert seen["cuda"] == -1
 
 
 def test_checkpoints_export_bf16_and_resume_from_fp32_master_weights(tmp_path):
@@ -79,7 +56,8 @@ def test_a_checkpoints_own_sampling_settings_are_overridden(tmp_path, tiny_check
     sampled = []
     for m in (model, loaded):
         torch.manual_seed(0)
-        sampled.append(sample_rollouts(m.eval(), processor, records, 4, False, torch.device("cpu"))[0]["input_ids"])
+        sampled.append(sample_rollouts(m.eval(), processor, records, 4, False, torch.device("cpu"),
+                                       max_new_tokens=12)[0]["input_ids"])
     assert torch.equal(*sampled)
     plain = model.generation_config
     assert plain.top_k is None and plain.repetition_penalty is None and plain.eos_token_id == loaded.generation_config.eos_token_id

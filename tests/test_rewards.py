@@ -5,9 +5,7 @@ import math
 import random
 
 import pytest
-import torch
 
-import rewards
 from rewards import (bleu4, box_iou, classification_reward, extract_labels, final_answer, gleu, grounding_reward,
                      label_f1, min_cost_assignment, radcliq_v1, score)
 
@@ -229,121 +227,6 @@ def test_ngram_rewards_equal_nltk():
         hyp, ref = (" ".join(rng.choices(words, k=rng.randint(1, 12))) for _ in range(2))
         assert gleu(hyp, ref) == pytest.approx(nltk.sentence_gleu([ref.split()], hyp.split()))
         assert bleu4(hyp, ref) == pytest.approx(bleu_score.sentence_bleu([ref.split()], hyp.split()))
-
-
-def test_radcliq_pipeline_with_stand_in_scorers(monkeypatch):
-    # the batching, floors and arithmetic of radcliq_rewards, with the three models replaced by constants
-    monkeypatch.setattr(rewards, "radgraph_scorer", lambda settings: lambda p, r: [0.25] * len(p))
-    monkeypatch.setattr(rewards, "bert_scorer", lambda settings, reward: lambda p, r: [0.5] * len(p))
-    chexbert = type("StandIn", (), {"similarity": lambda self, p, r: [0.6] * len(p)})()
-    monkeypatch.setattr(rewards, "chexbert_embedder", lambda settings: chexbert)
-    report = "Moderate cardiomegaly. No pleural effusion."
-    values, parts = score("report", [report, "tiny", report.upper()], [report, report, report], reward="radcliq")
-    expected = -radcliq_v1(0.25, 0.5, 0.6, 1.0)  # BLEU-4 of identical (lower-cased) texts is 1
-    assert values == [pytest.approx(expected), -3.0, pytest.approx(expected)]
-    assert parts["bleu4"][0] == 1.0 and math.isnan(parts["bleu4"][1]) and parts["radcliq"] == values
-    monkeypatch.setattr(rewards, "radgraph_scorer", lambda settings: lambda p, r: 1 / 0)
-    with pytest.warns(UserWarning, match="RadCliQ scoring failed"):
-        assert score("report", [report], [report], reward="radcliq")[0] == [-3.0]  # a failed batch: the floor
-    with pytest.raises(RuntimeError, match="RadCliQ scoring failed"):  # evaluation: no number for a failure
-        rewards.radcliq_rewards([report], [report], floor_on_failure=False)
-
-
-def test_radgraph_f1_of_annotations():
-    def annotation(*entities):
-        return {"entities": {str(i): {"tokens": tokens, "label": label, "relations": relations}
-                             for i, (tokens, label, relations) in enumerate(entities)}}
-    reference = annotation(("effusion", "OBS-DP", []), ("left", "ANAT-DP", [["located_at", "0"]]))
-    prediction = annotation(("effusion", "OBS-DP", []), ("right", "ANAT-DP", [["located_at", "0"]]))
-    # entities: 1 of 2 match (F1 0.5); relations: (left->effusion) vs (right->effusion), none match
-    assert rewards.RadGraphScorer.radcliq_f1(prediction, reference) == 0.25
-    assert rewards.RadGraphScorer.radcliq_f1(reference, reference) == 1.0
-
-
-def test_radcliq_floors_and_missing_models():
-    rewards_, parts = score("report", ["short", "", "A long enough report."], ["Normal chest.", "x", "tiny"],
-                            reward="radcliq")
-    assert rewards_ == [-3.0, -3.0, -3.0] and all(math.isnan(v) for v in parts["bertscore"])
-    with pytest.raises(rewards.MissingModelError, match="radgraph_model_dir"):
-        score("report", ["Moderate cardiomegaly."], ["Small left pleural effusion."], reward="radcliq")
-    with pytest.raises(rewards.MissingModelError, match="bertscore_model"):
-        score("report", ["Moderate cardiomegaly."], ["Small left pleural effusion."], reward="bertscore",
-              bertscore_model="/nonexistent/distilbert-base-uncased")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Model-based parts on tiny local encoders (what a real checkpoint goes through)
-
-WORDS = ("the heart size is normal no pleural effusion or pneumothorax moderate cardiomegaly small left right "
-         "lower lobe consolidation mild pulmonary edema lungs are clear").split()
-CANDIDATES = ["The heart size is normal.", "Moderate cardiomegaly. Small left pleural effusion.", "heart",
-              "lungs are clear", "mild pulmonary edema zzz"]
-REFERENCES = ["No pleural effusion or pneumothorax.", "Moderate cardiomegaly.", "The heart size is normal.",
-              "lungs are clear", "Mild edema."]
-
-
-def _tiny_encoder(path, kind):
-    """A tiny random BERT (WordPiece) or RoBERTa (byte-level BPE) saved like a hub checkpoint."""
-    from transformers import BertConfig, BertModel, BertTokenizer, RobertaConfig, RobertaModel, RobertaTokenizer
-    path.mkdir()
-    if kind == "bert":
-        vocab = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ","] + sorted(set(WORDS))
-                 + [c for c in "abcdefghijklmnopqrstuvwxyz"] + ["##" + c for c in "abcdefghijklmnopqrstuvwxyz"])
-        (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-        tokenizer, config_class, model_class = BertTokenizer(vocab=str(path / "vocab.txt")), BertConfig, BertModel
-    else:
-        from tokenizers import ByteLevelBPETokenizer
-        bpe = ByteLevelBPETokenizer()
-        bpe.train_from_iterator(CANDIDATES + REFERENCES, vocab_size=300, min_frequency=1,
-                                special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
-        bpe.save_model(str(path))
-        tokenizer = RobertaTokenizer(vocab=str(path / "vocab.json"), merges=str(path / "merges.txt"))
-        config_class, model_class = RobertaConfig, RobertaModel
-    tokenizer.model_max_length = 128
-    tokenizer.save_pretrained(path)
-    torch.manual_seed(0)
-    # heads 64 wide as in BERT, since a CheXbert checkpoint carries no config and its head count is hidden / 64
-    config = config_class(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=3, num_attention_heads=1,
-                          intermediate_size=64, max_position_embeddings=130, initializer_range=0.5,
-                          pad_token_id=tokenizer.pad_token_id)
-    model_class(config).save_pretrained(path)
-    (path / "baseline.tsv").write_text("LAYER,P,R,F\n0,0.1,0.1,0.1\n1,0.2,0.2,0.3\n2,0.25,0.26,0.27\n3,0.3,0.3,0.3\n")
-    return str(path)
-
-
-@pytest.mark.parametrize("kind", ["bert", "roberta"])
-def test_bertscore_equals_the_bert_score_package(tmp_path, kind):
-    bert_score = pytest.importorskip("bert_score")
-    path = _tiny_encoder(tmp_path / kind, kind)
-    ours = rewards.BertScorer(path, 2, path + "/baseline.tsv", device="cpu")(CANDIDATES, REFERENCES)
-    _, _, theirs = bert_score.score(CANDIDATES, REFERENCES, model_type=path, num_layers=2, lang="en", device="cpu",
-                                    rescale_with_baseline=True, baseline_path=path + "/baseline.tsv")
-    assert ours == pytest.approx(theirs.tolist(), abs=1e-5)
-
-
-def test_bertscore_reward_on_a_local_encoder(tmp_path):
-    path = _tiny_encoder(tmp_path / "bert", "bert")
-    values, parts = score("report", CANDIDATES + [""], REFERENCES + ["Mild edema."], reward="bertscore",
-                          bertscore_model=path, bertscore_layers=2, bertscore_baseline=0.27, device="cpu")
-    assert values[3] == pytest.approx(1.0) and values[-1] == pytest.approx(-0.27 / 0.73)  # identical; empty
-    assert values == parts["bertscore"] and len(values) == 6
-    assert rewards.BertScorer(path, 2, path + "/baseline.tsv", device="cpu").baseline == 0.27  # bert-score's file
-
-
-def test_chexbert_checkpoint_loads_into_a_transformers_bert(tmp_path):
-    from transformers import BertModel
-    path = _tiny_encoder(tmp_path / "bert", "bert")
-    bert = BertModel.from_pretrained(path)
-    # chexbert.pth layout: a DataParallel state dict of `bert` plus the 14 classification heads
-    state = {"module.bert." + k: v for k, v in bert.state_dict().items()}
-    state["module.linear_heads.0.weight"] = torch.zeros(4, 64)
-    torch.save({"model_state_dict": state, "epoch": 1}, tmp_path / "chexbert.pth")
-    embedder = rewards.CheXbertEmbedder(str(tmp_path / "chexbert.pth"), path, device="cpu")
-    batch = embedder.tokenizer(["Moderate cardiomegaly."], return_tensors="pt")
-    with torch.no_grad():
-        expected = bert.eval()(**batch).last_hidden_state[:, 0]
-    assert torch.allclose(embedder(["Moderate cardiomegaly."]), expected, atol=1e-6)
-    assert embedder.similarity(["lungs are clear"], ["lungs are clear"]) == [pytest.approx(1.0)]
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,13 +1,13 @@
 """Tests of the synthetic chest X-ray world: determinism, boxes on what was drawn, records, splits, labels."""
 
-import os
 import re
 
 import numpy as np
 import pytest
+from PIL import Image
 
-import data
 import synthetic
+from records import GROUNDING_TASKS, TASKS, box_is_valid, load_records, parse_boxes, validate_record
 
 SEEDS = range(60)
 
@@ -28,17 +28,17 @@ def test_same_seed_same_study_other_seed_other_study():
 def test_other_sizes(size):
     study = synthetic.generate_study(3, size=size)
     assert study["image"].shape == (size, size)
-    assert all(data.box_is_valid(f["box"]) for f in study["findings"])
+    assert all(box_is_valid(f["box"]) for f in study["findings"])
 
 
 def test_boxes_are_valid_and_contain_what_was_drawn(studies):
     n_checked = 0
     for study in studies:
         for name, box in study["anatomy"].items():
-            assert data.box_is_valid(box), (study["seed"], name, box)
+            assert box_is_valid(box), (study["seed"], name, box)
         for i, finding in enumerate(study["findings"]):
             box = finding["box"]
-            assert data.box_is_valid(box) and box == [round(v, 2) for v in box], (study["seed"], finding)
+            assert box_is_valid(box) and box == [round(v, 2) for v in box], (study["seed"], finding)
             without = synthetic.generate_study(study["seed"], omit=(i,))["image"]
             diff = np.abs(study["image"].astype(np.int16) - without.astype(np.int16))
             assert diff.sum() > 0, f"study {study['seed']}: {finding['name']} is not visible"
@@ -97,19 +97,19 @@ def test_records_validate_and_boxes_parse_back(studies):
         normal = not any(f["name"] not in synthetic.DEVICES for f in study["findings"])
         assert ("abnormality_grounding" in {r["task"] for r in records}) != normal
         for record in records:
-            data.validate_record(record)
+            validate_record(record)
             assert record["id"] not in ids
             ids.add(record["id"])
             seen_tasks.add(record["task"])
             answers = " ".join(t["value"] for t in record["conversations"] if t["from"] == "gpt")
-            if record["task"] in data.GROUNDING_TASKS:
-                assert record["boxes"] and data.parse_boxes(answers) == record["boxes"], record
+            if record["task"] in GROUNDING_TASKS:
+                assert record["boxes"] and parse_boxes(answers) == record["boxes"], record
             if record["task"] in ("report", "classification"):
                 assert record["labels"] == study["labels"]
         classification = next(r for r in records if r["task"] == "classification")["conversations"][1]["value"]
         for label in {k for k, v in study["labels"].items() if v == 1} - {"No Finding"}:
             assert label.lower() in classification
-    assert seen_tasks == set(data.TASKS)
+    assert seen_tasks == set(TASKS)
 
 
 def test_answer_formats():
@@ -127,26 +127,29 @@ def test_answer_formats():
                for a in answers["phrase_grounding"])
 
 
-def test_splits_are_disjoint_and_written(tmp_path):
+def test_splits_are_disjoint_and_made_the_same_every_time():
     ranges = [range(synthetic.SPLIT_OFFSET[s], synthetic.SPLIT_OFFSET[s] + synthetic.SPLIT_SIZE)
               for s in ("train", "val", "test")]
     assert all(a.stop <= b.start or b.stop <= a.start for a in ranges for b in ranges if a is not b)
-    records = synthetic.make_split("test", 6, str(tmp_path), tasks=["report", "abnormality_grounding"])
-    assert len(records) == 6 and {r["task"] for r in records} <= {"report", "abnormality_grounding"}
-    for r in records:
-        seed = int(re.search(r"test_(\d+)\.png", r["image"]).group(1))
-        assert seed in ranges[2] and os.path.exists(r["image"])
-        data.validate_record(r)
-    in_memory = synthetic.sample_records(0, 5)
-    assert len(in_memory) == 5 and in_memory[0]["image"].startswith("synthetic://train/")
-    assert all(r["image_array"].dtype == np.uint8 and r["image_array"].shape == (128, 128) for r in in_memory)
-    assert all(int(r["image"].rsplit("/", 1)[1]) in ranges[0] for r in in_memory)
+    split = synthetic.SyntheticRecords("test", 6, tasks=["report", "abnormality_grounding"])
+    assert len(split) == 6 and {split[i]["task"] for i in range(6)} <= {"report", "abnormality_grounding"}
+    for i in range(6):
+        record = split[i]
+        assert record["study_seed"] in ranges[2] and record["image"].startswith("synthetic://test/")
+        assert record["image_array"].dtype == np.uint8 and record["image_array"].shape == (128, 128)
+        assert record["conversations"] == split[i]["conversations"]  # made on access, the same every time
+        validate_record(record)
 
 
-def test_main_writes_a_loadable_folder(tmp_path, capsys):
+def test_main_writes_what_the_training_stages_read(tmp_path, capsys):
+    """`python data.py synth` writes the very records SyntheticRecords gives sft.py, with their images."""
     synthetic.main(["--n", "6", "--out", str(tmp_path), "--split", "val"])
-    records = data.load_records(str(tmp_path / "records.jsonl"))
-    assert len(records) == 6 and all(os.path.exists(r["image"]) for r in records)
+    written = load_records(str(tmp_path / "records.jsonl"))
+    source = synthetic.SyntheticRecords("val", 6)
+    assert [r["conversations"] for r in written] == [source[i]["conversations"] for i in range(6)]
+    for i, record in enumerate(written):
+        image = np.asarray(Image.open(record["image"]))
+        assert np.array_equal(image, source[i]["image_array"])
     assert (tmp_path / "contact_sheet.png").exists()
     assert "records per task" in capsys.readouterr().out
 

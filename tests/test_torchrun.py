@@ -93,23 +93,24 @@ def test_grpo_on_two_ranks_steps_evaluates_saves_and_resumes_exactly(tiny_checkp
         assert abs(full[3][key] - resumed[3][key]) <= 1e-6, key
 
 
-def test_coldstart_on_two_ranks_shards_the_traces_and_fine_tunes(tiny_checkpoint, tmp_path):
-    args = [f"--init_from={tiny_checkpoint}", "--n_records=12", "--min_words=5",
-            "--sft_overrides=--max_steps=2 --rows_per_step=1 --epochs=10 --save_every=2 --eval_every=100 "
-            "--max_tokens=1024 --num_workers=0"]
-    run("coldstart.py", 2, *args, f"--out_dir={tmp_path / 'two'}")
-    run("coldstart.py", 1, *args, f"--out_dir={tmp_path / 'one'}")
-    traces = {n: [json.loads(line) for line in open(tmp_path / n / "traces.jsonl")] for n in ("one", "two")}
-    assert len(traces["two"]) == 12
+def test_coldstart_on_two_ranks_shards_the_traces_then_sft_fine_tunes_on_them(tiny_checkpoint, tmp_path):
+    for n in (2, 1):
+        run("coldstart.py", n, "--n_records=12", "--min_words=5", f"--out_dir={tmp_path / str(n)}")
+    traces = {n: [json.loads(line) for line in open(tmp_path / str(n) / "traces.jsonl")] for n in (1, 2)}
+    assert len(traces[2]) == 12
     key = lambda r: r["id"]  # noqa: E731
     strip = lambda r: {k: v for k, v in r.items() if k != "image"}  # noqa: E731  (each run writes its own PNGs)
-    assert [strip(r) for r in sorted(traces["two"], key=key)] == [strip(r) for r in sorted(traces["one"], key=key)]
-    assert [r["step"] for r in log(str(tmp_path / "two" / "model"))] == [1, 2]
-    assert loads_with_plain_transformers(str(tmp_path / "two" / "model"))
+    assert [strip(r) for r in sorted(traces[2], key=key)] == [strip(r) for r in sorted(traces[1], key=key)]
+    model_dir = str(tmp_path / "2" / "model")
+    run("sft.py", 2, "config/coldstart.py", f"--init_from={tiny_checkpoint}", f"--data={tmp_path / '2' / 'traces.jsonl'}",
+        f"--out_dir={model_dir}", "--max_steps=2", "--rows_per_step=1", "--epochs=10", "--max_tokens=1024",
+        "--num_workers=0")
+    assert [r["step"] for r in log(model_dir)] == [1, 2]
+    assert loads_with_plain_transformers(model_dir)
 
 
 def test_evaluate_on_two_ranks_equals_one_process(tiny_checkpoint, tmp_path):
-    args = [f"--init_from={tiny_checkpoint}", "--n_test=12", "--max_new_tokens=8", "--batch_size=4",
+    args = [f"--init_from={tiny_checkpoint}", "--n_test=12", "--max_new_tokens=8", "--generate_batch=4",
             "--bootstrap=50"]
     run("evaluate.py", 2, *args, f"--out_dir={tmp_path / 'two'}")
     run("evaluate.py", 1, *args, f"--out_dir={tmp_path / 'one'}")
