@@ -84,7 +84,8 @@ def rule_trace(record, study):
     cardiomegaly = [f for f in study["findings"] if f["name"] == "cardiomegaly"]
     steps = ["Lines and tubes: " + (", ".join(describe(f) for f in by_group["devices"]) or "none") + ".",
              "Heart: " + (f"enlarged, {describe(cardiomegaly[0])}." if cardiomegaly else "normal size."),
-             "Lungs: " + ("; ".join(f"{describe(f)} in the {where(f['box'])}" for f in by_group["lungs"]) or "clear") + ".",
+             "Lungs: " + ("; ".join(f"{describe(f)} in the {where(f['box'])}" for f in by_group["lungs"])
+                          or "clear") + ".",
              "Pleura: " + ("; ".join(f"{describe(f)} in the {where(f['box'])}" for f in by_group["pleura"])
                            or "no effusion, no pneumothorax") + "."]
     if record.get("task") in GROUNDING_TASKS:
@@ -188,7 +189,8 @@ def main():
     barrier()
     traces_file = os.path.join(out_dir, "traces.jsonl")
     if rank == 0:
-        lines = [json.loads(line) for r in range(world) for line in open(os.path.join(out_dir, f"traces.rank{r}.jsonl"))]
+        lines = [json.loads(line) for r in range(world)
+                 for line in open(os.path.join(out_dir, f"traces.rank{r}.jsonl"))]
         kept = [line["record"] for line in lines if line["kept"]]
         dropped = Counter(line["reason"] for line in lines if not line["kept"])
         save_records(kept, traces_file)

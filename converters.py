@@ -516,7 +516,8 @@ def convert_vindr_cxr(root, split=None, annotations=None, image_sizes=None, imag
             all_boxes = [box for boxes in fused.values() for box in boxes]
             summary["notes"]["all-findings records (one per image)"] += 1
             records.append(grounding_record(f"vindr-cxr_{image_id}_all", image, "abnormality_grounding_all",
-                                            findings_answer({readable(n): b for n, b in fused.items()}), all_boxes, "abnormality_grounding", "vindr-cxr"))
+                                            findings_answer({readable(n): b for n, b in fused.items()}), all_boxes,
+                                            "abnormality_grounding", "vindr-cxr"))
     return finish(records, summary)
 
 # ----------------------------------------------------------------------------------------------------------

@@ -52,7 +52,8 @@ def load_image(record, index=None):
             else:
                 with Image.open(path) as img:
                     img.load()
-                    array = np.asarray(img) if img.mode in ("I;16", "I;16B", "I", "F") else np.asarray(img.convert("RGB"))
+                    array = (np.asarray(img) if img.mode in ("I;16", "I;16B", "I", "F")
+                             else np.asarray(img.convert("RGB")))
         except RecordError:
             raise
         except Exception as e:
@@ -127,7 +128,8 @@ def generation_kwargs(tokenizer):
 
 @functools.lru_cache(maxsize=8)
 def _assistant_header(tokenizer):  # once per tokenizer, not once per sample
-    return tokenizer.convert_tokens_to_ids("<|im_start|>"), tokenizer("assistant\n", add_special_tokens=False)["input_ids"]
+    return (tokenizer.convert_tokens_to_ids("<|im_start|>"),
+            tokenizer("assistant\n", add_special_tokens=False)["input_ids"])
 
 
 def assistant_labels(input_ids, tokenizer):

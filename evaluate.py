@@ -225,7 +225,8 @@ def report_statistics(answers, records, metric_weights, radgraph_level):
             "bleu4": mean_of([rewards.bleu4(a, r) for a, r in zip(answers, references)]),
             **f1_statistics("label_f1", predicted, gold), **f1_statistics("label_f1", predicted, gold, FIVE, "_5"),
             "label_f1_reward": mean_of([rewards.label_f1(a, r) for a, r in zip(answers, references)]),
-            "answer_chars": mean_of([len(a) for a in answers]), **model_statistics(answers, references, metric_weights, radgraph_level)}
+            "answer_chars": mean_of([len(a) for a in answers]),
+            **model_statistics(answers, references, metric_weights, radgraph_level)}
 
 
 def grounding_statistics(answers, records):
@@ -285,8 +286,8 @@ def generate_answers(model, processor, records, generate_batch, thinking, max_ne
     stop = generation_kwargs(processor.tokenizer)
     groups = [[i for i, r in enumerate(records) if has_image(r) == image] for image in (True, False)]
     answers = [None] * len(records)
-    for idx in tqdm([g[s:s + generate_batch] for g in groups for s in range(0, len(g), generate_batch)], disable=not progress,
-                    desc="generate", dynamic_ncols=True):
+    for idx in tqdm([g[s:s + generate_batch] for g in groups for s in range(0, len(g), generate_batch)],
+                    disable=not progress, desc="generate", dynamic_ncols=True):
         inputs = prompt_batch([records[i] for i in idx], processor, thinking).to(device)
         with torch.no_grad(), autocast(device):
             out = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens, **stop)

@@ -212,7 +212,8 @@ def sample_rollouts(model, processor, records, group_size, thinking, device, tem
 
 def select(batch, idx):
     """Rows `idx` of a rollout batch, with their images' pixels gathered in the same order."""
-    out = {k: v[idx] for k, v in batch.items() if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == len(batch["group_ids"])}
+    out = {k: v[idx] for k, v in batch.items()
+           if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == len(batch["group_ids"])}
     out["pixel_values"] = torch.cat([batch["pixel_chunks"][i] for i in idx.tolist()])
     out["pixel_chunks"] = [batch["pixel_chunks"][i] for i in idx.tolist()]
     return out
@@ -312,7 +313,8 @@ def held_out_rewards(policy, processor, eval_sets, device, thinking, max_new_tok
         with torch.no_grad(), gathered(policy), autocast(device):
             sequences = policy.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens,
                                         **generation_kwargs(processor.tokenizer))
-        answers = processor.tokenizer.batch_decode(sequences[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        answers = processor.tokenizer.batch_decode(sequences[:, inputs["input_ids"].shape[1]:],
+                                                   skip_special_tokens=True)
         scores, _ = rewards.score(step_task, answers, [reference_answer(r) for r in records], reward=report_reward,
                                   thinking=thinking, metric_weights=metric_weights)
         out[f"val_reward_{step_task}"] = sum(scores) / len(scores)

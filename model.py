@@ -448,7 +448,8 @@ def wrap_fsdp(model, device, bf16=None):
     weights = model.state_dict() if rank0 else {}
     buffers = {name: buffer.detach().clone() for name, buffer in model.named_buffers()} if rank0 else {}
     bf16 = torch.cuda.is_available() if bf16 is None else bf16
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16
+          else MixedPrecisionPolicy())
     for module in model.modules():
         if type(module).__name__ in ("Qwen3VLTextDecoderLayer", "Qwen3VLMoeTextDecoderLayer",
                                      "Qwen3VLVisionBlock", "Qwen3VLMoeVisionBlock"):
@@ -541,7 +542,8 @@ def save_training_checkpoint(out_dir, step, model, optimizer, processor, train_s
     barrier()
     model_state, optim_state = get_state_dict(model, optimizer)
     dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=os.path.join(tmp, "train_state"))
-    torch.save({"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None},
+    torch.save({"cpu": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None},
                os.path.join(tmp, f"rng_rank{rank}.pt"))
     full = full_state_dict(model)
     barrier()

@@ -168,7 +168,8 @@ def validate_record(record, index=None):
     if not isinstance(turns, list) or len(turns) < 2:
         raise RecordError(f"record {rid}: 'conversations' must be a list of at least 2 turns")
     for i, turn in enumerate(turns):
-        if not isinstance(turn, dict) or turn.get("from") not in ("human", "gpt") or not isinstance(turn.get("value"), str):
+        if (not isinstance(turn, dict) or turn.get("from") not in ("human", "gpt")
+                or not isinstance(turn.get("value"), str)):
             raise RecordError(f"record {rid}: turn {i} must be {{'from': 'human'|'gpt', 'value': str}}")
         if turn["from"] != ("human" if i % 2 == 0 else "gpt"):
             raise RecordError(f"record {rid}: turn {i} should be from {'human' if i % 2 == 0 else 'gpt'}")

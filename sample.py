@@ -6,7 +6,8 @@ of GRPO's idea on one prompt: answers better than their group's mean are pushed 
     python sample.py                                                  # out/grpo on synthetic test study 0
     python sample.py --init_from=out/sft --study=3 --task=abnormality_grounding
     python sample.py --image=cxr.png --prompt="Write a radiology report for this Chest X-ray."
-    python sample.py --image=cxr.png --task=anatomical_grounding --prompt="Where is the heart located in this Chest X-ray?" \\
+    python sample.py --image=cxr.png --task=anatomical_grounding \\
+        --prompt="Where is the heart located in this Chest X-ray?" \\
         --answer="The heart is located at the coordinates [0.35, 0.45, 0.75, 0.8] on the image."
 
 The picture (out) shows the image once per answer: gold boxes green, the answer's boxes red.
@@ -47,7 +48,8 @@ torch.manual_seed(seed)
 device = default_device()
 if init_from == "tiny":
     import synthetic
-    model, processor = build_tiny(texts=synthetic.corpus_texts(), seed=seed, min_pixels=min_pixels, max_pixels=max_pixels)
+    model, processor = build_tiny(texts=synthetic.corpus_texts(), seed=seed,
+                                  min_pixels=min_pixels, max_pixels=max_pixels)
 else:
     model, processor = load_model(init_from, device=device, min_pixels=min_pixels, max_pixels=max_pixels)
 model.to(device).eval()

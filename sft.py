@@ -74,7 +74,8 @@ master = rank == 0
 torch.manual_seed(seed)
 if init_from == "tiny":
     import synthetic
-    model, processor = build_tiny(texts=synthetic.corpus_texts(), seed=seed, min_pixels=min_pixels, max_pixels=max_pixels)
+    model, processor = build_tiny(texts=synthetic.corpus_texts(), seed=seed,
+                                  min_pixels=min_pixels, max_pixels=max_pixels)
 else:
     # fp32 master weights, bf16 compute on GPU: a bf16 weight would not move under updates of lr 1e-5 x its size;
     # on N ranks only rank 0 reads them, and wrap_fsdp broadcasts them into the shards
@@ -184,7 +185,8 @@ def evaluate_val_loss():
 
 
 def save(step, cursor):
-    save_training_checkpoint(out_dir, step, model, optimizer, processor, keep_last=keep_last, dtype=compute_dtype(device),
+    save_training_checkpoint(out_dir, step, model, optimizer, processor,
+                             keep_last=keep_last, dtype=compute_dtype(device),
                              train_state={"step": step, "total_steps": total_steps, "cursor": list(cursor),
                                           "skipped": skipped, "tokens_seen": tokens_seen, "settings": settings})
 

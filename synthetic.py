@@ -571,8 +571,8 @@ def _report_record(study, image, rng, rid):
 
 def _classification_record(study, image, rng, rid):
     names = [k.lower() for k, v in study["labels"].items() if v == 1 and k != "No Finding"]
-    return make_record(rid, image, rng.choice(PROMPTS["classification"]), classification_answer(names), "classification",
-                       labels=study["labels"])
+    return make_record(rid, image, rng.choice(PROMPTS["classification"]), classification_answer(names),
+                       "classification", labels=study["labels"])
 
 
 def _anatomy_record(study, image, rng, rid):
@@ -721,7 +721,8 @@ def main(argv=None):
         prevalence.update({f["name"] for f in study["findings"]} or {"normal"})
         if len(tiles) < 16:
             tiles.append({"image": study["image"], "lines": [(study["report"], "white")],
-                          "boxes": [(f["box"], COLORS.get(f["name"], "#00ffff"), f["name"]) for f in study["findings"]]})
+                          "boxes": [(f["box"], COLORS.get(f["name"], "#00ffff"), f["name"])
+                                    for f in study["findings"]]})
     save_records(records, os.path.join(args.out, "records.jsonl"))
     contact_sheet(tiles, os.path.join(args.out, "contact_sheet.png"), side=2 * args.size, text_lines=9)
     print(f"{len(records)} studies ({args.split}, {args.size} px) -> {args.out}: records.jsonl, images/, "

@@ -43,6 +43,7 @@ for max_tokens in row_lengths:
         # the alternative: batches of a fixed number of samples (as many as fit at the longest length),
         # each padded to its longest sample
         per_batch = max(1, max_tokens // max(lengths))
-        padded = sum(max(lengths[i:i + per_batch]) * len(lengths[i:i + per_batch]) for i in range(0, records, per_batch))
+        padded = sum(max(lengths[i:i + per_batch]) * len(lengths[i:i + per_batch])
+                     for i in range(0, records, per_batch))
         print(f"| {max_tokens} | {window} | {len(rows)} | {100 * sum(lengths) / capacity:.1f} % | "
               f"{100 * sum(lengths) / padded:.1f} % |")

@@ -171,7 +171,8 @@ for name, m in (("plain", plain), ("sharded", model)):
     peak_reset()
     tokens, tokens_per_s, gathers = greedy(m)
     results[name] = dict(loss=loss.item(), after=after, tokens=tokens, tokens_per_s=tokens_per_s, gathers=gathers,
-                         grad_norm=grad_norm.full_tensor().item() if hasattr(grad_norm, "full_tensor") else grad_norm.item(),
+                         grad_norm=(grad_norm.full_tensor().item() if hasattr(grad_norm, "full_tensor")
+                                    else grad_norm.item()),
                          step_peak=step_peak, generate_peak=peak())
     optimizer = None
 with torch.no_grad():  # the way generate ran before model.gathered: per-token all-gathers (after a forward
@@ -184,7 +185,8 @@ say("| model | loss | grad norm | loss after the step | peak memory of the step 
     "= plain | generate tokens/s | parameter groups all-gathered per generate call | peak memory of generate |")
 say("|---|---|---|---|---|---|---|---|---|")
 for name, r in results.items():
-    same = r["tokens"].shape == results["plain"]["tokens"].shape and bool((r["tokens"] == results["plain"]["tokens"]).all())
+    same = (r["tokens"].shape == results["plain"]["tokens"].shape
+            and bool((r["tokens"] == results["plain"]["tokens"]).all()))
     say(f"| {name} | {r['loss']:.4f} | {r['grad_norm']:.3f} | {r['after']:.4f} | {r['step_peak']} | "
         f"{'yes' if same else 'no'} | {r['tokens_per_s']:.1f} | {r['gathers']} | {r['generate_peak']} |")
 say(f"| sharded, all-gathered per token (before model.gathered) | | | | | | {per_token_speed:.1f} | "

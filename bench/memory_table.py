@@ -83,8 +83,8 @@ def total(terms):
     return max(generate, train)
 
 
-print("| model | params | stage | GPUs | states | ref | gathered | grads | activations | logits | generating | KV cache | "
-      "total | fits 80 GB / 141 GB |")
+print("| model | params | stage | GPUs | states | ref | gathered | grads | activations | logits | generating | "
+      "KV cache | total | fits 80 GB / 141 GB |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for shape in QWEN3_VL_SHAPES:
     params, layer, root = parameter_counts(shape)

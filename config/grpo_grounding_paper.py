@@ -1,5 +1,6 @@
 # The paper's GRPO run for grounding: as the report run, with the soft-F1 IoU reward and 4096-token answers.
-#   torchrun --nproc_per_node=8 grpo.py config/grpo_grounding_paper.py --init_from=out/sft_paper --data=grounding_train.jsonl
+#   torchrun --nproc_per_node=8 grpo.py config/grpo_grounding_paper.py \
+#       --init_from=out/sft_paper --data=grounding_train.jsonl
 exec(open("config/grpo_report_paper.py").read())
 task = "grounding"
 data = "grounding_train.jsonl"

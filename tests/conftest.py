@@ -57,7 +57,8 @@ def write_records(folder, n, bad=False):
                                               {"from": "gpt", "value": REPORTS[i % len(REPORTS)]}]})
     if bad:
         records.insert(3, {"id": "missing-image", "image": "nope.png", "conversations": records[0]["conversations"]})
-        records.insert(7, {"id": "no-answer", "image": "0.png", "conversations": [{"from": "human", "value": "<image>\nHi"}]})
+        records.insert(7, {"id": "no-answer", "image": "0.png",
+                           "conversations": [{"from": "human", "value": "<image>\nHi"}]})
     path = os.path.join(folder, "records.jsonl")
     with open(path, "w") as f:
         f.write("".join(json.dumps(r) + "\n" for r in records))

@@ -14,7 +14,8 @@ def test_thinking_record_format_and_image(tmp_path):
     record = _records()[0]
     out = coldstart.thinking_record(record, "  Heart: normal size. Lungs: clear.  ", str(tmp_path))
     assert out["conversations"][0]["value"].endswith(THINK_SUFFIX)
-    assert reference_answer(out) == "<think>\nHeart: normal size. Lungs: clear.\n</think>\n\n" + reference_answer(record)
+    assert (reference_answer(out)
+            == "<think>\nHeart: normal size. Lungs: clear.\n</think>\n\n" + reference_answer(record))
     assert "image_array" not in out and out["image"].startswith(str(tmp_path))
     json.dumps(out)  # the record file stands on its own
 
@@ -67,5 +68,6 @@ def test_thinking_switch_reaches_the_chat_template(tiny):
     plain = processor.apply_chat_template(prompt_messages(record), tokenize=False, add_generation_prompt=True)
     asked = processor.apply_chat_template(prompt_messages(record, thinking=True), tokenize=False,
                                           add_generation_prompt=True)
-    assert asked == plain.replace("<|im_end|>\n<|im_start|>assistant\n", THINK_SUFFIX + "<|im_end|>\n<|im_start|>assistant\n")
+    assert asked == plain.replace("<|im_end|>\n<|im_start|>assistant\n",
+                                  THINK_SUFFIX + "<|im_end|>\n<|im_start|>assistant\n")
     assert to_messages(record, thinking=True)[0]["content"][1]["text"].endswith(THINK_SUFFIX)

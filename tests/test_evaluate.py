@@ -186,7 +186,8 @@ def test_predictions_mode_scores_a_file_of_answers(scored_predictions):
     assert results["model"].endswith("preds.jsonl")
     lines = [json.loads(line) for line in open(os.path.join(out, "predictions.jsonl"))]
     assert [x["id"] for x in lines] == ["r0", "r1", "g2", "r3", "r4", "g5", "r6", "r7", "g8"]
-    assert set(lines[0]) == {"id", "task", "prompt", "answer", "reference"} and lines[0]["answer"] == lines[0]["reference"]
+    assert (set(lines[0]) == {"id", "task", "prompt", "answer", "reference"}
+            and lines[0]["answer"] == lines[0]["reference"])
     table = open(os.path.join(out, "table.md")).read()
     assert "| R-L |" in table and "66.7 [" in table and "n/a" in table and table in proc.stdout
     assert Image.open(os.path.join(out, "contact_sheet.png")).size[0] == 4 * (192 + 4) + 4

@@ -50,7 +50,8 @@ def test_training_forward_reproduces_the_sampling_distribution(tiny, records_fil
     model, processor = tiny
     records = [r for r in load_records(records_file) if r["task"] == "report"][:3]
     torch.manual_seed(1)
-    batch, _, n_prompt = grpo.sample_rollouts(model, processor, records, 2, False, torch.device("cpu"), max_new_tokens=12)
+    batch, _, n_prompt = grpo.sample_rollouts(model, processor, records, 2, False, torch.device("cpu"),
+                                              max_new_tokens=12)
     torch.manual_seed(1)
     out = model.generate(**prompt_batch(records, processor), do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
                          max_new_tokens=12, num_return_sequences=2, output_logits=True, return_dict_in_generate=True,

@@ -46,7 +46,8 @@ def test_checkpoint_loads_with_plain_transformers(tiny_checkpoint, tiny):
     assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json",
             "preprocessor_config.json", "video_preprocessor_config.json", "chat_template.jinja"} <= files
     # a subclass name here would make AutoProcessor return only the tokenizer on a GPU machine
-    assert json.load(open(os.path.join(tiny_checkpoint, "processor_config.json")))["processor_class"] == "Qwen3VLProcessor"
+    assert (json.load(open(os.path.join(tiny_checkpoint, "processor_config.json")))["processor_class"]
+            == "Qwen3VLProcessor")
 
 
 def test_tokenizer_has_qwen_added_tokens_in_order(tiny):
@@ -110,7 +111,8 @@ def test_generate_stops_at_eos_and_pad_differs(tiny):
     out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
     assert out.shape[1] <= inputs["input_ids"].shape[1] + 8
     gc = model.generation_config
-    assert processor.tokenizer.eos_token_id in gc.eos_token_id and gc.pad_token_id not in (processor.tokenizer.eos_token_id,)
+    assert (processor.tokenizer.eos_token_id in gc.eos_token_id
+            and gc.pad_token_id not in (processor.tokenizer.eos_token_id,))
 
 
 def test_killed_save_leaves_previous_checkpoint(tmp_path, monkeypatch):

@@ -120,7 +120,8 @@ def test_bad_records_raise_errors_naming_the_record(tiny, tmp_path):
     with pytest.raises(RecordError, match="record broken: cannot read image"):
         tokenize_sample(dict(good, id="broken", image=str(tmp_path / "broken.png")), processor)
     with pytest.raises(RecordError, match="record bad-turns: turn 1"):
-        tokenize_sample({"id": "bad-turns", "conversations": [{"from": "human", "value": "hi"}, {"from": "x"}]}, processor)
+        tokenize_sample({"id": "bad-turns", "conversations": [{"from": "human", "value": "hi"}, {"from": "x"}]},
+                        processor)
     with pytest.raises(RecordError, match="record bad-box: malformed box"):
         tokenize_sample(dict(good, id="bad-box", boxes=[[0.5, 0.5, 0.2, 0.9]]), processor)
     with pytest.raises(RecordError, match="record bad-task: unknown task 'segmentation'"):

@@ -1,5 +1,6 @@
-"""What the real path (8 GPUs, real checkpoints and data) needs that the synthetic default never meets: bf16 exports, checkpoints with their own sampling settings, a teacher's pixel budget, and a
-data stream that does not go through shared memory."""
+"""What the real path (8 GPUs, real checkpoints and data) needs that the synthetic default never meets: bf16 exports,
+checkpoints with their own sampling settings, a teacher's pixel budget, and a data stream that does not go through
+shared memory."""
 import json
 import os
 import subprocess
@@ -51,7 +52,8 @@ def test_a_checkpoints_own_sampling_settings_are_overridden(tmp_path, tiny_check
     records = [r for r in load_records(write_records(str(tmp_path / "data"), 4)) if r["task"] == "report"][:2]
     inputs = prompt_batch(records, processor)
     with torch.no_grad():
-        greedy = [m.generate(**inputs, max_new_tokens=12, **generation_kwargs(processor.tokenizer)) for m in (model, loaded)]
+        greedy = [m.generate(**inputs, max_new_tokens=12, **generation_kwargs(processor.tokenizer))
+                  for m in (model, loaded)]
     assert torch.equal(*greedy)
     sampled = []
     for m in (model, loaded):
@@ -60,7 +62,8 @@ def test_a_checkpoints_own_sampling_settings_are_overridden(tmp_path, tiny_check
                                        max_new_tokens=12)[0]["input_ids"])
     assert torch.equal(*sampled)
     plain = model.generation_config
-    assert plain.top_k is None and plain.repetition_penalty is None and plain.eos_token_id == loaded.generation_config.eos_token_id
+    assert (plain.top_k is None and plain.repetition_penalty is None
+            and plain.eos_token_id == loaded.generation_config.eos_token_id)
 
 
 def test_the_teacher_sees_images_within_its_pixel_budget(tmp_path, tiny_checkpoint):

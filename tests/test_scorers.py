@@ -175,8 +175,9 @@ def test_radcliq_floors_and_missing_weights_name_the_file(tmp_path):
 
 def test_green_score_parses_the_judges_answer():
     judgement = ("[Explanation]:\nThe candidate misses the effusion.\n\n[Clinically Significant Errors]:\n"
-                 "(a) False report of a finding in the candidate: 0.\n(b) Missing a finding present in the reference: 1. "
-                 "Left pleural effusion\n(c) Misidentification of a finding's anatomic location/position: 0.\n"
+                 "(a) False report of a finding in the candidate: 0.\n"
+                 "(b) Missing a finding present in the reference: 1. Left pleural effusion\n"
+                 "(c) Misidentification of a finding's anatomic location/position: 0.\n"
                  "(d) Misassessment of the severity of a finding: 1. severity of cardiomegaly\n\n"
                  "[Clinically Insignificant Errors]:\n(a) False report of a finding in the candidate: 2.\n\n"
                  "[Matched Findings]:\n2. Cardiomegaly; no pneumothorax\n")

@@ -102,9 +102,9 @@ def test_coldstart_on_two_ranks_shards_the_traces_then_sft_fine_tunes_on_them(ti
     strip = lambda r: {k: v for k, v in r.items() if k != "image"}  # noqa: E731  (each run writes its own PNGs)
     assert [strip(r) for r in sorted(traces[2], key=key)] == [strip(r) for r in sorted(traces[1], key=key)]
     model_dir = str(tmp_path / "2" / "model")
-    run("sft.py", 2, "config/coldstart.py", f"--init_from={tiny_checkpoint}", f"--data={tmp_path / '2' / 'traces.jsonl'}",
-        f"--out_dir={model_dir}", "--max_steps=2", "--rows_per_step=1", "--epochs=10", "--max_tokens=1024",
-        "--num_workers=0")
+    run("sft.py", 2, "config/coldstart.py", f"--init_from={tiny_checkpoint}",
+        f"--data={tmp_path / '2' / 'traces.jsonl'}", f"--out_dir={model_dir}", "--max_steps=2", "--rows_per_step=1",
+        "--epochs=10", "--max_tokens=1024", "--num_workers=0")
     assert [r["step"] for r in log(model_dir)] == [1, 2]
     assert loads_with_plain_transformers(model_dir)
 
