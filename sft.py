@@ -47,8 +47,8 @@ max_tokens = 1024         # tokens per packed row
 rows_per_step = 4         # packed rows per optimizer step on each rank (gradient accumulation micro-steps)
 epochs = 1                # passes over the data
 max_steps = 500           # stop after this many steps (0: at the end of `epochs`)
-lr = 2e-3                 # peak learning rate of the language model (and merger)
-vision_lr = 1e-3          # peak learning rate of the vision tower
+lr = 2e-3                 # peak learning rate of the language model
+vision_lr = 1e-3          # peak learning rate of the vision tower (with its mergers into the language model)
 freeze_vision = False     # keep the vision tower fixed
 warmup = 0.1              # fraction of steps of linear warm-up, then cosine to 10 % of the peak
 weight_decay = 0.05       # AdamW weight decay on matrices (not on norms and biases)
@@ -99,8 +99,8 @@ for p in model.parameters():
         key = ("vision" if p in vision_params else "text", p.dim() >= 2)
         groups.setdefault(key, []).append(p)
 optimizer = torch.optim.AdamW(
-    [{"params": ps, "base_lr": vision_lr if part == "vision" else lr, "weight_decay": weight_decay if decay else 0.0}
-     for (part, decay), ps in groups.items()],
+    [{"params": ps, "part": part, "base_lr": vision_lr if part == "vision" else lr,
+      "weight_decay": weight_decay if decay else 0.0} for (part, decay), ps in groups.items()],
     betas=(beta1, beta2), fused=device.type == "cuda")
 
 train_records = open_records(data, "train", n_train, image_size)
@@ -246,7 +246,8 @@ while step < total_steps:
     totals = torch.tensor([loss_sum, float(skipped)], dtype=torch.float64, device=device)
     if world > 1:
         torch.distributed.all_reduce(totals)
-    record = {"step": step, "loss": totals[0].item() / n_label, "lr": lr * lr_factor(step - 1),
+    record = {"step": step, "loss": totals[0].item() / n_label,
+              **{"lr" if g["part"] == "text" else "lr_vision": g["lr"] for g in optimizer.param_groups},
               "grad_norm": grad_norm.item(), "tokens": int(n_tokens), "tokens_per_s": n_tokens / dt,
               "skipped": int(totals[1].item())}
     if peak_flops:

@@ -98,6 +98,7 @@ def test_two_process_run_equals_one_process(tiny_checkpoint, tmp_path):
     for step in a:
         assert abs(a[step]["loss"] - b[step]["loss"]) <= 1e-5
         assert a[step]["tokens"] == b[step]["tokens"]
+        assert abs(a[step]["grad_norm"] - b[step]["grad_norm"]) <= 1e-5  # before clipping: a wrong scale shows
 
 
 def test_interrupted_checkpoint_leaves_the_previous_one_latest(tiny_checkpoint, tmp_path, monkeypatch):
@@ -118,3 +119,107 @@ def test_interrupted_checkpoint_leaves_the_previous_one_latest(tiny_checkpoint, 
     monkeypatch.undo()
     assert load_training_checkpoint(latest_checkpoint(out), model, optimizer)["step"] == 1
     load_model(latest_checkpoint(out), device="cpu")
+
+
+# ---------------------------------------------------------------------------------------------------
+# the optimizer: schedule, parameter groups, frozen vision, where a run ends
+
+def optimizer_groups(checkpoint):
+    """The AdamW parameter groups stored in a training checkpoint: [(settings, parameter names)]."""
+    import torch
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    dcp_to_torch_save(os.path.join(checkpoint, "train_state"), checkpoint + ".pt")
+    groups = torch.load(checkpoint + ".pt", weights_only=False)["optimizer"]["param_groups"]
+    return [({k: v for k, v in g.items() if k != "params"}, g["params"]) for g in groups]
+
+
+def test_schedule_and_parameter_groups(tiny_checkpoint, records_file, tmp_path):
+    """Warm-up over the first 25 % of 8 steps, then cosine to 10 % of the peak; the vision tower (with its mergers)
+    at its own rate; no weight decay on norms and biases."""
+    import math
+    out = str(tmp_path / "run")
+    run_sft(out, tiny_checkpoint, records_file, "--lr=1e-3", "--vision_lr=2e-4", "--warmup=0.25", "--max_steps=8",
+            "--save_every=4", "--rows_per_step=1", "--window=4", "--weight_decay=0.1")
+    log = losses(out)
+    for step in range(1, 9):  # the learning rate each step used, written out by hand
+        it = step - 1
+        factor = (it + 1) / 2 if it < 2 else 0.1 + 0.45 * (1 + math.cos(math.pi * (it - 2) / 6))
+        assert log[step]["lr"] == pytest.approx(1e-3 * factor) and log[step]["lr_vision"] == pytest.approx(2e-4 * factor)
+    groups = optimizer_groups(os.path.join(out, "step_0000008"))
+    names = [n for _, ps in groups for n in ps]
+    assert len(names) == len(set(names))
+    for settings, params in groups:
+        vision = all(n.startswith("model.visual.") for n in params)
+        assert vision or not any(n.startswith("model.visual.") for n in params)
+        assert settings["base_lr"] == (2e-4 if vision else 1e-3)
+        no_decay = all(n.endswith(("bias", "norm.weight", "norm1.weight", "norm2.weight", "layernorm.weight"))
+                       for n in params)
+        assert settings["weight_decay"] == (0.0 if no_decay else 0.1), params
+    assert sum(settings["weight_decay"] == 0.1 for settings, _ in groups) == 2  # text and vision matrices
+
+
+def test_freeze_vision_leaves_the_tower_alone(tiny_checkpoint, records_file, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+    out = str(tmp_path / "frozen")
+    run_sft(out, tiny_checkpoint, records_file, "--freeze_vision=True", "--max_steps=2", "--save_every=2",
+            "--rows_per_step=1", "--window=4")
+    before, after = (load_file(os.path.join(p, "model.safetensors")) for p in (tiny_checkpoint,
+                                                                              os.path.join(out, "step_0000002")))
+    visual = [k for k in before if k.startswith("model.visual.")]
+    assert visual and all(torch.equal(before[k], after[k]) for k in visual)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k not in visual)
+    assert not any(n.startswith("model.visual.") for _, ps in optimizer_groups(os.path.join(out, "step_0000002"))
+                   for n in ps)
+
+
+def test_one_epoch_stops_at_the_end_of_the_data(tiny, tiny_checkpoint, records_file, tmp_path):
+    """max_steps=0 trains for `epochs` (here 1): as many steps as whole batches of rows the data packs into."""
+    from data import PackedWindows
+    from records import load_records
+    model, processor = tiny
+    records = load_records(records_file)
+    stream = iter(PackedWindows(records, processor, model, 512, window=4))
+    n_rows = sum(len(next(stream)["rows"]) for _ in range(4))  # 16 + 2 records in windows of 4: one epoch
+    out = str(tmp_path / "epoch")
+    run_sft(out, tiny_checkpoint, records_file, "--max_steps=0", "--epochs=1",
+            "--rows_per_step=2", "--window=4", "--save_every=1000")
+    assert max(losses(out)) == n_rows // 2
+    assert os.path.isdir(os.path.join(out, f"step_{n_rows // 2:07d}"))  # saved at the end
+
+
+def test_resume_inside_a_window_is_exact(tiny_checkpoint, records_file, tmp_path):
+    """128-token rows hold about two samples, so a window of 8 records packs into several rows and a checkpoint
+    after one row lands inside the window: the resumed run must skip exactly the rows already trained on."""
+    full = str(tmp_path / "full")
+    common = ["--max_tokens=256", "--rows_per_step=1", "--window=8", "--max_steps=5", "--save_every=1", "--keep_last=5"]
+    run_sft(full, tiny_checkpoint, records_file, *common)
+    state = json.load(open(os.path.join(full, "step_0000005", "train_state.json")))
+    crashed = str(tmp_path / "crashed")
+    shutil.copytree(full, crashed)
+    step = next(s for s in (3, 4) if json.load(open(os.path.join(full, f"step_{s:07d}", "train_state.json")))
+                ["cursor"][2] > 0)  # a checkpoint in the middle of a window
+    for later in range(step + 1, 6):
+        shutil.rmtree(os.path.join(crashed, f"step_{later:07d}"), ignore_errors=True)
+    open(os.path.join(crashed, "latest"), "w").write(f"step_{step:07d}")
+    lines = [line for line in open(os.path.join(crashed, "log.jsonl")) if json.loads(line)["step"] <= step]
+    open(os.path.join(crashed, "log.jsonl"), "w").write("".join(lines))
+    run_sft(crashed, tiny_checkpoint, records_file, *common, "--resume=True")
+    a, b = losses(full), losses(crashed)
+    for s in range(step + 1, 6):
+        assert abs(a[s]["loss"] - b[s]["loss"]) <= 1e-6 and a[s]["tokens"] == b[s]["tokens"]
+    assert json.load(open(os.path.join(crashed, "step_0000005", "train_state.json")))["cursor"] == state["cursor"]
+
+
+def test_a_checkpoint_restores_the_random_state(tiny, tmp_path):
+    import torch
+    from model import load_training_checkpoint, save_training_checkpoint
+    model, processor = tiny
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    os.makedirs(tmp_path / "run")
+    torch.manual_seed(7)
+    path = save_training_checkpoint(str(tmp_path / "run"), 1, model, optimizer, processor, {"step": 1})
+    expected = torch.rand(4)
+    torch.manual_seed(8)
+    load_training_checkpoint(path, model, optimizer)
+    assert torch.equal(torch.rand(4), expected)
