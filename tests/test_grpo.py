@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+import evaluate
 import grpo
 from conftest import write_records
 from records import load_records
@@ -19,22 +20,36 @@ def records_file(tmp_path_factory):
     return write_records(str(tmp_path_factory.mktemp("grpo_data")), 12)
 
 
+def favour_eos(model, processor, bias=4.0):
+    """A forward hook that adds `bias` to the EOS logit (<|im_end|>): the tiny random model then ends some answers
+    after a few tokens and others not at all. Returns the hook's handle (remove it after)."""
+    eos = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    return model.lm_head.register_forward_hook(lambda module, inputs, logits: logits + bias * torch.nn.functional.one_hot(
+        torch.tensor(eos), logits.shape[-1]))
+
+
 def test_rollouts_keep_eos_in_the_mask_and_groups_aligned(tiny, records_file):
     model, processor = tiny
     records = [r for r in load_records(records_file) if r["task"] == "report"][:3]
     torch.manual_seed(0)
+    hook = favour_eos(model, processor)
     batch, texts, n_prompt = grpo.sample_rollouts(model, processor, records, 4, False, torch.device("cpu"),
-                                                  max_new_tokens=40)
+                                                  max_new_tokens=12)
+    hook.remove()
     eos = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
     completion = batch["input_ids"][:, n_prompt:]
     assert batch["group_ids"].tolist() == [0] * 4 + [1] * 4 + [2] * 4
     assert processor.tokenizer.pad_token_id != eos
+    ended = 0
     for row, mask in zip(completion, batch["completion_mask"]):
         ends = (row == eos).nonzero().flatten()
         if len(ends):  # everything up to and including the first EOS is learned from, nothing after it
             assert mask[:ends[0] + 1].all() and not mask[ends[0] + 1:].any()
+            assert (row[ends[0] + 1:] == processor.tokenizer.pad_token_id).all()
+            ended += ends[0] < len(row) - 1
         else:
             assert mask.all()
+    assert 0 < ended < len(completion)  # both branches ran: answers that stopped early and answers cut at the end
     image_tokens = [processor.tokenizer.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|vision_start|>")]
     assert not torch.isin(completion, torch.tensor(image_tokens)).any()
     # each rollout is fed back with its own prompt's image: the forward equals the generation's log-probs
@@ -169,6 +184,31 @@ def test_grpo_script_logs_and_resumes_exactly(tiny_checkpoint, records_file, tmp
         assert abs(full[2][key] - resumed[2][key]) <= 1e-6, key
 
 
+def test_each_rollout_is_scored_against_its_own_prompts_answer_and_advanced_within_its_group(tiny_checkpoint,
+                                                                                           records_file, tmp_path):
+    """grpo.py's loop with a reward the random tiny model earns, so that advantages are not all zero: each sampled
+    answer must be scored against the gold answer of its own prompt, and its advantage must be its reward against
+    its own group's (rollout j belongs to prompt j // G)."""
+    out = str(tmp_path / "steps.json")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "grpo_wiring_worker.py"), out,
+                           f"--init_from={tiny_checkpoint}", f"--data={records_file}", "--task=report",
+                           "--prompts_per_step=4", "--group_size=4", "--mini_batch=2", "--max_new_tokens=10",
+                           "--max_steps=2", "--eval_every=0", "--save_every=0", f"--out_dir={tmp_path / 'run'}"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = json.load(open(out))
+    assert len(steps) == 2
+    for step in steps:
+        group = 4
+        assert len(set(step["golds"])) > 1  # the prompts have different gold answers to mix up
+        assert step["completions"] == step["texts"] and step["group_ids"] == [j // group for j in range(16)]
+        assert step["answers"] == [step["golds"][j // group] for j in range(16)]
+        rewards = torch.tensor(step["rewards"]).view(4, group)
+        expected = (rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + 1e-6)
+        assert torch.allclose(torch.tensor(step["advantages"]), expected.flatten(), atol=1e-5)
+        assert torch.tensor(step["advantages"]).abs().max() > 0.5
+
+
 def test_every_grounding_step_takes_prompts_of_each_grounding_task(tiny_checkpoint, tmp_path):
     """The mean reward of a step should not swing with its mix of easy and hard tasks: one step of 3 prompts
     holds one anatomical, one abnormality and one phrase grounding prompt, each with its own logged reward."""
@@ -190,8 +230,20 @@ def test_held_out_rewards_are_greedy_and_per_task(tiny, records_file):
     records = load_records(records_file)
     eval_sets = {"report": [r for r in records if r["task"] == "report"][:3],
                  "grounding": [r for r in records if r["task"] == "anatomical_grounding"][:2]}
-    settings = dict(thinking=False, max_new_tokens=8, report_reward="label_f1", metric_weights="")
+    settings = dict(thinking=False, max_new_tokens=8, report_reward="gleu", metric_weights="")
     first = grpo.held_out_rewards(model, processor, eval_sets, torch.device("cpu"), **settings)
-    again = grpo.held_out_rewards(model, processor, eval_sets, torch.device("cpu"), **settings)
     assert sorted(first) == ["val_reward_grounding", "val_reward_report"]
-    assert first == again and all(0.0 <= v <= 1.0 for v in first.values())
+    # gold report answers that are the model's own greedy answers (a logit bias makes them words, not newlines): a
+    # greedy evaluation scores exactly 1 (GLEU of identical texts), where sampled answers would differ from them
+    the = processor.tokenizer(" the", add_special_tokens=False)["input_ids"][0]
+    hook = model.lm_head.register_forward_hook(
+        lambda module, inputs, logits: logits + 6.0 * torch.nn.functional.one_hot(torch.tensor(the), logits.shape[-1]))
+    greedy = evaluate.generate_answers(model, processor, eval_sets["report"], 8, False, 8, torch.device("cpu"),
+                                       progress=False)
+    own = [{**r, "conversations": r["conversations"][:1] + [{"from": "gpt", "value": a}]}
+           for r, a in zip(eval_sets["report"], greedy)]
+    torch.manual_seed(0)
+    scored = grpo.held_out_rewards(model, processor, {"report": own}, torch.device("cpu"), **settings)
+    hook.remove()
+    assert "the" in greedy[0] and scored == {
+        "val_reward_report": pytest.approx(1.0)}

@@ -108,8 +108,12 @@ def test_attention_falls_back_to_sdpa_without_flash_attn(tiny, monkeypatch):
 def test_generate_stops_at_eos_and_pad_differs(tiny):
     model, processor = tiny
     inputs = _inputs(processor, gray_image(64, 64))
+    eos = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    hook = model.lm_head.register_forward_hook(  # the EOS logit far ahead: the answer is EOS at once, and ends there
+        lambda module, args, logits: logits + 50.0 * torch.nn.functional.one_hot(torch.tensor(eos), logits.shape[-1]))
     out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
-    assert out.shape[1] <= inputs["input_ids"].shape[1] + 8
+    hook.remove()
+    assert out[0, inputs["input_ids"].shape[1]:].tolist() == [eos]
     gc = model.generation_config
     assert (processor.tokenizer.eos_token_id in gc.eos_token_id
             and gc.pad_token_id not in (processor.tokenizer.eos_token_id,))

@@ -1,0 +1,37 @@
+"""Run by test_grpo.py: grpo.py's whole main loop, with a reward that the tiny random model does earn (minus the
+difference in words between an answer and its gold answer, over 10), recording what each step hands on: the prompts'
+gold answers, the sampled answers, what was scored against what, and the advantages the update received."""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import grpo  # noqa: E402
+from records import reference_answer  # noqa: E402
+
+out = sys.argv.pop(1)
+steps = []
+sample_rollouts, policy_update = grpo.sample_rollouts, grpo.policy_update
+
+
+def sample(model, processor, records, *args, **kwargs):
+    batch, texts, n_prompt = sample_rollouts(model, processor, records, *args, **kwargs)
+    steps.append({"golds": [reference_answer(r) for r in records], "texts": texts,
+                  "group_ids": batch["group_ids"].tolist()})
+    return batch, texts, n_prompt
+
+
+def score(task, completions, answers, reward=None, thinking=False, metric_weights=""):
+    values = [-abs(len(c.split()) - len(a.split())) / 10 for c, a in zip(completions, answers)]
+    steps[-1].update(completions=completions, answers=answers, rewards=values)
+    return values, {}
+
+
+def update(policy, optimizer, batch, old_logprobs, ref_logprobs, advantages, *args, **kwargs):
+    steps[-1]["advantages"] = advantages.tolist()
+    return policy_update(policy, optimizer, batch, old_logprobs, ref_logprobs, advantages, *args, **kwargs)
+
+
+grpo.sample_rollouts, grpo.policy_update, grpo.rewards.score = sample, update, score
+grpo.main()
+json.dump(steps, open(out, "w"))
