@@ -2,7 +2,7 @@
 The checks that need a GPU, in one go (sized for about 5 minutes on one H200; not yet run on one), on a randomly
 initialised model of Qwen3-VL-2B's real shape in bf16 with images of up to 262,144 pixels:
 
-1. packing with flash-attention-2 gives the same logits as packing with sdpa, and as each sample on its own;
+1. packing with flash-attention-2 (and eager) gives the same logits as packing with sdpa, and as each sample alone;
 2. FSDP2 on NCCL: a sharded training step (mixed precision), then greedy generation from an image prompt with the
    policy gathered once per call (model.gathered), match a plain copy stepped alike; peak memory of each; generate
    tokens/s and all-gathers per call, gathered once vs. per token (how generation ran before model.gathered);
@@ -83,7 +83,8 @@ def separate_logprobs():
 
 
 reference = separate_logprobs()
-impls = ["sdpa"] + (["flash_attention_2"] if device.type == "cuda" and importlib.util.find_spec("flash_attn") else [])
+flash = device.type == "cuda" and importlib.util.find_spec("flash_attn")
+impls = ["sdpa", "eager"] + (["flash_attention_2"] if flash else [])
 say(f"## 1. Packed row of {len(order)} samples, {row['input_ids'].shape[1]} tokens: log-prob differences\n")
 say("| attention | vs sdpa packed: max / mean | vs each sample alone (sdpa): max / mean |")
 say("|---|---|---|")

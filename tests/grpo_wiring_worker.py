@@ -7,7 +7,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import grpo  # noqa: E402
-from records import reference_answer  # noqa: E402
+from records import reference_answer, task_of  # noqa: E402
 
 out = sys.argv.pop(1)
 steps = []
@@ -16,8 +16,8 @@ sample_rollouts, policy_update = grpo.sample_rollouts, grpo.policy_update
 
 def sample(model, processor, records, *args, **kwargs):
     batch, texts, n_prompt = sample_rollouts(model, processor, records, *args, **kwargs)
-    steps.append({"golds": [reference_answer(r) for r in records], "texts": texts,
-                  "group_ids": batch["group_ids"].tolist()})
+    steps.append({"golds": [reference_answer(r) for r in records], "tasks": [task_of(r) for r in records],
+                  "texts": texts, "group_ids": batch["group_ids"].tolist()})
     return batch, texts, n_prompt
 
 

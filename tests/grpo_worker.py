@@ -31,7 +31,11 @@ records = [r for r in load_records(data) if r["task"] == "report"][:4]
 
 torch.manual_seed(0)  # the same seed on every rank: the same rollouts as one process, if sharded sampling is right
 policy.eval()
+eos = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")  # a bias towards EOS while sampling: answers of
+hook = policy.lm_head.register_forward_hook(  # several lengths, so that the three loss aggregations differ
+    lambda module, inputs, logits: logits + 4.0 * torch.nn.functional.one_hot(torch.tensor(eos), logits.shape[-1]))
 batch, texts, n_prompt = grpo.sample_rollouts(policy, processor, records, 3, False, device, max_new_tokens=10)
+hook.remove()
 rewards = torch.tensor([len(t) % 5 / 4 for t in texts])
 advantages = grpo.group_advantages(rewards, batch["group_ids"])
 old = grpo.rollout_logprobs(policy, batch, n_prompt, micro_batch=2)
@@ -76,6 +80,21 @@ for length in (4, 12):
     answers[length] = sequences[0, prompt["input_ids"].shape[1]:].tolist()
 dist.all_gather_single = all_gather
 
+# the other two loss aggregations, each from the starting weights: sequence mean (the original GRPO) and Dr.GRPO's
+# constant normalizer, whose normalizers also run over every rank's sequences
+others = {}
+for loss_agg in ("seq-mean", "constant"):
+    fresh, _ = load_model(path, device="cpu", rank0_only=world > 1)
+    if world > 1:
+        wrap_fsdp(fresh, device)
+    fresh_optimizer = torch.optim.AdamW(fresh.parameters(), lr=1e-3)
+    agg_stats = grpo.policy_update(fresh, fresh_optimizer, grpo.select(batch, mine), old[mine], ref[mine],
+                                   advantages[mine], n_prompt, world, n_updates=2, micro_batch=2, grad_clip=1.0,
+                                   loss_settings={**loss_settings, "loss_agg": loss_agg})
+    fresh_state = full_state_dict(fresh)
+    others[loss_agg] = {"grad_norm": agg_stats["grad_norm"],
+                        "param_sum": sum(v.double().sum().item() for v in fresh_state.values()) if rank == 0 else None}
+
 state = full_state_dict(policy)
 if rank == 0:
     plain, _ = load_model(ckpt, device="cpu")
@@ -83,7 +102,7 @@ if rank == 0:
                "rollouts": batch["input_ids"].tolist(), "texts": texts,
                "param_sum": sum(v.double().sum().item() for v in state.values()),
                "param_abs": sum(v.double().abs().sum().item() for v in state.values()),
-               "grad_norm": stats["grad_norm"], "grads_held": grads_held, "answers": answers,
+               "grad_norm": stats["grad_norm"], "grads_held": grads_held, "answers": answers, "other_losses": others,
                "all_gathers": counts, "n_fsdp_modules": sum(hasattr(m, "unshard") for m in policy.modules()),
                "timeout_s": dist.distributed_c10d._get_default_group()._get_backend(torch.device("cpu"))
                .options._timeout.total_seconds() if world > 1 else None}, open(out, "w"))

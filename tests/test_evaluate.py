@@ -150,6 +150,24 @@ def test_label_f1_is_pooled_micro_and_macro_over_the_rule_based_labels():
     assert report["label_f1_micro_5"]["value"] == pytest.approx(2 * 2 / (2 * 2 + 0 + 1))
 
 
+def test_classification_f1_micro_macro_and_per_sample_by_hand():
+    from records import classification_answer
+    cases = [(["cardiomegaly", "edema"], ["cardiomegaly"]), (["pleural effusion"], ["pleural effusion", "edema"]),
+             ([], []), (["edema"], ["pneumothorax"]), (["cardiomegaly"], ["cardiomegaly"])]
+    records = [{"id": i, "task": "classification", "conversations": [
+        {"from": "human", "value": "Are there any abnormalities on this Chest X-ray?"},
+        {"from": "gpt", "value": classification_answer(gold)}]} for i, (gold, _) in enumerate(cases)]
+    results = evaluate.score(records, [classification_answer(predicted) for _, predicted in cases], n_boot=0)
+    # per label: cardiomegaly tp 2; pleural effusion tp 1; "no finding" (the normal study) tp 1; edema fp 1, fn 2;
+    # pneumothorax fp 1. micro: 2 x 4 / (2 x 4 + 2 + 2) = 2/3; macro: (1 + 1 + 1 + 0 + 0) / 5 = 0.6
+    # per sample: 2/3, 2/3, 1, 0, 1 -> 2/3
+    classification = results["classification"]
+    assert classification["n"] == 5
+    assert classification["f1_micro"]["value"] == pytest.approx(2 / 3)
+    assert classification["f1_macro"]["value"] == pytest.approx(0.6)
+    assert classification["sample_f1"]["value"] == pytest.approx(2 / 3)
+
+
 # ---------------------------------------------------------------------------------------------------
 # the predictions-file mode, end to end
 

@@ -24,8 +24,8 @@ def favour_eos(model, processor, bias=4.0):
     """A forward hook that adds `bias` to the EOS logit (<|im_end|>): the tiny random model then ends some answers
     after a few tokens and others not at all. Returns the hook's handle (remove it after)."""
     eos = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
-    return model.lm_head.register_forward_hook(lambda module, inputs, logits: logits + bias * torch.nn.functional.one_hot(
-        torch.tensor(eos), logits.shape[-1]))
+    return model.lm_head.register_forward_hook(
+        lambda module, inputs, logits: logits + bias * torch.nn.functional.one_hot(torch.tensor(eos), logits.shape[-1]))
 
 
 def test_rollouts_keep_eos_in_the_mask_and_groups_aligned(tiny, records_file):
@@ -123,6 +123,10 @@ def test_two_processes_load_sample_update_and_generate_as_one(tiny_checkpoint, r
     assert abs(one["param_sum"] - two["param_sum"]) < 1e-4
     assert abs(one["param_abs"] - two["param_abs"]) < 1e-4
     assert abs(one["grad_norm"] - two["grad_norm"]) < 1e-5
+    for loss_agg in ("seq-mean", "constant"):  # the other aggregations: their normalizers span the ranks too
+        a, b = one["other_losses"][loss_agg], two["other_losses"][loss_agg]
+        assert abs(a["param_sum"] - b["param_sum"]) < 1e-4 and abs(a["grad_norm"] - b["grad_norm"]) < 1e-5
+        assert abs(a["grad_norm"] - one["grad_norm"]) > 1e-4  # a different loss, not the token mean again
     assert two["answers"] == one["answers"]
     # one all-gather per FSDP module (decoder layers, vision blocks, root) per generate call, whatever its length
     assert two["all_gathers"]["4"] == two["all_gathers"]["12"] <= two["n_fsdp_modules"]
@@ -184,19 +188,25 @@ def test_grpo_script_logs_and_resumes_exactly(tiny_checkpoint, records_file, tmp
         assert abs(full[2][key] - resumed[2][key]) <= 1e-6, key
 
 
+def run_wiring(tmp_path, *args):
+    """grpo.py's loop for 2 steps of 4 samples per prompt through tests/grpo_wiring_worker.py: (what each step handed
+    on, log.jsonl)."""
+    out = str(tmp_path / "steps.json")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "grpo_wiring_worker.py"), out, *args,
+                           "--group_size=4", "--max_new_tokens=10", "--max_steps=2", "--eval_every=0", "--save_every=0",
+                           f"--out_dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.load(open(out)), [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
+
+
 def test_each_rollout_is_scored_against_its_own_prompts_answer_and_advanced_within_its_group(tiny_checkpoint,
                                                                                            records_file, tmp_path):
     """grpo.py's loop with a reward the random tiny model earns, so that advantages are not all zero: each sampled
     answer must be scored against the gold answer of its own prompt, and its advantage must be its reward against
     its own group's (rollout j belongs to prompt j // G)."""
-    out = str(tmp_path / "steps.json")
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "grpo_wiring_worker.py"), out,
-                           f"--init_from={tiny_checkpoint}", f"--data={records_file}", "--task=report",
-                           "--prompts_per_step=4", "--group_size=4", "--mini_batch=2", "--max_new_tokens=10",
-                           "--max_steps=2", "--eval_every=0", "--save_every=0", f"--out_dir={tmp_path / 'run'}"],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    steps = json.load(open(out))
+    steps, _ = run_wiring(tmp_path, f"--init_from={tiny_checkpoint}", f"--data={records_file}", "--task=report",
+                          "--prompts_per_step=4", "--mini_batch=2")
     assert len(steps) == 2
     for step in steps:
         group = 4
@@ -211,11 +221,14 @@ def test_each_rollout_is_scored_against_its_own_prompts_answer_and_advanced_with
 
 def test_every_grounding_step_takes_prompts_of_each_grounding_task(tiny_checkpoint, tmp_path):
     """The mean reward of a step should not swing with its mix of easy and hard tasks: one step of 3 prompts
-    holds one anatomical, one abnormality and one phrase grounding prompt, each with its own logged reward."""
-    log = run_grpo(str(tmp_path / "run"), tiny_checkpoint, "synthetic", "--task=grounding", "--prompts_per_step=3",
-                   "--mini_batch=3", "--max_steps=1", "--n_train=30", "--eval_every=0")
-    for task in ("anatomical_grounding", "abnormality_grounding", "phrase_grounding"):
-        assert 0.0 <= log[0][f"reward_{task}"] <= 1.0, task
+    holds one anatomical, one abnormality and one phrase grounding prompt, and logs each task's mean reward."""
+    steps, log = run_wiring(tmp_path, f"--init_from={tiny_checkpoint}", "--data=synthetic", "--n_train=30",
+                            "--task=grounding", "--prompts_per_step=3", "--mini_batch=3")
+    for step, logged in zip(steps, log):
+        assert sorted(step["tasks"]) == ["abnormality_grounding", "anatomical_grounding", "phrase_grounding"]
+        for p, task in enumerate(step["tasks"]):  # each task's mean reward over its prompt's 4 rollouts
+            assert logged[f"reward_{task}"] == pytest.approx(sum(step["rewards"][4 * p:4 * p + 4]) / 4), task
+        assert len({logged[f"reward_{t}"] for t in step["tasks"]}) > 1  # rewards that differ: their order shows
 
 
 def test_missing_sft_checkpoint_gives_a_hint(tmp_path):

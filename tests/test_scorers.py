@@ -186,7 +186,7 @@ def test_green_score_parses_the_judges_answer():
     assert scorers.green_score("garbage") == 0.0
 
 
-def test_green_runs_a_local_causal_lm_judge(tmp_path):
+def test_green_runs_a_local_causal_lm_judge(tmp_path, monkeypatch):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
     from model import build_tokenizer
     judge = tmp_path / "GREEN-radllama2-7b"
@@ -205,6 +205,13 @@ def test_green_runs_a_local_causal_lm_judge(tmp_path):
     scores = scorers.green_scores(["c d", "c"], ["a b", "a"], str(tmp_path),
                                   max_length=len(loaded(prompt)["input_ids"]) + 8)
     assert scores == [0.0, 0.0]  # a random judge names no matched finding
+    # the same judge made to answer as GREEN does: its judgement is parsed into a score
+    judgement = ("[Explanation]:\nOne miss.\n\n[Clinically Significant Errors]:\n(b) Missing a finding present in the "
+                 "reference: 1. effusion\n\n[Matched Findings]:\n3. a; b; c\n")
+    answer = loaded(judgement, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    monkeypatch.setattr(LlamaForCausalLM, "generate", lambda self, input_ids, **kwargs: torch.cat(
+        [input_ids, answer.expand(len(input_ids), -1)], 1))
+    assert scorers.green_scores(["c d", "c"], ["a b", "a"], str(tmp_path)) == [0.75, 0.75]  # 3 / (3 + 1)
 
 
 # ----------------------------------------------------------------------------------------------------------
