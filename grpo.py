@@ -13,7 +13,16 @@ grounding: soft-F1 of Hungarian-matched IoU), and pushes up the answers that bea
 
 with the paper's settings: eps_low 0.2 / eps_high 0.28 ("clip-higher"), dual clip c = 3 for negative
 advantages, beta 0.01 against the frozen starting model, token-mean over the mini-batch, several optimizer
-updates per rollout batch (so old log-probs are computed once, right after generation).
+updates per rollout batch (so old log-probs are computed once, right after generation). The variants people bring
+from TRL, verl and EasyR1, each a setting of the same name, off by default:
+
+    ratio_level=sequence  GSPO: rho_i,t = exp(1/|o_i| sum_t' log rho_i,t'), one length-normalized ratio per answer
+    tis_cap=C             TIS: each token's policy-gradient term times min(pi_old / pi_rollout, C), where pi_rollout
+                          is what generate sampled from (log-probs kept while sampling) and pi_old what the training
+                          forward recomputes; they differ by kernels, bf16 and the KV cache (logged: mismatch_kl)
+    overlong=mask         answers cut at max_new_tokens (no EOS) weigh 0 in the sum and in its normalizer (DAPO)
+    filter_groups=k       draw k x P prompts, keep the first P groups whose G rewards spread (std > 1e-6): DAPO's
+                          dynamic sampling, which tests the spread, not the mean, so a negative reward works too
 
     python grpo.py                                                     # CPU, after `python sft.py`
     python grpo.py --task=grounding --thinking=True --init_from=out/coldstart/model --max_new_tokens=224
@@ -21,10 +30,11 @@ updates per rollout batch (so old log-probs are computed once, right after gener
     torchrun --nproc_per_node=8 grpo.py config/grpo_report_paper.py --init_from=RadVLM-8B
 
 Why the loss printed is ~0: on-policy, the surrogate's value is sum(A)=0 by construction; its gradient
-is not. Watch reward_mean, kl, clip_frac and response_length instead, and val_reward_* (greedy answers to
-fixed held-out prompts every eval_every steps): the sampled reward of one step is a noisy measure.
-Deliberately left out: vLLM rollouts (HF generate with a KV cache instead, slower but one code path),
-dynamic sampling, overlong shaping, entropy bonus (0 in the paper), a value model (that is PPO).
+is not. Watch reward_mean, kl, clip_frac (_low / _high: which side clipped), response_length, truncated_frac,
+zero_var_frac and mismatch_kl instead, and val_reward_* (greedy answers to fixed held-out prompts every eval_every
+steps): the sampled reward of one step is a noisy measure.
+Deliberately left out: vLLM rollouts (HF generate with a KV cache instead, slower but one code path), overlong
+reward shaping (only masking), entropy bonus (0 in the paper), a value model (that is PPO).
 """
 
 import json
@@ -34,6 +44,7 @@ import time
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
+from transformers import TopPLogitsWarper
 
 from configurator import configure
 from data import epoch_order, generation_kwargs, open_records, prompt_batch
@@ -73,6 +84,10 @@ eps_high = 0.28
 dual_clip = 3.0           # bound on the loss of negative-advantage tokens with huge ratios (0: off)
 loss_agg = "token-mean"   # token-mean | seq-mean (original GRPO) | constant (Dr.GRPO: / (n_seqs * max_new_tokens))
 scale_std = True          # divide advantages by the group std (False: Dr.GRPO)
+ratio_level = "token"     # token (GRPO) | sequence (GSPO: one length-normalized ratio per answer)
+tis_cap = 0.0             # truncated importance sampling: weigh by min(pi_old / pi_rollout, tis_cap) (0: off)
+filter_groups = 0         # DAPO dynamic sampling: draw k x P prompts, keep P groups whose rewards spread (0: off)
+overlong = "keep"         # keep | mask: answers cut at max_new_tokens are left out of the loss (DAPO)
 max_steps = 100
 eval_every = 25           # greedy reward on fixed held-out prompts every N steps and at the end (0: never)
 n_eval = 64               # held-out prompts per task for that ("synthetic" data: its val split)
@@ -110,18 +125,28 @@ def kl_k3(logprobs, ref_logprobs):
 
 
 def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, beta=0.01, eps_low=0.2, eps_high=0.28,
-              dual_clip=3.0, loss_agg="token-mean", max_new_tokens=None, normalizer=None):
-    """The negative GRPO objective above for a batch of sequences ([B, T] per-token tensors, [B] advantages).
+              dual_clip=3.0, loss_agg="token-mean", max_new_tokens=None, normalizer=None, ratio_level="token",
+              tis_weights=None):
+    """The negative GRPO objective above for a batch of sequences ([B, T] per-token tensors, [B] advantages), with
+    the variants of the docstring: ratio_level, and tis_weights (min(pi_old / pi_rollout, cap) per token, or None).
 
     `normalizer` overrides the token count of token-mean (the whole mini-batch over all ranks and micro-batches,
     so that splitting it changes nothing). Returns (loss, stats)."""
     adv = advantages[:, None]
-    ratio = torch.exp(logprobs - old_logprobs)
+    if ratio_level == "token":
+        ratio = torch.exp(logprobs - old_logprobs)
+    elif ratio_level == "sequence":  # GSPO: the answer's mean log-ratio, the same for all its tokens
+        log_ratio = ((logprobs - old_logprobs) * mask).sum(1, keepdim=True) / mask.sum(1, keepdim=True).clamp(min=1)
+        ratio = torch.exp(log_ratio).expand_as(logprobs)
+    else:
+        raise ValueError(f"unknown ratio_level {ratio_level!r}")
     pg_unclipped = -adv * ratio
     pg_clipped = -adv * ratio.clamp(1 - eps_low, 1 + eps_high)
     pg = torch.maximum(pg_unclipped, pg_clipped)  # the pessimistic (min of objectives) branch
     if dual_clip > 0:  # a negative advantage times a huge ratio is bounded by -A * c
         pg = torch.where(adv < 0, torch.minimum(pg, -adv * dual_clip), pg)
+    if tis_weights is not None:  # the tokens were sampled by pi_rollout, not pi_old: reweigh, capped
+        pg = pg * tis_weights
     kl = kl_k3(logprobs, ref_logprobs) if ref_logprobs is not None else torch.zeros_like(pg)
     per_token = pg + beta * kl
     mask = mask.float()
@@ -135,27 +160,26 @@ def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, beta=0.01,
     else:
         raise ValueError(f"unknown loss_agg {loss_agg!r}")
     with torch.no_grad():
-        clipped = (pg_clipped > pg_unclipped).float()
+        clipped = pg_clipped > pg_unclipped
         n = mask.sum().clamp(min=1)
-        stats = {"kl": (kl * mask).sum() / n, "clip_frac": (clipped * mask).sum() / n,
+        fraction = lambda where: (where.float() * mask).sum() / n  # noqa: E731
+        stats = {"kl": (kl * mask).sum() / n, "clip_frac": fraction(clipped),
+                 "clip_frac_low": fraction(clipped & (ratio < 1)), "clip_frac_high": fraction(clipped & (ratio > 1)),
                  "ratio_max": (ratio * mask).max()}
     return loss, stats
 
 
 # ---------------------------------------------------------------------------------------------------
-# rollouts
-
-
-# ---------------------------------------------------------------------------------------------------
 # rollouts and their log-probs
 
-def token_logprobs(model, batch, n_prompt, with_entropy=False):
-    """log pi(token) of every completion token ([B, T]), and optionally the policy's entropy there."""
+def token_logprobs(model, batch, n_prompt, with_entropy=False, temperature=1.0):
+    """log pi(token) of every completion token ([B, T]) at the sampling temperature, and optionally the policy's
+    entropy there."""
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values",
                                     "image_grid_thw")}
     n_answer = batch["input_ids"].shape[1] - n_prompt
     with autocast(batch["input_ids"].device):  # logits of the answer positions only: B x T x vocab is the big tensor
-        logits = model(**inputs, use_cache=False, logits_to_keep=n_answer + 1).logits[:, :-1].float()
+        logits = model(**inputs, use_cache=False, logits_to_keep=n_answer + 1).logits[:, :-1].float() / temperature
     logprobs = torch.log_softmax(logits, -1)
     chosen = logprobs.gather(-1, batch["input_ids"][:, n_prompt:, None]).squeeze(-1)
     if not with_entropy:
@@ -165,38 +189,64 @@ def token_logprobs(model, batch, n_prompt, with_entropy=False):
     return chosen, entropy
 
 
+class SamplingLogprobs:
+    """A logits processor that applies the temperature (and top-p) itself, last, and keeps the log-prob of every
+    sampled token under the very distribution it was drawn from (after generate's own processors, such as the
+    suppressed special tokens): what the rollout engine did, to set beside what the training forward recomputes.
+    It holds one step's distribution at a time: at each step it scores the token sampled at the step before."""
+
+    def __init__(self, temperature, top_p):
+        self.temperature, self.top_p, self.previous, self.logprobs = temperature, top_p, None, []
+
+    def __call__(self, input_ids, scores):
+        self.take(input_ids[:, -1])
+        scores = scores / self.temperature
+        if self.top_p < 1.0:
+            scores = TopPLogitsWarper(self.top_p)(input_ids, scores)
+        self.previous = torch.log_softmax(scores.float(), -1)
+        return scores
+
+    def take(self, sampled):
+        if self.previous is not None:
+            self.logprobs.append(self.previous.gather(1, sampled[:, None]).squeeze(1))
+
+
 def sample_rollouts(model, processor, records, group_size, thinking, device, temperature=1.0, top_p=1.0,
                     max_new_tokens=96, generate_batch=0):
     """G sampled answers per record. Every prompt's image is processed once; generate's own expansion
     repeats its pixels for the G samples in order (rollout j belongs to prompt j // G, its group id).
     Prompts go through generate `generate_batch` at a time (0: all at once), since the KV cache of those x G sequences
     bounds the memory of generation; the chunks are then padded into one batch (prompts left, answers right).
-    A sharded policy is gathered once for all of it (model.gathered)."""
+    A sharded policy is gathered once for all of it (model.gathered). The batch also holds the log-probs generate
+    sampled with ("rollout_logprobs") and which answers ran out of tokens before their EOS ("truncated")."""
     tok = processor.tokenizer
     stop = generation_kwargs(tok)
     chunk, parts = generate_batch or len(records), []
     with torch.no_grad(), gathered(model), autocast(device):
         for start in range(0, len(records), chunk):
             prompt = prompt_batch(records[start:start + chunk], processor, thinking).to(device)
-            sequences = model.generate(**prompt, do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
-                                       max_new_tokens=max_new_tokens, num_return_sequences=group_size, **stop)
-            parts.append((prompt, sequences[:, prompt["input_ids"].shape[1]:]))
-    n_prompt = max(p["input_ids"].shape[1] for p, _ in parts)
-    n_answer = max(c.shape[1] for _, c in parts)
+            sampling = SamplingLogprobs(temperature, top_p)
+            sequences = model.generate(**prompt, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+                                       max_new_tokens=max_new_tokens, num_return_sequences=group_size,
+                                       logits_processor=[sampling], **stop)
+            sampling.take(sequences[:, -1])
+            parts.append((prompt, sequences[:, prompt["input_ids"].shape[1]:], torch.stack(sampling.logprobs, 1)))
+    n_prompt = max(p["input_ids"].shape[1] for p, _, _ in parts)
+    n_answer = max(c.shape[1] for _, c, _ in parts)
     left = lambda t, value: F.pad(t, (n_prompt - t.shape[1], 0), value=value)  # noqa: E731
     right = lambda t, value: F.pad(t, (0, n_answer - t.shape[1]), value=value)  # noqa: E731
     repeat = lambda t: t.repeat_interleave(group_size, 0)  # noqa: E731
-    prompt = {k: torch.cat([repeat(left(p[k], tok.pad_token_id if k == "input_ids" else 0)) for p, _ in parts])
+    prompt = {k: torch.cat([repeat(left(p[k], tok.pad_token_id if k == "input_ids" else 0)) for p, _, _ in parts])
               for k in ("input_ids", "attention_mask", "mm_token_type_ids")}
-    completion = torch.cat([right(c, tok.pad_token_id) for _, c in parts])
-    generated = torch.cat([right(torch.ones_like(c, dtype=torch.bool), False) for _, c in parts])
+    completion = torch.cat([right(c, tok.pad_token_id) for _, c, _ in parts])
+    generated = torch.cat([right(torch.ones_like(c, dtype=torch.bool), False) for _, c, _ in parts])
     is_eos = torch.isin(completion, torch.tensor(stop["eos_token_id"], device=device))
     # keep every token up to and including the first EOS: the EOS is what teaches the policy to stop
     after_eos = (is_eos.cumsum(1) - is_eos.long()) > 0
     completion_mask = ~after_eos & generated
     completion = completion.masked_fill(~completion_mask, tok.pad_token_id)
-    grids = torch.cat([p["image_grid_thw"] for p, _ in parts])
-    pixel_chunks = torch.split(torch.cat([p["pixel_values"] for p, _ in parts]), grids.prod(-1).tolist())
+    grids = torch.cat([p["image_grid_thw"] for p, _, _ in parts])
+    pixel_chunks = torch.split(torch.cat([p["pixel_values"] for p, _, _ in parts]), grids.prod(-1).tolist())
     batch = {
         "input_ids": torch.cat([prompt["input_ids"], completion], 1),
         "attention_mask": torch.cat([prompt["attention_mask"], completion_mask.long()], 1),
@@ -205,6 +255,9 @@ def sample_rollouts(model, processor, records, group_size, thinking, device, tem
         "image_grid_thw": repeat(grids),
         "completion_mask": completion_mask,
         "group_ids": torch.arange(len(records), device=device).repeat_interleave(group_size),
+        "rollout_logprobs": torch.cat([right(lp, 0.0) for _, _, lp in parts]) * completion_mask,
+        "truncated": ~(is_eos & generated).any(1),
+        "loss_mask": completion_mask,
     }
     texts = [tok.decode(c[m], skip_special_tokens=True) for c, m in zip(completion, completion_mask)]
     return batch, texts, n_prompt
@@ -219,50 +272,52 @@ def select(batch, idx):
     return out
 
 
-def rollout_logprobs(model, batch, n_prompt, micro_batch):
+def rollout_logprobs(model, batch, n_prompt, micro_batch, temperature=1.0):
     """log-probs of every completion token under `model`, micro-batch by micro-batch, without gradients."""
     out = torch.zeros_like(batch["completion_mask"], dtype=torch.float32)
     with torch.no_grad():
         for start in range(0, len(out), micro_batch):
             idx = torch.arange(start, min(len(out), start + micro_batch), device=out.device)
-            out[idx] = token_logprobs(model, select(batch, idx), n_prompt)[0]
+            out[idx] = token_logprobs(model, select(batch, idx), n_prompt, temperature=temperature)[0]
     return out
 
 
 def policy_update(policy, optimizer, batch, old_logprobs, ref_logprobs, advantages, n_prompt, world, n_updates,
-                  micro_batch, grad_clip, loss_settings):
+                  micro_batch, grad_clip, loss_settings, tis_cap=0.0, temperature=1.0):
     """`n_updates` optimizer steps over this rank's rollouts, each over one mini-batch of its prompts' groups,
-    gradients accumulated over micro-batches; `loss_settings` are grpo_loss's (beta, eps_low, eps_high, dual_clip,
-    loss_agg, max_new_tokens). Returns kl / clip_frac / entropy averaged over micro-batches, the loss and the last
-    update's gradient norm."""
+    gradients accumulated over micro-batches; the loss covers batch["loss_mask"]; `loss_settings` are grpo_loss's
+    (beta, eps_low, eps_high, dual_clip, loss_agg, max_new_tokens, ratio_level). Returns kl / clip fractions /
+    entropy averaged over micro-batches, the loss and the last update's gradient norm."""
     policy.train()
     seqs_per_update = len(advantages) // n_updates
-    sums = {"kl": 0.0, "clip_frac": 0.0, "entropy": 0.0, "loss": 0.0}
+    sums = {"kl": 0.0, "clip_frac": 0.0, "clip_frac_low": 0.0, "clip_frac_high": 0.0, "entropy": 0.0, "loss": 0.0}
     n_micro = 0
     for u in range(n_updates):
         update_idx = torch.arange(u * seqs_per_update, (u + 1) * seqs_per_update, device=advantages.device)
-        mask = batch["completion_mask"][update_idx]
+        mask = batch["loss_mask"][update_idx]
         # the mini-batch's normalizer over all ranks, so that micro-batching and sharding change nothing;
         # divided by world because FSDP averages the gradients of the ranks
         token_mean = loss_settings["loss_agg"] == "token-mean"
         norm = torch.tensor([float(mask.sum()) if token_mean else float(len(update_idx))], device=advantages.device)
         if world > 1:
             torch.distributed.all_reduce(norm)
-        norm = norm.item() / world
+        norm = max(norm.item(), 1.0) / world  # no token at all (every answer masked as overlong): a zero loss
         # FSDP2 reduce-scatters every micro-batch's gradients into the shards: skipping that until the last
         # micro-batch (set_requires_gradient_sync(False)) would hold a whole unsharded fp32 gradient per rank
         for start in range(0, seqs_per_update, micro_batch):
             idx = update_idx[start:start + micro_batch]
             mb = select(batch, idx)
-            logprobs, entropy = token_logprobs(policy, mb, n_prompt, with_entropy=True)
+            logprobs, entropy = token_logprobs(policy, mb, n_prompt, with_entropy=True, temperature=temperature)
+            tis = (old_logprobs[idx] - mb["rollout_logprobs"]).exp().clamp(max=tis_cap) if tis_cap > 0 else None
             loss, stats = grpo_loss(logprobs, old_logprobs[idx], None if ref_logprobs is None else ref_logprobs[idx],
-                                    advantages[idx], mb["completion_mask"], normalizer=norm, **loss_settings)
+                                    advantages[idx], mb["loss_mask"], normalizer=norm, tis_weights=tis,
+                                    **loss_settings)
             if not torch.isfinite(loss) or not torch.isfinite(stats["kl"]):
                 raise SystemExit(f"non-finite loss or KL in update {u + 1} (kl {stats['kl'].item()})")
             loss.backward()
-            m = mb["completion_mask"].float()
-            sums["kl"] += stats["kl"].item()
-            sums["clip_frac"] += stats["clip_frac"].item()
+            m = mb["loss_mask"].float()
+            for key in ("kl", "clip_frac", "clip_frac_low", "clip_frac_high"):
+                sums[key] += stats[key].item()
             sums["entropy"] += ((entropy * m).sum() / m.sum().clamp(min=1)).item()
             sums["loss"] += loss.item()
             n_micro += 1
@@ -319,6 +374,28 @@ def held_out_rewards(policy, processor, eval_sets, device, thinking, max_new_tok
                                   thinking=thinking, metric_weights=metric_weights)
         out[f"val_reward_{step_task}"] = sum(scores) / len(scores)
     return out
+
+
+def groups_with_spread(reward_list, group_ids, n_keep, eps=1e-6):
+    """The rows of the first n_keep groups whose rewards spread (std > eps), topped up with the first groups that do
+    not if too few do (their advantages are 0: they add only the KL term), and how many groups were drawn until the
+    n_keep-th one with spread was found (all of them if it never was)."""
+    groups = list(dict.fromkeys(group_ids))
+    rows = {g: [j for j, h in enumerate(group_ids) if h == g] for g in groups}
+    spread = [g for g in groups if torch.tensor([reward_list[j] for j in rows[g]]).std() > eps]
+    drawn = groups.index(spread[n_keep - 1]) + 1 if len(spread) >= n_keep else len(groups)
+    keep = (spread + [g for g in groups if g not in spread])[:n_keep]
+    return [j for g in sorted(keep, key=groups.index) for j in rows[g]], drawn
+
+
+def health(batch, old_logprobs, prompts_drawn):
+    """Signals that tell a healthy run from a broken one: answers cut at max_new_tokens, how far the log-probs
+    generate sampled with are from the training forward's (k3 estimate of KL(pi_rollout || pi_old), per token),
+    and the prompts drawn to fill the step (all ranks)."""
+    mask = batch["completion_mask"].float()
+    mismatch = kl_k3(batch["rollout_logprobs"], old_logprobs)
+    return {"truncated_frac": batch["truncated"].float().mean().item(),
+            "mismatch_kl": ((mismatch * mask).sum() / mask.sum().clamp(min=1)).item(), "prompts_drawn": prompts_drawn}
 
 
 def step_log(step_task, records, reward_list, components, batch, stats, times, record_tasks, world):
@@ -383,7 +460,7 @@ def main():
     optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999),
                                   fused=device.type == "cuda")
     loss_settings = dict(beta=beta, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip, loss_agg=loss_agg,
-                         max_new_tokens=max_new_tokens)
+                         max_new_tokens=max_new_tokens, ratio_level=ratio_level)
     step_tasks = ["report", "grounding"] if task == "both" else [task]  # "both": steps alternate between them
     pools = prompt_pools(data, step_tasks, "train", n_train, image_size)
     eval_sets = {}  # the same held-out prompts at every evaluation, this rank's share of them
@@ -414,9 +491,10 @@ def main():
     while step < max_steps:
         times, step_start = {}, time.time()
         # prompts: rank r takes prompts r, r + world, ...: mini-batch u of every rank then holds the same prompts
-        # as mini-batch u of a single process, so sharding does not change the updates
+        # as mini-batch u of a single process, so sharding does not change the updates (filter_groups draws more)
         step_task = step_tasks[step % len(step_tasks)]
-        records = step_prompts(pools[step_task], step, len(step_tasks), prompts_per_step, seed)[rank::world]
+        n_draw = prompts_per_step * max(1, filter_groups)
+        records = step_prompts(pools[step_task], step, len(step_tasks), n_draw, seed)[rank::world]
 
         t0 = time.time()  # G answers per prompt from the current policy
         policy.eval()
@@ -428,21 +506,32 @@ def main():
         answers = [reference_answer(r) for r in records for _ in range(group_size)]
         reward_list, components = rewards.score(step_task, completions, answers, reward=report_reward,
                                                 thinking=thinking, metric_weights=metric_weights)
+        drawn = len(records)
+        if filter_groups:  # this rank's share of the groups whose rewards spread: the others teach nothing
+            rows, drawn = groups_with_spread(reward_list, batch["group_ids"].tolist(), prompts_per_step // world)
+            batch = {k: v for k, v in select(batch, torch.tensor(rows, device=device)).items() if k != "pixel_values"}
+            reward_list = [reward_list[j] for j in rows]
+            components = {k: [v[j] for j in rows] for k, v in components.items()}
+        if overlong == "mask":
+            batch["loss_mask"] = batch["completion_mask"] & ~batch["truncated"][:, None]
         advantages = group_advantages(reward_list, batch["group_ids"].cpu(), scale_std=scale_std).to(device)
         times["reward"] = time.time() - t0
 
         t0 = time.time()  # old and reference log-probs, once for all the updates of this step
-        old_logprobs = rollout_logprobs(policy, batch, n_prompt, micro_batch)
-        ref_logprobs = rollout_logprobs(reference, batch, n_prompt, micro_batch) if reference is not None else None
+        old_logprobs = rollout_logprobs(policy, batch, n_prompt, micro_batch, temperature)
+        ref_logprobs = (rollout_logprobs(reference, batch, n_prompt, micro_batch, temperature)
+                        if reference is not None else None)
         times["reference"] = time.time() - t0
 
         t0 = time.time()  # P / mini_batch optimizer updates over the rollouts
         stats = policy_update(policy, optimizer, batch, old_logprobs, ref_logprobs, advantages, n_prompt, world,
-                              prompts_per_step // mini_batch, micro_batch, grad_clip, loss_settings)
+                              prompts_per_step // mini_batch, micro_batch, grad_clip, loss_settings, tis_cap,
+                              temperature)
         times["train"] = time.time() - t0
         step += 1
 
         times["step"] = time.time() - step_start
+        stats.update(health(batch, old_logprobs, drawn * world))
         log = step_log(step_task, records, reward_list, components, batch, stats, times, list(pools[step_task]), world)
         if eval_sets and (step % eval_every == 0 or step == max_steps):
             log.update(held_out())

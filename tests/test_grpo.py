@@ -80,6 +80,29 @@ def test_training_forward_reproduces_the_sampling_distribution(tiny, records_fil
     assert (forward - sampled)[mask].abs().max() < 1e-4
 
 
+def test_rollout_logprobs_are_those_generate_sampled_with(tiny, records_file):
+    """At temperature 0.7, the log-probs kept while sampling equal a forward pass's log-softmax of logits / 0.7 with
+    the special tokens that generate suppresses at -inf; the training forward, which does not suppress them, differs
+    from them by those tokens' small mass: the rollout / training mismatch the log reports."""
+    from data import generation_kwargs
+    model, processor = tiny
+    records = [r for r in load_records(records_file) if r["task"] == "report"][:2]
+    torch.manual_seed(3)
+    batch, _, n_prompt = grpo.sample_rollouts(model, processor, records, 3, False, torch.device("cpu"),
+                                              temperature=0.7, max_new_tokens=8)
+    rows = grpo.select(batch, torch.arange(6))
+    with torch.no_grad():
+        logits = model(**{k: rows[k] for k in ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values",
+                                                 "image_grid_thw")}, use_cache=False).logits[:, n_prompt - 1:-1] / 0.7
+    logits[..., generation_kwargs(processor.tokenizer)["suppress_tokens"]] = float("-inf")
+    sampled = torch.log_softmax(logits, -1).gather(-1, batch["input_ids"][:, n_prompt:, None]).squeeze(-1)
+    mask = batch["completion_mask"]
+    assert (sampled - batch["rollout_logprobs"])[mask].abs().max() < 1e-4
+    training = grpo.rollout_logprobs(model, batch, n_prompt, micro_batch=6, temperature=0.7)
+    mismatch = grpo.health(batch, training, 6)["mismatch_kl"]
+    assert 0 < mismatch < 0.05 and (training <= batch["rollout_logprobs"] + 1e-6)[mask].all()
+
+
 def test_generation_in_chunks_pads_into_one_batch_without_changing_logprobs(tiny, records_file):
     """With generate_chunk, each chunk's prompts and answers have their own lengths; padded into one batch,
     every rollout's log-probs still equal those of the rollout alone, with no padding at all."""
@@ -217,6 +240,23 @@ def test_each_rollout_is_scored_against_its_own_prompts_answer_and_advanced_with
         expected = (rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + 1e-6)
         assert torch.allclose(torch.tensor(step["advantages"]), expected.flatten(), atol=1e-5)
         assert torch.tensor(step["advantages"]).abs().max() > 0.5
+
+
+def test_switches_run_in_the_loop(tiny_checkpoint, records_file, tmp_path):
+    """The loop with each variant: dynamic sampling trains on P groups that all spread, drawn from 2 x P; overlong
+    masking of answers that all ran out of tokens leaves nothing to learn from; GSPO and TIS run and log."""
+    common = [f"--init_from={tiny_checkpoint}", f"--data={records_file}", "--task=report", "--prompts_per_step=4",
+              "--mini_batch=2"]
+    steps, log = run_wiring(tmp_path / "filter", *common, "--filter_groups=2")
+    for step, logged in zip(steps, log):
+        assert len(step["golds"]) == 8 and len(step["advantages"]) == 16  # 8 prompts drawn, 4 groups trained on
+        groups = torch.tensor(step["advantages"]).view(4, 4)
+        assert (groups.std(1) > 0).all() and 4 <= logged["prompts_drawn"] <= 8
+    steps, log = run_wiring(tmp_path / "overlong", *common, "--overlong=mask")
+    assert all(r["truncated_frac"] == 1.0 and r["grad_norm"] == 0.0 and r["loss"] == 0.0 for r in log)
+    assert any(abs(a) > 0 for a in steps[0]["advantages"])  # there was something to learn, but all of it was cut
+    _, log = run_wiring(tmp_path / "gspo_tis", *common, "--ratio_level=sequence", "--tis_cap=2.0")
+    assert all(r["grad_norm"] > 0 and 0 <= r["mismatch_kl"] < 0.1 and "clip_frac_high" in r for r in log)
 
 
 def test_every_grounding_step_takes_prompts_of_each_grounding_task(tiny_checkpoint, tmp_path):

@@ -1,8 +1,9 @@
 import math
 
+import pytest
 import torch
 
-from grpo import group_advantages, grpo_loss, kl_k3
+from grpo import group_advantages, groups_with_spread, grpo_loss, kl_k3
 
 
 def test_group_advantages_by_hand():
@@ -91,3 +92,58 @@ def test_gradient_pushes_up_positive_advantage_tokens():
     loss.backward()
     chosen_grad = logits.grad.gather(-1, tokens[..., None]).squeeze(-1)
     assert (chosen_grad[0] < 0).all() and (chosen_grad[1] > 0).all()  # descent raises row 0, lowers row 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# the variants: GSPO's sequence ratio, truncated importance sampling, which side clipped, dynamic sampling
+
+def _reference_variant_loss(logp, old, rollout, adv, mask, eps_low, eps_high, sequence, tis_cap):
+    """GSPO's sequence-level ratio and/or TIS weights, token-mean, no KL and no dual clip, in Python floats."""
+    total, count = 0.0, 0
+    for i in range(len(logp)):
+        kept = [t for t in range(len(logp[0])) if mask[i][t]]
+        seq_log_ratio = sum(logp[i][t] - old[i][t] for t in kept) / max(1, len(kept))
+        for t in kept:
+            ratio = math.exp(seq_log_ratio if sequence else logp[i][t] - old[i][t])
+            objective = min(ratio * adv[i], min(max(ratio, 1 - eps_low), 1 + eps_high) * adv[i])
+            weight = min(math.exp(old[i][t] - rollout[i][t]), tis_cap) if tis_cap else 1.0
+            total += -objective * weight
+            count += 1
+    return total / count
+
+
+def test_gspo_and_tis_equal_their_references():
+    torch.manual_seed(2)
+    B, T = 5, 7
+    old = -torch.rand(B, T) * 3
+    logp = old + torch.randn(B, T) * 0.4
+    rollout = old + torch.randn(B, T) * 0.3  # what generate sampled with differs a little from pi_old
+    adv = torch.tensor([1.2, -0.7, 0.4, -1.5, 0.0])
+    mask = torch.rand(B, T) > 0.25
+    for sequence, tis_cap in ((True, 0.0), (False, 2.0), (True, 1.5)):
+        tis = (old - rollout).exp().clamp(max=tis_cap) if tis_cap else None
+        loss, _ = grpo_loss(logp, old, None, adv, mask, beta=0.0, dual_clip=0.0,
+                            ratio_level="sequence" if sequence else "token", tis_weights=tis)
+        expected = _reference_variant_loss(logp.tolist(), old.tolist(), rollout.tolist(), adv.tolist(), mask.tolist(),
+                                           0.2, 0.28, sequence, tis_cap)
+        assert abs(loss.item() - expected) < 1e-5, (sequence, tis_cap)
+
+
+def test_clip_fractions_say_which_side_clipped():
+    # row 0 (A > 0): ratios 1.5 (clipped high), 1.1 (inside), 0.5 (A > 0 is not clipped below);
+    # row 1 (A < 0): 0.5 (clipped low), 0.9 (inside), 1.5 (A < 0 is not clipped above)
+    ratios = torch.tensor([[1.5, 1.1, 0.5], [0.5, 0.9, 1.5]])
+    old = torch.zeros(2, 3)
+    _, stats = grpo_loss(ratios.log(), old, None, torch.tensor([1.0, -1.0]), torch.ones(2, 3).bool(), beta=0.0)
+    assert stats["clip_frac_high"].item() == pytest.approx(1 / 6)
+    assert stats["clip_frac_low"].item() == pytest.approx(1 / 6)
+    assert stats["clip_frac"].item() == pytest.approx(2 / 6)
+
+
+def test_dynamic_sampling_keeps_the_first_groups_whose_rewards_spread():
+    rewards = [0.5, 0.5, 0.0, 1.0, 0.2, 0.2, -3.0, -2.0, 0.7, 0.9]  # groups of 2: flat, spread, flat, spread, spread
+    groups = [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    rows, drawn = groups_with_spread(rewards, groups, 2)
+    assert rows == [2, 3, 6, 7] and drawn == 4  # the 2nd group with spread is the 4th drawn (negative rewards too)
+    rows, drawn = groups_with_spread(rewards, groups, 4)  # only 3 spread: topped up with the first flat group
+    assert rows == [0, 1, 2, 3, 6, 7, 8, 9] and drawn == 5
