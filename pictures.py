@@ -19,7 +19,9 @@ GAP = 4  # px of gray around each contact-sheet tile
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 PANELS = [("sampled reward", ("reward_report", "reward_grounding"), False),  # (title, keys, log y-axis)
           ("held-out greedy reward", ("val_reward_report", "val_reward_grounding"), False),
-          ("loss", ("loss", "val_loss"), True)]  # the SFT loss falls from ~7 to ~0.3: linear, its end is flat
+          ("loss", ("loss", "val_loss"), True),  # the SFT loss falls from ~7 to ~0.3: linear, its end is flat
+          ("GRPO health: fractions", ("zero_var_frac", "truncated_frac", "clip_frac_low", "clip_frac_high"), False),
+          ("KL to the reference, and rollout / training mismatch", ("kl", "mismatch_kl"), True)]
 FEW_POINTS = 30  # a series with fewer points (e.g. held-out rewards every 25 steps) is drawn as dots, unsmoothed
 
 
