@@ -21,15 +21,26 @@ from records import RecordError, THINK_SUFFIX, has_image, load_records, record_i
 
 
 def open_records(source, split="train", n=None, image_size=128, tasks=None):
-    """A list-like of records: "synthetic" (n records of the generated world's `split`, images made on access)
-    or a RadVLM/LLaVA .json/.jsonl file, read whole; only those of `tasks` (all when None; a file record
-    without a "task" field counts as a report)."""
+    """A list-like of records: "synthetic" (n records of the generated chest X-ray world's `split`, images made on
+    access), "shapes" (the general world's, shapes.py) or a RadVLM/LLaVA .json/.jsonl file, read whole; only those
+    of `tasks` (all when None; a file record without a "task" field counts as a report)."""
     if source == "synthetic":
         import synthetic
         return synthetic.SyntheticRecords(split, n, size=image_size, tasks=tasks)
+    if source == "shapes":
+        import shapes
+        return shapes.ShapeRecords(split, n, size=image_size, tasks=tasks)
     records = load_records(source)
     return records if tasks is None else [r for r in records if task_of(r) in tasks]
 
+
+
+def tiny_corpus():
+    """The texts the tiny model's tokenizer is trained on: the chest X-ray world's and the general world's, so that
+    one vocabulary serves the general model, the SFT model made from it and every stage after them."""
+    import shapes
+    import synthetic
+    return synthetic.corpus_texts() + shapes.corpus_texts()
 
 
 # ----------------------------------------------------------------------------------------------------

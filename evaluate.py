@@ -52,7 +52,7 @@ from tqdm import tqdm
 import rewards
 import scorers
 from configurator import configure
-from data import generation_kwargs, load_image, open_records, prompt_batch
+from data import generation_kwargs, load_image, open_records, prompt_batch, tiny_corpus
 from model import autocast, build_tiny, init_distributed, latest_checkpoint, load_model, print0
 from pictures import contact_sheet, draw_curves
 from records import GROUNDING_TASKS, box_iou, has_image, parse_boxes, record_id, reference_answer, task_of
@@ -397,8 +397,7 @@ def main():
         completions = read_predictions(predictions, ids)
     else:
         if init_from == "tiny":
-            import synthetic
-            model, processor = build_tiny(texts=synthetic.corpus_texts(), seed=seed, min_pixels=min_pixels,
+            model, processor = build_tiny(texts=tiny_corpus(), seed=seed, min_pixels=min_pixels,
                                           max_pixels=max_pixels)
         else:
             path = latest_checkpoint(init_from) or init_from

@@ -47,7 +47,7 @@ from tqdm import tqdm
 from transformers import TopPLogitsWarper
 
 from configurator import configure
-from data import epoch_order, generation_kwargs, open_records, prompt_batch
+from data import epoch_order, generation_kwargs, open_records, prompt_batch, tiny_corpus
 from model import (all_reduce_mean, autocast, barrier, build_tiny, compute_dtype, gathered, init_distributed,
                    latest_checkpoint, load_model, load_training_checkpoint, print0, save_training_checkpoint, wrap_fsdp)
 from records import GROUNDING_TASKS, reference_answer, task_of
@@ -427,8 +427,7 @@ def load_policy_and_reference(init_from, beta, grad_checkpointing, device, world
     both sharded over the ranks, and the processor. On N ranks only rank 0 reads the weights (model.wrap_fsdp)."""
     def load(dtype):
         if init_from == "tiny":
-            import synthetic
-            return build_tiny(texts=synthetic.corpus_texts(), seed=seed, min_pixels=min_pixels, max_pixels=max_pixels)
+            return build_tiny(texts=tiny_corpus(), seed=seed, min_pixels=min_pixels, max_pixels=max_pixels)
         return load_model(init_from, dtype=dtype, device=device, min_pixels=min_pixels, max_pixels=max_pixels,
                           rank0_only=world > 1)
     try:

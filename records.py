@@ -24,6 +24,7 @@ import re
 TASKS = ("report", "classification", "anatomical_grounding", "abnormality_grounding", "phrase_grounding",
          "conversation")
 GROUNDING_TASKS = ("anatomical_grounding", "abnormality_grounding", "phrase_grounding")
+GENERAL_TASKS = ("caption", "object_grounding", "all_objects_grounding")  # the general world's own (shapes.py)
 CHEXPERT_LABELS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
                    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
                    "Fracture", "Support Devices")  # the 14 CheXpert observations, keys of every `labels` dict
@@ -180,8 +181,8 @@ def validate_record(record, index=None):
     elif n_image_tags:
         raise RecordError(f"record {rid}: has <image> in its text but no 'image' field")
     task = record.get("task")
-    if task is not None and task not in TASKS:
-        raise RecordError(f"record {rid}: unknown task {task!r} (known: {', '.join(TASKS)})")
+    if task is not None and task not in TASKS + GENERAL_TASKS:
+        raise RecordError(f"record {rid}: unknown task {task!r} (known: {', '.join(TASKS + GENERAL_TASKS)})")
     for box in record.get("boxes") or []:
         if not (isinstance(box, (list, tuple)) and box_is_valid(list(box))):
             raise RecordError(f"record {rid}: malformed box {box!r} (want [x_min, y_min, x_max, y_max] in 0-1)")

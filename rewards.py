@@ -29,7 +29,8 @@ The rewards:
 - radcliq: -RadCliQ-v1 (Yu et al. 2023): RadGraph F1, BERTScore, CheXbert-embedding cosine and BLEU,
   standardized and weighted by the published model; texts lower-cased and cut to 2,048 characters, -3 when
   either is 5 characters or shorter or scoring fails.
-- bertscore, radgraph ("complete" level), gleu, bleu4: the Table 3 ablation rewards.
+- bertscore, radgraph ("complete" level), gleu, bleu4: the Table 3 ablation rewards; positive_f1: label_f1's
+  first part alone, a reward that sees only part of a report (the miniature's stand-in for RadGraph F1's hack).
 
 metric_weights: the folder of the model-based rewards' weights, laid out as scorers.py says (a missing file raises
 scorers.MissingModelError naming it; nothing is ever downloaded).
@@ -49,7 +50,7 @@ from records import CHEXPERT_LABELS, GROUNDING_TASKS, box_iou, parse_boxes
 
 
 MAX_REPORT_CHARS = 2048  # the paper cuts both texts to this length before scoring a report
-REPORT_REWARDS = ("label_f1", "radcliq", "bertscore", "radgraph", "gleu", "bleu4")
+REPORT_REWARDS = ("label_f1", "radcliq", "bertscore", "radgraph", "gleu", "bleu4", "positive_f1")
 
 
 def final_answer(completion, thinking=False):
@@ -353,6 +354,18 @@ def _set_f1(predicted, gold, wrong=frozenset()):
 NEGATION_WEIGHT = 0.25  # share of the reward for stating the reference's normal findings as normal
 
 
+def _label_f1_parts(prediction, reference, thinking):
+    """(F1 of the findings stated present or possible, F1 of the findings stated absent or None when the reference
+    negates nothing) of a prediction against its reference; (0, 0) for an empty or degenerate prediction."""
+    text = final_answer(prediction, thinking)
+    if not text.strip() or _is_degenerate(text[:MAX_REPORT_CHARS]):
+        return 0.0, 0.0
+    predicted, predicted_absent, contradicted = _stated_findings(text)
+    gold, gold_absent, _ = _stated_findings(reference)
+    positive = 1.0 if not predicted and not gold else _set_f1(predicted, gold, contradicted)
+    return positive, _set_f1(predicted_absent - contradicted, gold_absent) if gold_absent else None
+
+
 def label_f1(prediction, reference, thinking=False):
     """0.75 x F1 of the findings stated present or possible (plus "No Finding") + 0.25 x F1 of the findings
     stated absent, prediction against reference. The negated part makes a complete report ("... No
@@ -360,16 +373,15 @@ def label_f1(prediction, reference, thinking=False):
     reference negates nothing, only the first part counts. A contradicted finding is a false positive;
     empty or degenerate predictions score 0; when neither text states any positive finding, a non-empty
     prediction gets the first part (it agrees that there is none)."""
-    text = final_answer(prediction, thinking)
-    if not text.strip() or _is_degenerate(text[:MAX_REPORT_CHARS]):
-        return 0.0
-    predicted, predicted_absent, contradicted = _stated_findings(text)
-    gold, gold_absent, _ = _stated_findings(reference)
-    positive = 1.0 if not predicted and not gold else _set_f1(predicted, gold, contradicted)
-    if not gold_absent:
-        return positive
-    negative = _set_f1(predicted_absent - contradicted, gold_absent)
-    return (1 - NEGATION_WEIGHT) * positive + NEGATION_WEIGHT * negative
+    positive, negative = _label_f1_parts(prediction, reference, thinking)
+    return positive if negative is None else (1 - NEGATION_WEIGHT) * positive + NEGATION_WEIGHT * negative
+
+
+def positive_f1(prediction, reference, thinking=False):
+    """label_f1's first part alone: F1 of the findings stated present or possible. A reward that sees only part of a
+    report, as RadGraph F1 does in the paper's Table 3 (whose reward on it shrank reports from 207 to 93 characters):
+    the negations, half of a normal report's sentences, earn nothing here."""
+    return _label_f1_parts(prediction, reference, thinking)[0]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -481,9 +493,9 @@ def _score_kind(kind, reward, answers, golds, metric_weights):
     if kind == "classification":
         values = [classification_reward(a, g) for a, g in zip(answers, golds)]
         return values, {"classification": values}
-    if reward == "label_f1":
-        values = [label_f1(a, g) for a, g in zip(answers, golds)]
-        return values, {"label_f1": values, "n_findings": [float(len(_stated_findings(a)[0])) for a in answers]}
+    if reward in ("label_f1", "positive_f1"):
+        values = [(label_f1 if reward == "label_f1" else positive_f1)(a, g) for a, g in zip(answers, golds)]
+        return values, {reward: values, "n_findings": [float(len(_stated_findings(a)[0])) for a in answers]}
     if reward == "radcliq":
         values, features = radcliq_rewards(answers, golds, metric_weights)
         return values, {"radcliq": values, **features}

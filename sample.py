@@ -19,7 +19,7 @@ import torch
 
 import rewards
 from configurator import configure
-from data import load_image
+from data import load_image, tiny_corpus
 from grpo import group_advantages, sample_rollouts
 from model import build_tiny, default_device, load_model
 from pictures import contact_sheet
@@ -47,8 +47,7 @@ configure(globals())
 torch.manual_seed(seed)
 device = default_device()
 if init_from == "tiny":
-    import synthetic
-    model, processor = build_tiny(texts=synthetic.corpus_texts(), seed=seed,
+    model, processor = build_tiny(texts=tiny_corpus(), seed=seed,
                                   min_pixels=min_pixels, max_pixels=max_pixels)
 else:
     model, processor = load_model(init_from, device=device, min_pixels=min_pixels, max_pixels=max_pixels)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from configurator import configure
-from data import model_inputs, open_records, pack_samples, PackedWindows, tokenize_window
+from data import PackedWindows, model_inputs, open_records, pack_samples, tiny_corpus, tokenize_window
 from model import (autocast, build_tiny, compute_dtype, init_distributed, latest_checkpoint, load_model,
                    load_training_checkpoint, print0, save_training_checkpoint, wrap_fsdp)
 
@@ -73,8 +73,7 @@ rank, local_rank, world, device = init_distributed()
 master = rank == 0
 torch.manual_seed(seed)
 if init_from == "tiny":
-    import synthetic
-    model, processor = build_tiny(texts=synthetic.corpus_texts(), seed=seed,
+    model, processor = build_tiny(texts=tiny_corpus(), seed=seed,
                                   min_pixels=min_pixels, max_pixels=max_pixels)
 else:
     # fp32 master weights, bf16 compute on GPU: a bf16 weight would not move under updates of lr 1e-5 x its size;

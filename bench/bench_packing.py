@@ -14,7 +14,7 @@ import torch  # noqa: E402
 
 import synthetic  # noqa: E402
 from configurator import configure  # noqa: E402
-from data import image_filler, pack_samples, tokenize_window  # noqa: E402
+from data import image_filler, pack_samples, tiny_corpus, tokenize_window  # noqa: E402
 from model import build_tiny  # noqa: E402
 
 records = 1024            # synthetic training records to pack
@@ -23,7 +23,7 @@ row_lengths = [1024, 2048, 4096]
 configure(globals())
 
 torch.set_num_threads(1)
-model, processor = build_tiny(texts=synthetic.corpus_texts(500))
+model, processor = build_tiny(texts=tiny_corpus())
 source = synthetic.SyntheticRecords("train", records)
 t0 = time.time()
 filler = image_filler(processor)

@@ -19,7 +19,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import synthetic  # noqa: E402
 from configurator import configure  # noqa: E402
-from data import image_filler, model_inputs, pack_samples, tokenize_window  # noqa: E402
+from data import image_filler, model_inputs, pack_samples, tiny_corpus, tokenize_window  # noqa: E402
 from model import autocast, build_random, build_tiny, default_device  # noqa: E402
 
 shape = ""                # "": the tiny model; "2b" / "4b" / "8b": a random model of that Qwen3-VL size
@@ -34,7 +34,7 @@ device = default_device()
 if shape:
     model, processor = build_random(shape, device=device, max_pixels=max_pixels)
 else:
-    model, processor = build_tiny(texts=synthetic.corpus_texts(), max_pixels=max_pixels)
+    model, processor = build_tiny(texts=tiny_corpus(), max_pixels=max_pixels)
 model.to(device).train()
 model.config.use_cache = False
 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")

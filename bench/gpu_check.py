@@ -29,7 +29,8 @@ from torch.distributed.fsdp._fully_shard._fsdp_param_group import FSDPParamGroup
 
 import synthetic  # noqa: E402
 from configurator import configure  # noqa: E402
-from data import generation_kwargs, model_inputs, pack_samples, prompt_batch, tokenize_window  # noqa: E402
+from data import (generation_kwargs, model_inputs, pack_samples, prompt_batch, tiny_corpus,  # noqa: E402
+                  tokenize_window)
 from model import autocast, build_random, build_tiny, default_device, gathered, wrap_fsdp  # noqa: E402
 
 shape = "2b"              # "2b" / "4b" / "8b", or "tiny" for a CPU dry run
@@ -48,7 +49,7 @@ say = lambda text="": (print(text, flush=True), lines.append(text))  # noqa: E73
 
 def build(dtype):
     if shape == "tiny":
-        model, processor = build_tiny(texts=synthetic.corpus_texts(), max_pixels=max_pixels)
+        model, processor = build_tiny(texts=tiny_corpus(), max_pixels=max_pixels)
         return model.to(device, dtype), processor
     return build_random(shape, device=device, dtype=dtype, max_pixels=max_pixels, attn_implementation="sdpa")
 

@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+import rewards
 from rewards import (bleu4, box_iou, classification_reward, extract_labels, final_answer, gleu, grounding_reward,
                      label_f1, min_cost_assignment, radcliq_v1, score)
 
@@ -252,3 +253,13 @@ def test_score_dispatches_by_task():
         score("report", ["a"], ["b"], reward="rouge")
     with pytest.raises(ValueError, match="must match"):
         score("report", ["a", "b"], ["c"])
+
+
+def test_positive_f1_sees_only_the_findings_stated_present():
+    """The partial reward of the Table 3 miniature: dropping every negation costs label_f1 but not positive_f1."""
+    reference = "Small left pleural effusion. No pneumothorax. The heart size is normal. No focal consolidation."
+    terse = "Small left pleural effusion."
+    assert rewards.positive_f1(terse, reference) == 1.0 and rewards.label_f1(terse, reference) == 0.75
+    assert rewards.positive_f1(reference, reference) == rewards.label_f1(reference, reference) == 1.0
+    assert rewards.positive_f1("Mild cardiomegaly.", reference) == 0.0
+    assert score("report", [terse], [reference], reward="positive_f1")[0] == [1.0]
