@@ -31,7 +31,7 @@ better; rewards.radcliq_rewards, so 3.0 for a text of 5 characters or fewer) and
 averaged over samples; F1s are pooled over the test set, and a macro average skips labels absent from both gold and
 predictions (sklearn would count them as 0; on MIMIC-CXR's test split every label occurs and the two agree).
 Grounding, per task kind and dataset (`source`): mAP@0.5 by the rule of the paper's own evaluation code
-(average_precision_50), mean IoU
+(average_precision_50), the fraction of answers holding a box at all, mean IoU
 of the matched boxes, and the soft-F1 GRPO reward. Classification: micro / macro F1 of the listed abnormalities.
 With --thinking the text after the last </think> is scored (none: an empty answer), and thinking.well_formed is
 the fraction of outputs with a </think> and an answer after it.
@@ -235,7 +235,8 @@ def grounding_statistics(answers, records):
     iou_sum, n_matched = np.array([sum(x) for x in ious]), np.array([len(x) for x in ious])
     return {"map50": mean_of(ap),
             "miou": lambda idx: iou_sum[idx].sum() / n_matched[idx].sum() if n_matched[idx].sum() else math.nan,
-            "soft_f1": mean_of([rewards.grounding_reward(a, reference_answer(r)) for a, r in zip(answers, records)])}
+            "soft_f1": mean_of([rewards.grounding_reward(a, reference_answer(r)) for a, r in zip(answers, records)]),
+            "parsed": mean_of([bool(parse_boxes(a)) for a in answers])}  # answers in the box format at all
 
 
 def classification_statistics(answers, records):
@@ -352,10 +353,12 @@ def paper_tables(runs):
     tables = [
         markdown_table("Report generation (Table 1): %; RadCliQ-v1 lower is better; ANC = mean characters; "
                        "n/a = no weights given", runs, [(h, ("report", k), s, f) for h, k, s, f in report]),
-        markdown_table("Grounding (Table 2): mAP@0.5 %, mean IoU of the matched boxes %, soft-F1 reward %", runs,
+        markdown_table("Grounding (Table 2): mAP@0.5 %, mean IoU of the matched boxes %, soft-F1 reward %, answers "
+                       "with a box %", runs,
                        [(f"mAP@0.5 {g}", ("grounding", g, "map50"), 100, ".1f") for g in groups]
                        + [("mIoU", ("grounding", "all", "miou"), 100, ".1f"),
-                          ("soft-F1", ("grounding", "all", "soft_f1"), 100, ".1f")]),
+                          ("soft-F1", ("grounding", "all", "soft_f1"), 100, ".1f"),
+                          ("boxes", ("grounding", "all", "parsed"), 100, ".0f")]),
         markdown_table("Classification: F1 % of the listed abnormalities", runs,
                        [("n", ("classification", "n"), 1, "d")] + [(h, ("classification", k), 100, ".1f") for h, k in
                                                                   (("micro", "f1_micro"), ("macro", "f1_macro"),

@@ -1,0 +1,119 @@
+"""
+verdicts.py: the paper's claims decided on the miniature's evaluations, with paired intervals, seed by seed.
+
+Each claim compares two evaluations (evaluate.py's predictions.jsonl) on the same test records, by the GRPO reward of
+each record's answer (label F1 for reports, soft-F1 IoU for grounding): the mean per-record difference and its seeded
+95 % bootstrap interval. A run trained with several seeds gives one difference per seed; the claim is "yes" when every
+seed's interval lies above 0, "no" when every one lies below, and "not resolved" otherwise. Runs are deterministic on
+one machine but not across machines (float results differ between CPUs and training amplifies them), so a verdict
+that one seed decides can flip elsewhere; over several seeds it is a verdict a class can rely on.
+
+    python verdicts.py out/repro                 # the claims of reproduce.sh's grid
+    python verdicts.py out/repro --table3        # Table 3: each report reward against the SFT model it started from
+"""
+
+import glob
+import json
+import os
+import random
+import sys
+
+import rewards
+from records import GROUNDING_TASKS
+
+N_BOOT = 2000
+
+
+def per_record(folder, kind):
+    """{record id: GRPO reward of its answer} over an evaluation's report or grounding records."""
+    thinking = json.load(open(os.path.join(folder, "results.json")))["settings"].get("thinking", False)
+    scores = {}
+    for row in map(json.loads, open(os.path.join(folder, "predictions.jsonl"))):
+        if kind == "grounding" and row["task"] in GROUNDING_TASKS:
+            scores[row["id"]] = rewards.grounding_reward(row["answer"], row["reference"], thinking)
+        elif kind == "report" and row["task"] == "report":
+            scores[row["id"]] = rewards.label_f1(row["answer"], row["reference"], thinking)
+    return scores
+
+
+def paired(a, b, seed=0):
+    """Mean of b - a over the records both scored, and its 95 % bootstrap interval."""
+    ids = sorted(set(a) & set(b))
+    diffs = [b[i] - a[i] for i in ids]
+    rng = random.Random(seed)
+    boots = sorted(sum(rng.choices(diffs, k=len(diffs))) / len(diffs) for _ in range(N_BOOT))
+    return sum(diffs) / len(diffs), boots[int(0.025 * N_BOOT) - 1], boots[int(0.975 * N_BOOT) - 1], len(ids)
+
+
+def seeds_of(out, pattern):
+    """The evaluation folders of a run's seeds, eval_sft_rl_s0, eval_sft_rl_s1, ... (or the one folder)."""
+    return sorted(glob.glob(os.path.join(out, pattern + "_s*"))) or [os.path.join(out, pattern)]
+
+
+def verdict(intervals):
+    if all(lo > 0 for _, lo, _, _ in intervals):
+        return "yes"
+    if all(hi < 0 for _, _, hi, _ in intervals):
+        return "no"
+    return f"not resolved ({sum(lo > 0 for _, lo, _, _ in intervals)} of {len(intervals)} seeds above 0)"
+
+
+def claim(text, out, first, second, kind):
+    """One claim, "second beats first": a line with every seed's difference and the verdict. Runs with seeds are
+    paired seed by seed (a run without seeds pairs with each seed of the other)."""
+    a_runs, b_runs = seeds_of(out, first), seeds_of(out, second)
+    pairs = list(zip(a_runs, b_runs)) if len(a_runs) == len(b_runs) else [(a, b) for a in a_runs for b in b_runs]
+    intervals = [paired(per_record(a, kind), per_record(b, kind)) for a, b in pairs]
+    shown = "; ".join(f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]" for m, lo, hi, _ in intervals)
+    print(f"- {text} ({second} - {first}, {intervals[0][3]} records, {len(intervals)} seed(s)): {shown} -> "
+          f"{verdict(intervals)}")
+
+
+def gap_closed(out):
+    """RL on the general model closes more of its gap to the SFT model on grounding than on reports: per seed, the
+    fraction of the gap closed, (general + RL - general) / (SFT - general), on each task, with a bootstrap interval
+    of grounding's fraction minus the reports' (each task's records resampled on their own)."""
+    general, sft = os.path.join(out, "eval_general"), os.path.join(out, "eval_sft")
+    intervals, shown = [], []
+    for rl in seeds_of(out, "eval_general_rl"):
+        data = {}
+        for kind in ("grounding", "report"):
+            g, r, s = per_record(general, kind), per_record(rl, kind), per_record(sft, kind)
+            data[kind] = [(g[i], r[i], s[i]) for i in sorted(s)]
+
+        def closed(rows):
+            g, r, s = (sum(x) / len(rows) for x in zip(*rows))
+            return (r - g) / (s - g) if s != g else 0.0
+        rng = random.Random(0)
+        boots = sorted(closed(rng.choices(data["grounding"], k=len(data["grounding"])))
+                       - closed(rng.choices(data["report"], k=len(data["report"]))) for _ in range(N_BOOT))
+        value = closed(data["grounding"]) - closed(data["report"])
+        intervals.append((value, boots[int(0.025 * N_BOOT) - 1], boots[int(0.975 * N_BOOT) - 1], None))
+        shown.append(f"grounding {closed(data['grounding']):.0%}, reports {closed(data['report']):.0%}: "
+                     f"{value:+.2f} [{intervals[-1][1]:+.2f}, {intervals[-1][2]:+.2f}]")
+    print(f"- RL on the general model closes more of the gap to SFT on grounding than on reports (fraction of the gap "
+          f"closed, grounding minus reports, {len(intervals)} seed(s)): {'; '.join(shown)} -> {verdict(intervals)}")
+
+
+def main(out, table3=False):
+    if table3:
+        print("Table 3 in miniature: each report reward's GRPO run against the SFT model it started from "
+              "(label F1 per record):")
+        for folder in sorted(glob.glob(os.path.join(out, "eval_table3_*"))):
+            claim(f"RL with {folder.rsplit('eval_table3_', 1)[1]} beats SFT on reports", out, "eval_sft",
+                  os.path.basename(folder), "report")
+        return
+    print("The paper: RL adds to SFT on both tasks; thinking does not improve further; RL on a general model closes")
+    print("much of the gap on grounding, less on reports. This run (paired differences, 95 % bootstrap, per seed):")
+    for kind in ("reports", "grounding"):
+        k = kind.rstrip("s")
+        claim(f"SFT + RL beats SFT on {kind}", out, "eval_sft", "eval_sft_rl", k)
+        claim(f"SFT + RL beats equal-time continued SFT on {kind}", out, "eval_sft_more", "eval_sft_rl", k)
+        claim(f"thinking + RL beats SFT + RL on {kind}", out, "eval_sft_rl", "eval_thinking_rl", k)
+        claim(f"RL improves the general model on {kind}", out, "eval_general", "eval_general_rl", k)
+        claim(f"SFT beats the general model + RL on {kind}", out, "eval_general_rl", "eval_sft", k)
+    gap_closed(out)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], "--table3" in sys.argv[2:])
