@@ -17,8 +17,10 @@ does not import beside a CPU torch. Where torchvision works we use `AutoProcesso
 processor (`ImageOnlyQwen3VLProcessor`) built from the same files. Both save the same folder, whose
 `processor_config.json` names `Qwen3VLProcessor`, so AutoProcessor and vLLM load it on a GPU machine.
 
-Distributed: `init_distributed` (torchrun env; nccl on GPU, gloo on CPU), `wrap_fsdp` (FSDP2 `fully_shard`
-per decoder layer and vision block, then the root), `print0`, `full_state_dict` (gather for saving).
+Distributed: `init_distributed` (torchrun env; nccl on GPU, gloo on CPU; a 2-hour collective timeout),
+`load_model(rank0_only=True)` + `wrap_fsdp` (FSDP2 `fully_shard` per decoder layer and vision block, then the root,
+filled with rank 0's weights: the other ranks never read them), `gathered` (a sharded model whole for generation),
+`print0`, `full_state_dict` (gather for saving), checkpoints exported in the compute dtype.
 Safety: never `trust_remote_code`; weights only as safetensors.
 """
 
