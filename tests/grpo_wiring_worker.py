@@ -1,6 +1,7 @@
 """Run by test_grpo.py: grpo.py's whole main loop, with a reward that the tiny random model does earn (minus the
 difference in words between an answer and its gold answer, over 10), recording what each step hands on: the prompts'
-gold answers, the sampled answers, what was scored against what, and the advantages the update received."""
+gold answers, the sampled answers, what was scored against what, and the advantages the update received (one file
+per rank under torchrun: OUT.rank0, OUT.rank1, ...)."""
 import json
 import os
 import sys
@@ -34,4 +35,4 @@ def update(policy, optimizer, batch, old_logprobs, ref_logprobs, advantages, *ar
 
 grpo.sample_rollouts, grpo.policy_update, grpo.rewards.score = sample, update, score
 grpo.main()
-json.dump(steps, open(out, "w"))
+json.dump(steps, open(out + (f".rank{os.environ['RANK']}" if "RANK" in os.environ else ""), "w"))

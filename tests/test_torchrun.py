@@ -93,6 +93,19 @@ def test_grpo_on_two_ranks_steps_evaluates_saves_and_resumes_exactly(tiny_checkp
         assert abs(full[3][key] - resumed[3][key]) <= 1e-6, key
 
 
+def test_grpo_ranks_share_out_the_prompts_of_a_step(tiny_checkpoint, records_file, tmp_path):
+    """Rank r takes prompts r, r + 2, ... of a step: the ranks' prompts are disjoint and together one process's."""
+    args = [f"--init_from={tiny_checkpoint}", f"--data={records_file}", "--task=report", "--prompts_per_step=4",
+            "--mini_batch=2", "--group_size=2", "--max_new_tokens=6", "--max_steps=2", "--eval_every=0", "--save_every=0"]
+    run("tests/grpo_wiring_worker.py", 2, str(tmp_path / "two.json"), *args, f"--out_dir={tmp_path / 'two'}")
+    run("tests/grpo_wiring_worker.py", 1, str(tmp_path / "one.json"), *args, f"--out_dir={tmp_path / 'one'}")
+    one = json.load(open(tmp_path / "one.json"))
+    ranks = [json.load(open(tmp_path / f"two.json.rank{r}")) for r in (0, 1)]
+    for step in range(2):
+        golds = one[step]["golds"]
+        assert ranks[0][step]["golds"] == golds[0::2] and ranks[1][step]["golds"] == golds[1::2]
+
+
 def test_coldstart_on_two_ranks_shards_the_traces_then_sft_fine_tunes_on_them(tiny_checkpoint, tmp_path):
     for n in (2, 1):
         run("coldstart.py", n, "--n_records=12", "--min_words=5", f"--out_dir={tmp_path / str(n)}")
