@@ -23,7 +23,8 @@ out_dir = "out/switches"
 configure(globals())
 
 SWITCHES = [("baseline (the paper's GRPO)", []), ("GSPO: --ratio_level=sequence", ["--ratio_level=sequence"]),
-            ("TIS: --tis_cap=2", ["--tis_cap=2.0"]), ("DAPO dynamic sampling: --filter_groups=2", ["--filter_groups=2"]),
+            ("TIS: --tis_cap=2", ["--tis_cap=2.0"]),
+            ("DAPO dynamic sampling: --filter_groups=2", ["--filter_groups=2"]),
             ("overlong masking: --overlong=mask", ["--overlong=mask"])]
 
 

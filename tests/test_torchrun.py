@@ -96,7 +96,8 @@ def test_grpo_on_two_ranks_steps_evaluates_saves_and_resumes_exactly(tiny_checkp
 def test_grpo_ranks_share_out_the_prompts_of_a_step(tiny_checkpoint, records_file, tmp_path):
     """Rank r takes prompts r, r + 2, ... of a step: the ranks' prompts are disjoint and together one process's."""
     args = [f"--init_from={tiny_checkpoint}", f"--data={records_file}", "--task=report", "--prompts_per_step=4",
-            "--mini_batch=2", "--group_size=2", "--max_new_tokens=6", "--max_steps=2", "--eval_every=0", "--save_every=0"]
+            "--mini_batch=2", "--group_size=2", "--max_new_tokens=6", "--max_steps=2", "--eval_every=0",
+            "--save_every=0"]
     run("tests/grpo_wiring_worker.py", 2, str(tmp_path / "two.json"), *args, f"--out_dir={tmp_path / 'two'}")
     run("tests/grpo_wiring_worker.py", 1, str(tmp_path / "one.json"), *args, f"--out_dir={tmp_path / 'one'}")
     one = json.load(open(tmp_path / "one.json"))
