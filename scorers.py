@@ -22,10 +22,10 @@ import textwrap
 
 from records import CHEXPERT_LABELS
 
-WEIGHTS = {"distilroberta-base": "BERTScore inside RadCliQ-v1", "distilbert-base-uncased": "the BERTScore reward",
-           "chexbert.pth": "CheXbert", "bert-base-uncased": "CheXbert's tokenizer",
-           "radgraph": "RadGraph-XL (the radgraph package's model_cache_dir, holding radgraph-xl/)",
-           "GREEN-radllama2-7b": "the GREEN judge"}
+WEIGHTS = {"distilroberta-base": "the encoder of RadCliQ-v1's BERTScore",
+           "distilbert-base-uncased": "the encoder of the BERTScore reward", "chexbert.pth": "CheXbert's checkpoint",
+           "bert-base-uncased": "CheXbert's tokenizer", "radgraph": "the radgraph package's model_cache_dir, holding "
+           "radgraph-xl/", "GREEN-radllama2-7b": "the GREEN judge"}
 # bert-score's rescale baselines (F column of rescale_baseline/en/<model>.tsv, row = layer) of the paper's two
 # BERTScore encoders, both at bert-score's default layer 5
 BERTSCORE_LAYER_BASELINE = {"distilroberta-base": (5, 0.8473319), "distilbert-base-uncased": (5, 0.66620487)}
@@ -202,9 +202,9 @@ def weights_path(folder, name, metric):
     """FOLDER/name, or MissingModelError naming it: the one way every metric finds its weights."""
     path = os.path.join(folder, name) if folder else None
     if not path or not os.path.exists(path):
-        raise MissingModelError(f"{metric} needs {WEIGHTS[name]} at {path or 'METRIC_WEIGHTS/' + name} "
-                                f"(--metric_weights={folder or 'FOLDER'} is laid out as scorers.py's docstring "
-                                f"says; nothing is downloaded)")
+        raise MissingModelError(f"{metric} needs {path or 'METRIC_WEIGHTS/' + name} ({WEIGHTS[name]}): pass "
+                                f"--metric_weights=FOLDER laid out as scorers.py's docstring says (nothing is "
+                                f"downloaded)")
     return path
 
 
