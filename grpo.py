@@ -62,7 +62,7 @@ image_size = 128          # side of the synthetic images in pixels
 min_pixels = 1024         # processor pixel budget (the paper: 1,024 .. 451,584 at RL and evaluation)
 max_pixels = 16384
 thinking = False          # ask for <think>...</think> first; rewards score only the answer after it
-report_reward = "label_f1"  # label_f1 | radcliq | bertscore | radgraph | gleu | bleu4
+report_reward = "label_f1"  # label_f1 | radcliq | bertscore | radgraph | gleu | bleu4 | positive_f1 (rewards.py)
 metric_weights = ""       # folder of the model-based rewards' weights (radcliq and its ablations), see scorers.py
 # rollouts
 prompts_per_step = 16     # P: prompts per step over all ranks
