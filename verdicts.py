@@ -9,7 +9,11 @@ one machine but not across machines (float results differ between CPUs and train
 that one seed decides can flip elsewhere; over several seeds it is a verdict a class can rely on.
 
     python verdicts.py out/repro                 # the claims of reproduce.sh's grid
-    python verdicts.py out/repro --table3        # Table 3: each report reward against the SFT model it started from
+    python verdicts.py out/repro --table3        # Table 3: every report reward's run scored by every report reward
+
+Table 3 scores each run (GRPO with one report reward) by every reward of the table, against the SFT model it started
+from, and decides the diagonal: does the run trained on a reward raise that reward more than every other run does
+(paired, run against run, on the same records)?
 """
 
 import glob
@@ -24,16 +28,28 @@ from records import GROUNDING_TASKS
 N_BOOT = 2000
 
 
-def per_record(folder, kind):
-    """{record id: GRPO reward of its answer} over an evaluation's report or grounding records."""
+def predictions(folder):
+    """An evaluation's predictions.jsonl rows, and whether its answers think first (only the text after the last
+    </think> is scored then)."""
     thinking = json.load(open(os.path.join(folder, "results.json")))["settings"].get("thinking", False)
-    scores = {}
-    for row in map(json.loads, open(os.path.join(folder, "predictions.jsonl"))):
-        if kind == "grounding" and row["task"] in GROUNDING_TASKS:
-            scores[row["id"]] = rewards.grounding_reward(row["answer"], row["reference"], thinking)
-        elif kind == "report" and row["task"] == "report":
-            scores[row["id"]] = rewards.label_f1(row["answer"], row["reference"], thinking)
-    return scores
+    return [json.loads(line) for line in open(os.path.join(folder, "predictions.jsonl"))], thinking
+
+
+def per_record(folder, kind, report_reward="label_f1"):
+    """{record id: reward of its answer} over an evaluation's report records (scored by report_reward, the GRPO
+    reward by default) or grounding records (soft-F1 IoU), exactly as rewards.score scores them in training."""
+    rows, thinking = predictions(folder)
+    rows = [row for row in rows if (row["task"] in GROUNDING_TASKS if kind == "grounding" else row["task"] == "report")]
+    values, _ = rewards.score([row["task"] for row in rows], [row["answer"] for row in rows],
+                              [row["reference"] for row in rows], reward=report_reward, thinking=thinking)
+    return {row["id"]: value for row, value in zip(rows, values)}
+
+
+def answer_chars(folder):
+    """ANC: the mean length in characters of an evaluation's report answers (after any thinking)."""
+    rows, thinking = predictions(folder)
+    lengths = [len(rewards.final_answer(row["answer"], thinking)) for row in rows if row["task"] == "report"]
+    return sum(lengths) / len(lengths)
 
 
 def paired(a, b, seed=0):
@@ -50,12 +66,13 @@ def seeds_of(out, pattern):
     return sorted(glob.glob(os.path.join(out, pattern + "_s*"))) or [os.path.join(out, pattern)]
 
 
-def verdict(intervals):
+def verdict(intervals, of="seeds"):
+    """"yes" when every interval lies above 0, "no" when every one lies below, else "not resolved"."""
     if all(lo > 0 for _, lo, _, _ in intervals):
         return "yes"
     if all(hi < 0 for _, _, hi, _ in intervals):
         return "no"
-    return f"not resolved ({sum(lo > 0 for _, lo, _, _ in intervals)} of {len(intervals)} seeds above 0)"
+    return f"not resolved ({sum(lo > 0 for _, lo, _, _ in intervals)} of {len(intervals)} {of} above 0)"
 
 
 def claim(text, out, first, second, kind):
@@ -95,14 +112,34 @@ def gap_closed(out):
           f"closed, grounding minus reports, {len(intervals)} seed(s)): {'; '.join(shown)} -> {verdict(intervals)}")
 
 
-def main(out, table3=False):
-    if table3:
-        print("Table 3 in miniature: each report reward's GRPO run against the SFT model it started from "
-              "(label F1 per record):")
-        for folder in sorted(glob.glob(os.path.join(out, "eval_table3_*"))):
-            claim(f"RL with {folder.rsplit('eval_table3_', 1)[1]} beats SFT on reports", out, "eval_sft",
-                  os.path.basename(folder), "report")
-        return
+def table3(out):
+    """Table 3: GRPO on reports from the SFT model with each reward (eval_table3_<reward>). Each run is scored by every
+    reward of the table, as the per-record difference from the SFT model; the paper's lessons are the diagonal (each
+    reward raises its own metric most: paired against every other run on that metric) and the length (ANC) of a
+    reward that sees only part of a report."""
+    runs = {os.path.basename(f).removeprefix("eval_table3_"): f for f in sorted(glob.glob(f"{out}/eval_table3_*"))}
+    sft = os.path.join(out, "eval_sft")
+    scores = {(run, metric): per_record(folder, "report", metric) for run, folder in runs.items() for metric in runs}
+    start = {metric: per_record(sft, "report", metric) for metric in runs}
+    print(f"Table 3 in miniature: GRPO on reports from the SFT model with each reward (rows), scored by each reward "
+          f"(columns) as the mean per-record difference from the SFT model [95 % bootstrap]; ANC: mean answer "
+          f"characters\n\n| reward | {' | '.join(runs)} | ANC |\n|---|{'---|' * len(runs)}---|")
+    print(f"| (the SFT model, mean) | {' | '.join(f'{sum(s.values()) / len(s):.3f}' for s in start.values())} | "
+          f"{answer_chars(sft):.0f} |")
+    for run, folder in runs.items():
+        cells = (paired(start[metric], scores[run, metric]) for metric in runs)
+        print(f"| {run} | {' | '.join(f'{m:+.3f} [{lo:+.3f}, {hi:+.3f}]' for m, lo, hi, _ in cells)} | "
+              f"{answer_chars(folder):.0f} |")
+    print()
+    for metric in runs:
+        intervals = [paired(scores[other, metric], scores[metric, metric]) for other in runs if other != metric]
+        shown = "; ".join(f"vs {other} {m:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+                          for other, (m, lo, hi, _) in zip([r for r in runs if r != metric], intervals))
+        print(f"- RL with {metric} raises {metric} more than RL with any other reward ({intervals[0][3]} records): "
+              f"{shown} -> {verdict(intervals, 'comparisons')}")
+
+
+def main(out):
     print("The paper: RL adds to SFT on both tasks; thinking does not improve further; RL on a general model closes")
     print("much of the gap on grounding, less on reports. This run (paired differences, 95 % bootstrap, per seed):")
     for kind in ("reports", "grounding"):
@@ -116,4 +153,7 @@ def main(out, table3=False):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], "--table3" in sys.argv[2:])
+    if "--table3" in sys.argv[2:]:
+        table3(sys.argv[1])
+    else:
+        main(sys.argv[1])

@@ -1,0 +1,100 @@
+"""verdicts.py on hand-made evaluations whose answers have known rewards: the paired interval, the verdict rule,
+seeds paired seed by seed, the fraction of the gap closed, and Table 3's diagonal and answer lengths."""
+import json
+import os
+
+import pytest
+
+import verdicts
+from records import format_boxes
+
+REFERENCE = "The heart is enlarged. There is a small left pleural effusion. No pneumothorax. The lungs are otherwise clear."
+SHORT = "Cardiomegaly. Left pleural effusion."  # every positive finding, almost none of the wording
+REWORDED = REFERENCE.replace("enlarged", "normal in size")  # the wording, a finding missed
+NOTHING = "No acute findings."
+GOLD = format_boxes([[0.1, 0.1, 0.5, 0.5]])
+MISS = format_boxes([[0.6, 0.6, 0.9, 0.9]])
+
+
+def write_eval(folder, reports=(), boxes=(), thinking=False):
+    """An evaluation folder as evaluate.py writes it: report answers against REFERENCE, grounding answers against
+    GOLD."""
+    os.makedirs(folder)
+    json.dump({"settings": {"thinking": thinking}}, open(os.path.join(folder, "results.json"), "w"))
+    with open(os.path.join(folder, "predictions.jsonl"), "w") as f:
+        for i, answer in enumerate(reports):
+            f.write(json.dumps({"id": f"r{i}", "task": "report", "answer": answer, "reference": REFERENCE}) + "\n")
+        for i, answer in enumerate(boxes):
+            f.write(json.dumps({"id": f"g{i}", "task": "anatomical_grounding", "answer": answer,
+                                "reference": GOLD}) + "\n")
+
+
+def test_paired_difference_and_verdict():
+    mean, lo, hi, n = verdicts.paired({i: 0.0 for i in range(5)}, {i: 0.5 for i in range(5)})
+    assert (mean, lo, hi, n) == (0.5, 0.5, 0.5, 5)
+    mean, lo, hi, n = verdicts.paired({0: 0.0, 1: 1.0, 2: 0.0}, {1: 0.0, 2: 1.0, 3: 1.0})  # records both scored
+    assert (mean, n) == (0.0, 2) and lo == -1.0 and hi == 1.0
+    assert verdicts.verdict([(0.2, 0.1, 0.3, 9), (0.1, 0.01, 0.2, 9)]) == "yes"
+    assert verdicts.verdict([(-0.2, -0.3, -0.1, 9)]) == "no"
+    assert verdicts.verdict([(0.2, 0.1, 0.3, 9), (0.1, -0.01, 0.2, 9)]) == "not resolved (1 of 2 seeds above 0)"
+
+
+def test_thinking_answers_are_scored_after_the_last_think(tmp_path):
+    write_eval(tmp_path / "e", reports=[f"<think>{NOTHING}</think>{REFERENCE}", REFERENCE],
+               boxes=[f"<think>{MISS}</think>{GOLD}", "no think"], thinking=True)
+    assert verdicts.per_record(str(tmp_path / "e"), "report") == {"r0": 1.0, "r1": 0.0}
+    assert verdicts.per_record(str(tmp_path / "e"), "grounding") == {"g0": 1.0, "g1": 0.0}
+    assert verdicts.answer_chars(str(tmp_path / "e")) == len(REFERENCE) / 2
+
+
+def test_claim_pairs_seeds_seed_by_seed(tmp_path, capsys):
+    write_eval(tmp_path / "eval_sft", reports=[NOTHING] * 8)
+    write_eval(tmp_path / "eval_sft_rl_s0", reports=[REFERENCE] * 8)
+    write_eval(tmp_path / "eval_sft_rl_s1", reports=[REFERENCE] * 4 + [NOTHING] * 4)
+    verdicts.claim("RL helps", str(tmp_path), "eval_sft", "eval_sft_rl", "report")
+    line = capsys.readouterr().out
+    assert "8 records, 2 seed(s)): +1.000 [+1.000, +1.000]; +0.500 [" in line and line.endswith("-> yes\n")
+    write_eval(tmp_path / "eval_sft_rl_s2", reports=[NOTHING] * 8)
+    verdicts.claim("RL helps", str(tmp_path), "eval_sft", "eval_sft_rl", "report")
+    assert capsys.readouterr().out.endswith("-> not resolved (2 of 3 seeds above 0)\n")
+
+
+def test_gap_closed(tmp_path, capsys):
+    """The general model scores 0, SFT 1 on every record; RL on the general model gets 30 of 40 grounding records
+    and 10 of 40 reports right: it closes 75 % of the gap on grounding, 25 % on reports."""
+    write_eval(tmp_path / "eval_general", reports=[NOTHING] * 40, boxes=[MISS] * 40)
+    write_eval(tmp_path / "eval_sft", reports=[REFERENCE] * 40, boxes=[GOLD] * 40)
+    write_eval(tmp_path / "eval_general_rl_s0", reports=[REFERENCE] * 10 + [NOTHING] * 30,
+               boxes=[GOLD] * 30 + [MISS] * 10)
+    verdicts.gap_closed(str(tmp_path))
+    assert "grounding 75%, reports 25%: +0.50 [" in capsys.readouterr().out
+
+
+def test_table3_diagonal_and_lengths(tmp_path, capsys):
+    write_eval(tmp_path / "eval_sft", reports=[NOTHING] * 6)
+    write_eval(tmp_path / "eval_table3_positive_f1", reports=[SHORT] * 6)
+    write_eval(tmp_path / "eval_table3_bleu4", reports=[REWORDED] * 6)
+    verdicts.table3(str(tmp_path))
+    out = capsys.readouterr().out
+    assert "| reward | bleu4 | positive_f1 | ANC |" in out
+    assert f"| (the SFT model, mean) | 0.000 | 0.000 | {len(NOTHING)} |" in out
+    assert f"| positive_f1 | +0.037 [+0.037, +0.037] | +1.000 [+1.000, +1.000] | {len(SHORT)} |" in out
+    assert "RL with bleu4 raises bleu4 more than RL with any other reward (6 records): vs positive_f1 +0.757" in out
+    assert out.count("-> yes") == 2
+    write_eval(tmp_path / "eval_table3_gleu", reports=[REWORDED] * 6)  # bleu4's answers: no longer alone on top
+    verdicts.table3(str(tmp_path))
+    out = capsys.readouterr().out
+    assert "RL with bleu4 raises bleu4 more than RL with any other reward" in out
+    assert out.count("-> yes") == 1 and "not resolved (1 of 2 comparisons above 0)" in out
+
+
+@pytest.mark.parametrize("kind", ["report", "grounding"])
+def test_per_record_is_the_training_reward(tmp_path, kind):
+    import rewards
+    write_eval(tmp_path / "e", reports=[SHORT, REWORDED, NOTHING], boxes=[GOLD, MISS, GOLD + " " + MISS])
+    scores = verdicts.per_record(str(tmp_path / "e"), kind)
+    if kind == "report":
+        assert scores == {f"r{i}": rewards.label_f1(a, REFERENCE) for i, a in enumerate([SHORT, REWORDED, NOTHING])}
+    else:
+        assert scores == {f"g{i}": rewards.grounding_reward(a, GOLD) for i, a in enumerate([GOLD, MISS, GOLD + " " +
+                                                                                          MISS])}
