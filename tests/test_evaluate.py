@@ -153,19 +153,20 @@ def test_label_f1_is_pooled_micro_and_macro_over_the_rule_based_labels():
 def test_classification_f1_micro_macro_and_per_sample_by_hand():
     from records import classification_answer
     cases = [(["cardiomegaly", "edema"], ["cardiomegaly"]), (["pleural effusion"], ["pleural effusion", "edema"]),
-             ([], []), (["edema"], ["pneumothorax"]), (["cardiomegaly"], ["cardiomegaly"])]
+             ([], []), (["edema"], ["pneumothorax"]), (["cardiomegaly"], ["cardiomegaly"]),
+             (["atelectasis"], ["atelectasis"]), (["atelectasis", "cardiomegaly"], ["cardiomegaly"])]
     records = [{"id": i, "task": "classification", "conversations": [
         {"from": "human", "value": "Are there any abnormalities on this Chest X-ray?"},
         {"from": "gpt", "value": classification_answer(gold)}]} for i, (gold, _) in enumerate(cases)]
     results = evaluate.score(records, [classification_answer(predicted) for _, predicted in cases], n_boot=0)
-    # per label: cardiomegaly tp 2; pleural effusion tp 1; "no finding" (the normal study) tp 1; edema fp 1, fn 2;
-    # pneumothorax fp 1. micro: 2 x 4 / (2 x 4 + 2 + 2) = 2/3; macro: (1 + 1 + 1 + 0 + 0) / 5 = 0.6
-    # per sample: 2/3, 2/3, 1, 0, 1 -> 2/3
+    # per label: cardiomegaly tp 3; pleural effusion tp 1; "no finding" (the normal study) tp 1; edema fp 1, fn 2;
+    # pneumothorax fp 1; atelectasis tp 1, fn 1 (F1 2/3, precision 1). micro: 2 x 6 / (2 x 6 + 2 + 3) = 12/17;
+    # macro: (1 + 1 + 1 + 0 + 0 + 2/3) / 6 = 11/18; per sample: 2/3, 2/3, 1, 0, 1, 1, 2/3 -> 5/7
     classification = results["classification"]
-    assert classification["n"] == 5
-    assert classification["f1_micro"]["value"] == pytest.approx(2 / 3)
-    assert classification["f1_macro"]["value"] == pytest.approx(0.6)
-    assert classification["sample_f1"]["value"] == pytest.approx(2 / 3)
+    assert classification["n"] == 7
+    assert classification["f1_micro"]["value"] == pytest.approx(12 / 17)
+    assert classification["f1_macro"]["value"] == pytest.approx(11 / 18)
+    assert classification["sample_f1"]["value"] == pytest.approx(5 / 7)
 
 
 # ---------------------------------------------------------------------------------------------------
