@@ -46,10 +46,8 @@ def per_record(folder, kind, report_reward="label_f1"):
 
 
 def answer_chars(folder):
-    """ANC: the mean length in characters of an evaluation's report answers (after any thinking)."""
-    rows, thinking = predictions(folder)
-    lengths = [len(rewards.final_answer(row["answer"], thinking)) for row in rows if row["task"] == "report"]
-    return sum(lengths) / len(lengths)
+    """ANC, the mean length in characters of an evaluation's report answers, as evaluate.py measured it."""
+    return json.load(open(os.path.join(folder, "results.json")))["report"]["answer_chars"]["value"]
 
 
 def paired(a, b, seed=0):
@@ -132,9 +130,10 @@ def table3(out):
               f"{answer_chars(folder):.0f} |")
     print()
     for metric in runs:
-        intervals = [paired(scores[other, metric], scores[metric, metric]) for other in runs if other != metric]
+        others = [run for run in runs if run != metric]
+        intervals = [paired(scores[other, metric], scores[metric, metric]) for other in others]
         shown = "; ".join(f"vs {other} {m:+.3f} [{lo:+.3f}, {hi:+.3f}]"
-                          for other, (m, lo, hi, _) in zip([r for r in runs if r != metric], intervals))
+                          for other, (m, lo, hi, _) in zip(others, intervals))
         print(f"- RL with {metric} raises {metric} more than RL with any other reward ({intervals[0][3]} records): "
               f"{shown} -> {verdict(intervals, 'comparisons')}")
 

@@ -5,10 +5,12 @@ import os
 
 import pytest
 
+import evaluate
 import verdicts
 from records import format_boxes
 
-REFERENCE = "The heart is enlarged. There is a small left pleural effusion. No pneumothorax. The lungs are otherwise clear."
+REFERENCE = ("The heart is enlarged. There is a small left pleural effusion. No pneumothorax. "
+             "The lungs are otherwise clear.")
 SHORT = "Cardiomegaly. Left pleural effusion."  # every positive finding, almost none of the wording
 REWORDED = REFERENCE.replace("enlarged", "normal in size")  # the wording, a finding missed
 NOTHING = "No acute findings."
@@ -18,9 +20,13 @@ MISS = format_boxes([[0.6, 0.6, 0.9, 0.9]])
 
 def write_eval(folder, reports=(), boxes=(), thinking=False):
     """An evaluation folder as evaluate.py writes it: report answers against REFERENCE, grounding answers against
-    GOLD."""
+    GOLD, scored by evaluate.score into results.json."""
     os.makedirs(folder)
-    json.dump({"settings": {"thinking": thinking}}, open(os.path.join(folder, "results.json"), "w"))
+    golds = [("report", REFERENCE)] * len(reports) + [("anatomical_grounding", GOLD)] * len(boxes)
+    records = [{"task": task, "conversations": [{"from": "human", "value": "<image>\nq"},
+                                                {"from": "gpt", "value": gold}]} for task, gold in golds]
+    results = evaluate.score(records, [*reports, *boxes], thinking, n_boot=0)
+    json.dump({**results, "settings": {"thinking": thinking}}, open(os.path.join(folder, "results.json"), "w"))
     with open(os.path.join(folder, "predictions.jsonl"), "w") as f:
         for i, answer in enumerate(reports):
             f.write(json.dumps({"id": f"r{i}", "task": "report", "answer": answer, "reference": REFERENCE}) + "\n")
