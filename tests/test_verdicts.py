@@ -104,3 +104,18 @@ def test_per_record_is_the_training_reward(tmp_path, kind):
     else:
         assert scores == {f"g{i}": rewards.grounding_reward(a, GOLD) for i, a in enumerate([GOLD, MISS, GOLD + " " +
                                                                                           MISS])}
+
+
+def test_answers_bench_counts_templates_and_traces(tmp_path):
+    """bench/answers.py on an evaluation whose answers repeat: distinct answers, distinct traces before them, reports
+    stating no finding against gold reports that state some, the most common opening."""
+    import subprocess
+    import sys
+    write_eval(tmp_path / "e", reports=[f"<think>A</think>{NOTHING}", f"<think>B</think>{NOTHING}",
+                                        f"<think>C</think>{REFERENCE}", "<think>D</think>Possible pneumonia."],
+               boxes=[f"<think>A</think>{GOLD}"], thinking=True)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, os.path.join(root, "bench", "answers.py"), str(tmp_path / "e")],
+                         capture_output=True, text=True, check=True).stdout
+    assert f"| e | report | 4 | 3 | 4 | 2 (0) | {NOTHING!r} (2) |" in out  # "possible" states a finding
+    assert "| e | anatomical_grounding | 1 | 1 | 1 | - |" in out
