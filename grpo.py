@@ -49,7 +49,8 @@ from transformers import TopPLogitsWarper
 from configurator import configure
 from data import epoch_order, generation_kwargs, open_records, prompt_batch, tiny_corpus
 from model import (all_reduce_mean, autocast, barrier, build_tiny, compute_dtype, gathered, init_distributed,
-                   latest_checkpoint, load_model, load_training_checkpoint, print0, save_training_checkpoint, wrap_fsdp)
+                   latest_checkpoint, load_model, load_training_checkpoint, next_token_logprobs, print0,
+                   save_training_checkpoint, wrap_fsdp)
 from records import GROUNDING_TASKS, reference_answer, task_of
 import rewards
 
@@ -172,65 +173,77 @@ def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, beta=0.01,
 # ---------------------------------------------------------------------------------------------------
 # rollouts and their log-probs
 
-def token_logprobs(model, batch, n_prompt, with_entropy=False, temperature=1.0):
-    """log pi(token) of every completion token ([B, T]) at the sampling temperature, and optionally the policy's
-    entropy there."""
+def token_logprobs(model, batch, n_prompt, temperature=1.0):
+    """(log pi(token), the policy's entropy there) of every completion token ([B, T] each) at the sampling
+    temperature, computed chunk by chunk from the final hidden states (model.next_token_logprobs): the B x T x vocab
+    logits are never held."""
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values",
                                     "image_grid_thw")}
-    n_answer = batch["input_ids"].shape[1] - n_prompt
-    with autocast(batch["input_ids"].device):  # logits of the answer positions only: B x T x vocab is the big tensor
-        logits = model(**inputs, use_cache=False, logits_to_keep=n_answer + 1).logits[:, :-1].float() / temperature
-    logprobs = torch.log_softmax(logits, -1)
-    chosen = logprobs.gather(-1, batch["input_ids"][:, n_prompt:, None]).squeeze(-1)
-    if not with_entropy:
-        return chosen, None
-    with torch.no_grad():
-        entropy = -(logprobs.exp() * logprobs).sum(-1)
-    return chosen, entropy
+    answer = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
+    answer[:, n_prompt:] = True
+    with autocast(batch["input_ids"].device):
+        chosen, entropy = next_token_logprobs(model, {**inputs, "use_cache": False}, answer, temperature)
+    return chosen.view(len(answer), -1), entropy.view(len(answer), -1)
 
 
-class SamplingLogprobs:
-    """A logits processor that applies the temperature (and top-p) itself, last, and keeps the log-prob of every
-    sampled token under the very distribution it was drawn from (after generate's own processors, such as the
-    suppressed special tokens): what the rollout engine did, to set beside what the training forward recomputes.
-    It holds one step's distribution at a time: at each step it scores the token sampled at the step before."""
+def sample_groups(model, prompt, group_size, max_new_tokens, stop, temperature=1.0, top_p=1.0):
+    """G sampled answers to each prompt of `prompt` (left-padded model inputs) and the log-prob of each sampled token
+    under the very distribution it was drawn from; returns ([P x G, T] tokens, [P x G, T] log-probs), rows of a prompt
+    together, finished rows padded.
 
-    def __init__(self, temperature, top_p):
-        self.temperature, self.top_p, self.previous, self.logprobs = temperature, top_p, None, []
-
-    def __call__(self, input_ids, scores):
-        self.take(input_ids[:, -1])
-        scores = scores / self.temperature
-        if self.top_p < 1.0:
-            scores = TopPLogitsWarper(self.top_p)(input_ids, scores)
-        self.previous = torch.log_softmax(scores.float(), -1)
-        return scores
-
-    def take(self, sampled):
-        if self.previous is not None:
-            self.logprobs.append(self.previous.gather(1, sampled[:, None]).squeeze(1))
+    Each prompt is prefilled once (its image through the vision tower, then its tokens) and its G samples continue
+    from G copies of that KV cache: generate(num_return_sequences=G) would encode the image and prefill the prompt G
+    times. Each step samples from softmax(logits / temperature) (top-p if < 1) with generate's stop rules: the special
+    tokens of stop["suppress_tokens"] are never drawn, a row ends at its first stop["eos_token_id"]."""
+    from transformers import DynamicCache
+    mask = prompt["attention_mask"]
+    rope, _ = model.model.get_rope_index(prompt["input_ids"], prompt["mm_token_type_ids"],
+                                         image_grid_thw=prompt["image_grid_thw"], attention_mask=mask)
+    text = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    positions = torch.cat([text[None], rope])  # what generate passes: a text row, then the 3 M-RoPE rows
+    cache = DynamicCache(config=model.config)
+    logits = model(**prompt, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+    cache.batch_repeat_interleave(group_size)
+    logits = logits.float().repeat_interleave(group_size, 0)
+    mask, last = mask.repeat_interleave(group_size, 0), positions[:, :, -1:].repeat_interleave(group_size, 1)
+    eos = torch.tensor(stop["eos_token_id"], device=logits.device)
+    finished = torch.zeros(len(logits), dtype=torch.bool, device=logits.device)
+    tokens, logprobs = [], []
+    for step in range(max_new_tokens):
+        logits[:, stop["suppress_tokens"]] = float("-inf")
+        scores = logits / temperature
+        if top_p < 1.0:
+            scores = TopPLogitsWarper(top_p)(None, scores)
+        scores = torch.log_softmax(scores, -1)
+        token = torch.multinomial(scores.exp(), num_samples=1).squeeze(1)
+        token = token.masked_fill(finished, stop["pad_token_id"])
+        tokens.append(token)
+        logprobs.append(scores.gather(1, token[:, None]).squeeze(1).masked_fill(finished, 0.0))
+        finished |= torch.isin(token, eos)
+        if finished.all() or step == max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=last + step + 1, cache=cache,
+                       use_cache=True).logits[:, -1].float()
+    return torch.stack(tokens, 1), torch.stack(logprobs, 1)
 
 
 def sample_rollouts(model, processor, records, group_size, thinking, device, temperature=1.0, top_p=1.0,
                     max_new_tokens=96, generate_batch=0):
-    """G sampled answers per record. Every prompt's image is processed once; generate's own expansion
-    repeats its pixels for the G samples in order (rollout j belongs to prompt j // G, its group id).
-    Prompts go through generate `generate_batch` at a time (0: all at once), since the KV cache of those x G sequences
-    bounds the memory of generation; the chunks are then padded into one batch (prompts left, answers right).
-    A sharded policy is gathered once for all of it (model.gathered). The batch also holds the log-probs generate
-    sampled with ("rollout_logprobs") and which answers ran out of tokens before their EOS ("truncated")."""
+    """G sampled answers per record (rollout j belongs to prompt j // G, its group id), each prompt prefilled once
+    (sample_groups). Prompts go through `generate_batch` at a time (0: all at once), since the KV cache of those x G
+    sequences bounds the memory of generation; the chunks are then padded into one batch (prompts left, answers
+    right). A sharded policy is gathered once for all of it (model.gathered). The batch also holds the log-probs the
+    tokens were sampled with ("rollout_logprobs") and which answers ran out of tokens before their EOS
+    ("truncated")."""
     tok = processor.tokenizer
     stop = generation_kwargs(tok)
     chunk, parts = generate_batch or len(records), []
     with torch.no_grad(), gathered(model), autocast(device):
         for start in range(0, len(records), chunk):
             prompt = prompt_batch(records[start:start + chunk], processor, thinking).to(device)
-            sampling = SamplingLogprobs(temperature, top_p)
-            sequences = model.generate(**prompt, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
-                                       max_new_tokens=max_new_tokens, num_return_sequences=group_size,
-                                       logits_processor=[sampling], **stop)
-            sampling.take(sequences[:, -1])
-            parts.append((prompt, sequences[:, prompt["input_ids"].shape[1]:], torch.stack(sampling.logprobs, 1)))
+            parts.append((prompt, *sample_groups(model, prompt, group_size, max_new_tokens, stop, temperature,
+                                                 top_p)))
     n_prompt = max(p["input_ids"].shape[1] for p, _, _ in parts)
     n_answer = max(c.shape[1] for _, c, _ in parts)
     left = lambda t, value: F.pad(t, (n_prompt - t.shape[1], 0), value=value)  # noqa: E731
@@ -278,7 +291,7 @@ def rollout_logprobs(model, batch, n_prompt, micro_batch, temperature=1.0):
     with torch.no_grad():
         for start in range(0, len(out), micro_batch):
             idx = torch.arange(start, min(len(out), start + micro_batch), device=out.device)
-            out[idx] = token_logprobs(model, select(batch, idx), n_prompt, temperature=temperature)[0]
+            out[idx] = token_logprobs(model, select(batch, idx), n_prompt, temperature)[0]
     return out
 
 
@@ -307,7 +320,7 @@ def policy_update(policy, optimizer, batch, old_logprobs, ref_logprobs, advantag
         for start in range(0, seqs_per_update, micro_batch):
             idx = update_idx[start:start + micro_batch]
             mb = select(batch, idx)
-            logprobs, entropy = token_logprobs(policy, mb, n_prompt, with_entropy=True, temperature=temperature)
+            logprobs, entropy = token_logprobs(policy, mb, n_prompt, temperature)
             tis = (old_logprobs[idx] - mb["rollout_logprobs"]).exp().clamp(max=tis_cap) if tis_cap > 0 else None
             loss, stats = grpo_loss(logprobs, old_logprobs[idx], None if ref_logprobs is None else ref_logprobs[idx],
                                     advantages[idx], mb["loss_mask"], normalizer=norm, tis_weights=tis,

@@ -392,6 +392,79 @@ def save_checkpoint(model, processor, out_dir, state_dict=None, extra_files=None
 
 
 # ----------------------------------------------------------------------------------------------------
+# log-probs of chosen tokens without the full-vocabulary logits
+
+# Positions whose logits exist at once: chunk x vocab floats (Qwen's 151,936: 0.6 GB in fp32 for 1,024 positions),
+# where B x T x vocab would be tens of GB for GRPO's micro-batches of long answers.
+LOGPROB_CHUNK = 1024
+
+
+class ChosenLogprobs(torch.autograd.Function):
+    """log softmax(hidden @ weight.T / temperature)[target] for each row of `hidden` [N, H], and the entropy of that
+    softmax (no gradient), a chunk of rows at a time. The backward recomputes each chunk's logits from the saved
+    hidden states and the per-row log-sum-exp instead of keeping them: d logprob / d logits = onehot - softmax."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(ctx, hidden, weight, targets, temperature, chunk):
+        chosen = torch.empty(len(hidden), dtype=torch.float32, device=hidden.device)
+        lse, entropy = torch.empty_like(chosen), torch.empty_like(chosen)
+        with torch.no_grad():  # in place where it can be: one chunk x vocab tensor at a time
+            for start in range(0, len(hidden), chunk):
+                rows = slice(start, start + chunk)
+                logprobs = torch.nn.functional.linear(hidden[rows], weight).float().div_(temperature)
+                lse[rows] = torch.logsumexp(logprobs, -1)
+                logprobs.sub_(lse[rows, None])
+                chosen[rows] = logprobs.gather(1, targets[rows, None]).squeeze(1)
+                entropy[rows] = -(logprobs.exp()[:, None, :] @ logprobs[:, :, None]).flatten()
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.temperature, ctx.chunk = temperature, chunk
+        ctx.mark_non_differentiable(entropy)
+        return chosen, entropy
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, grad_chosen, grad_entropy):
+        hidden, weight, targets, lse = ctx.saved_tensors
+        grad_hidden = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
+            if ctx.needs_input_grad[1] else None
+        for start in range(0, len(hidden), ctx.chunk):
+            rows = slice(start, start + ctx.chunk)
+            grad_logits = torch.nn.functional.linear(hidden[rows], weight).float().div_(ctx.temperature)
+            grad_logits.sub_(lse[rows, None]).exp_().mul_(-grad_chosen[rows, None])  # -softmax x grad, in place
+            grad_logits.scatter_add_(1, targets[rows, None], grad_chosen[rows, None])  # + onehot x grad
+            grad_logits = grad_logits.div_(ctx.temperature).to(weight.dtype)
+            if grad_hidden is not None:
+                grad_hidden[rows] = (grad_logits @ weight).to(hidden.dtype)
+            if grad_weight is not None:
+                grad_weight += (grad_logits.t() @ hidden[rows].to(weight.dtype)).float()
+        return grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype), None, None, None
+
+
+def next_token_logprobs(model, inputs, wanted, temperature=1.0, chunk=LOGPROB_CHUNK):
+    """(log-prob, entropy) of input_ids[b, j] given input_ids[b, :j] at every position where `wanted` [B, L] is True,
+    each 1-D in row-major order, from the final hidden states and the output projection, chunk by chunk: no
+    B x L x vocab tensor exists in the forward or the backward.
+
+    The projection runs inside the model's own forward, in a hook on the final norm, and the model is asked for no
+    logits at all: under FSDP2 the root's weights (lm_head among them) are gathered only inside the root's forward,
+    and calling a sharded module outside it fails ("mixed torch.Tensor and DTensor")."""
+    targets = inputs["input_ids"][:, 1:][wanted[:, 1:]]
+    out = []
+
+    def project(module, args, hidden):
+        out.append(ChosenLogprobs.apply(hidden[:, :-1][wanted[:, 1:]], model.lm_head.weight, targets, temperature,
+                                        chunk))
+    handle = model.model.language_model.norm.register_forward_hook(project)
+    try:
+        model(**inputs, logits_to_keep=torch.zeros(0, dtype=torch.long, device=targets.device))
+    finally:
+        handle.remove()
+    return out[0]
+
+
+# ----------------------------------------------------------------------------------------------------
 # distributed
 
 # How long a rank waits in a collective before the run is declared hung. torch's default (10 minutes with NCCL)

@@ -24,13 +24,12 @@ import os
 import time
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from configurator import configure
 from data import PackedWindows, model_inputs, open_records, pack_samples, tiny_corpus, tokenize_window
 from model import (autocast, build_tiny, compute_dtype, init_distributed, latest_checkpoint, load_model,
-                   load_training_checkpoint, print0, save_training_checkpoint, wrap_fsdp)
+                   load_training_checkpoint, next_token_logprobs, print0, save_training_checkpoint, wrap_fsdp)
 
 # model and data
 init_from = "tiny"        # "tiny" (random tiny Qwen3-VL built from a config), a checkpoint dir, or a hub id
@@ -157,10 +156,11 @@ def to_device(row):
 
 
 def row_loss_sum(row):
-    """Sum of the next-token cross-entropy over the row's label tokens (float32 logits)."""
+    """Sum of the next-token cross-entropy over the row's label tokens, from the hidden states of those positions
+    only, chunk by chunk (model.next_token_logprobs): never a row x vocab tensor of logits."""
     with autocast(device):
-        logits = model(**model_inputs(row)).logits
-    return F.cross_entropy(logits[0, :-1].float(), row["labels"][0, 1:], ignore_index=-100, reduction="sum")
+        logprobs, _ = next_token_logprobs(model, model_inputs(row), row["labels"] != -100)
+    return -logprobs.sum()
 
 
 val_rows = []
