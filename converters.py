@@ -191,7 +191,7 @@ def weighted_box_fusion(boxes, scores=None, iou_threshold=VINDR_FUSION_IOU):
     return [c["fused"] for c in clusters]
 
 # ----------------------------------------------------------------------------------------------------------
-# answers (formats of PAPER.md, "Tasks, prompts, answer formats") and records
+# answers (formats of docs/paper.md, "Tasks, prompts and answer formats") and records
 
 
 def chexpert_labels(row):

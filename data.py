@@ -222,7 +222,8 @@ def pack_samples(samples, model, max_tokens, filler=None):
     """Pack whole samples into rows of at most `max_tokens` tokens (padding-free SFT).
 
     Each row is one sequence holding several samples back to back. What keeps them apart, with sdpa/eager
-    and `attention_mask=None, use_cache=False` in the forward (see ENGINEERING.md "Packing"):
+    and `attention_mask=None, use_cache=False` in the forward (docs/engineering.md, "Packing (padding-free SFT)
+    with M-RoPE"):
     position_ids of shape (4, 1, L): row 0 restarts at 0 for every sample (transformers turns these resets
     into a block-diagonal mask, or varlen cu_seqlens with flash-attention), rows 1-3 are each sample's own
     M-RoPE (t, h, w) positions from get_rope_index, so image tokens keep their 2-D positions.

@@ -1,7 +1,7 @@
 """
 evaluate.py: the unified evaluation: answers from a checkpoint (or from anywhere), scored like the paper.
 
-Every model gets the same prompts, pixels, greedy decoding and metrics (PAPER.md "Evaluation"), so an SFT run,
+Every model gets the same prompts, pixels, greedy decoding and metrics (docs/paper.md, "Evaluation"), so an SFT run,
 a GRPO run and an outside model (MAIRA-2, CheXagent, ... via --predictions) are comparable. The test set is the
 synthetic world's test split or a RadVLM/LLaVA file; each record is scored by its task (reports, grounding,
 classification; conversations are skipped; a record without a task is a report).

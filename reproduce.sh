@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The paper's experiment grid in miniature (PAPER.md, Tables 1-3), on the synthetic chest X-ray world, on a CPU:
+# The paper's experiment grid in miniature (docs/paper.md, Tables 1-3), on the synthetic chest X-ray world, on a CPU:
 #   the general model (the tiny Qwen3-VL pre-trained on the general world, shapes.py: the miniature's "Qwen3-VL")
 #   and GRPO from it; SFT ("RadVLM") and GRPO from it, beside an equal-time continuation of SFT; the cold start and
 #   GRPO with thinking; then the paper's claims decided on paired test records, seed by seed (verdicts.py).

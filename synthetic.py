@@ -2,9 +2,10 @@
 synthetic.py: a procedural world of frontal chest X-rays with known ground truth, deterministic from a seed.
 
 The embedded default data: the whole pipeline runs on a laptop CPU, and a tiny Qwen3-VL (128 px -> 16 visual
-tokens) learns this world in minutes without saturating it. Findings are medium-sized (ENGINEERING.md: lesions
-under ~12 px radius are not learned in minutes) and carry what a greedy answer gets only partly right: box
-precision, laterality, severity, several co-occurring findings. ~2 ms per 128-px study on one CPU core.
+tokens) learns this world in minutes without saturating it. Findings are medium-sized (lesions under ~12 px radius
+are not learned in minutes: docs/engineering.md, "Can a tiny Qwen3-VL learn a synthetic CXR world?") and carry what
+a greedy answer gets only partly right: box precision, laterality, severity, several co-occurring findings. ~2 ms
+per 128-px study on one CPU core.
 
     python data.py synth --n 500 --out out/synth      # PNGs + records.jsonl + contact_sheet.png
     python synthetic.py --n 500 --out out/synth       # the same

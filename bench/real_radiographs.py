@@ -2,7 +2,7 @@
 Real radiographs through the training path: every PNG/JPG/DICOM under a folder goes through
 data.tokenize_sample at the paper's SFT pixel budget (max 262,144 pixels = 512 x 512).
 
-    python bench/real_radiographs.py ../shared/data/real_cxr     # DICOM needs the optional pydicom
+    python bench/real_radiographs.py DIR     # DIR: your radiographs, any depth; DICOM needs the optional pydicom
 """
 import glob
 import os

@@ -1,5 +1,6 @@
-# The paper's GRPO run for report generation (verl settings, PAPER.md): 512 prompts x 8 samples per step,
-# 4 updates of 128 prompts, lr 1e-6, beta 0.01 (k3), clip 0.2/0.28, dual clip 3, token-mean, ~300 steps.
+# The paper's GRPO run for report generation (verl settings: docs/paper.md, "GRPO settings"): 512 prompts x 8
+# samples per step, 4 updates of 128 prompts, lr 1e-6, beta 0.01 (k3), clip 0.2/0.28, dual clip 3, token-mean,
+# ~300 steps.
 #   torchrun --nproc_per_node=8 grpo.py config/grpo_report_paper.py --init_from=out/sft_paper --data=mimic_train.jsonl
 init_from = "out/sft_paper"
 task = "report"

@@ -1,6 +1,6 @@
 """Tests of converters.py on tiny fake datasets written in each dataset's real layout (file names, columns,
 id formats, nested JSON, gzip where the real files are gzipped). The make_<dataset> builders also make the
-fake trees of the counts in docs_converters.md. Run: python -m pytest tests/test_converters.py"""
+fake trees of the counts in docs/datasets.md. Run: python -m pytest tests/test_converters.py"""
 
 import csv
 import gzip
