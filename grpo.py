@@ -49,7 +49,8 @@ from transformers import TopPLogitsWarper
 from configurator import configure
 from data import epoch_order, generation_kwargs, open_records, prompt_batch, tiny_corpus
 from model import (all_reduce_mean, autocast, barrier, build_tiny, compute_dtype, gathered, init_distributed,
-                   latest_checkpoint, load_model, load_training_checkpoint, print0, save_training_checkpoint, wrap_fsdp)
+                   latest_checkpoint, load_model, open_training_log, print0, resume_training_checkpoint,
+                   save_training_checkpoint, wrap_fsdp)
 from records import GROUNDING_TASKS, reference_answer, task_of
 import rewards
 
@@ -94,7 +95,7 @@ n_eval = 64               # held-out prompts per task for that ("synthetic" data
 # system
 out_dir = "out/grpo"
 save_every = 20           # checkpoint every N steps and at the end (0: never, for benchmarks)
-keep_last = 2
+keep_last = 2             # step folders to keep (0: all); 2 or more leave one to fall back on if the newest is corrupt
 resume = False
 seed = 0
 
@@ -469,12 +470,13 @@ def main():
             eval_sets[step_task] = [held_out[i] for i in range(rank, n_eval - n_eval % world, world)]
 
     step = 0
-    if resume and latest_checkpoint(out_dir):
-        step = load_training_checkpoint(latest_checkpoint(out_dir), policy, optimizer)["step"]
-        print0(f"resumed from {latest_checkpoint(out_dir)} at step {step}")
+    resumed_from, state = resume_training_checkpoint(out_dir, policy, optimizer) if resume else (None, None)
+    if state:
+        step = state["step"]
+        print0(f"resumed from {resumed_from} at step {step}")
     if master:
         os.makedirs(out_dir, exist_ok=True)
-        log_file = open(os.path.join(out_dir, "log.jsonl"), "a")
+        log_file = open_training_log(out_dir, step)
     print0(f"grpo: {task} prompts, {prompts_per_step} x {group_size} rollouts per step on {world} rank(s), "
            f"{prompts_per_step // mini_batch} update(s) per step, beta {beta}, reward {report_reward}/soft-F1 IoU, "
            f"thinking {thinking}")

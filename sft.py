@@ -10,7 +10,10 @@ without padding (see data.pack_samples for why packing with M-RoPE needs 4-row p
     python sft.py                                                   # CPU: tiny Qwen3-VL on the synthetic world
     python sft.py config/sft_paper.py --data=train.jsonl            # 1 GPU
     torchrun --nproc_per_node=8 sft.py config/sft_paper.py --data=train.jsonl
-    torchrun --nproc_per_node=8 --max-restarts=3 sft.py ... --resume  # crash-tolerant: resumes from latest
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --nproc_per_node=8 --max-restarts=3 sft.py ... --resume=True
+
+The last is crash-tolerant: restarted ranks resume from the newest checkpoint that can be read; the variable keeps
+torchrun from handing them the killed ranks' addresses, on which they hang (pytorch/pytorch#135712).
 
 Settings are the globals below; override with config files and --key=value (configurator.py).
 Deliberately left out: LoRA, sequence parallelism, dynamic-resolution bucketing, mixing of dataset weights
@@ -30,7 +33,7 @@ from tqdm import tqdm
 from configurator import configure
 from data import PackedWindows, model_inputs, open_records, pack_samples, tiny_corpus, tokenize_window
 from model import (autocast, build_tiny, compute_dtype, init_distributed, latest_checkpoint, load_model,
-                   load_training_checkpoint, print0, save_training_checkpoint, wrap_fsdp)
+                   open_training_log, print0, resume_training_checkpoint, save_training_checkpoint, wrap_fsdp)
 
 # model and data
 init_from = "tiny"        # "tiny" (random tiny Qwen3-VL built from a config), a checkpoint dir, or a hub id
@@ -107,11 +110,12 @@ val_records = open_records(val_data, "val", n_val, image_size) if val_data else 
 model.train()
 
 step, cursor, skipped, tokens_seen, total_steps = 0, (0, 0, 0), 0, 0, max_steps
-if resume and latest_checkpoint(out_dir):
-    state = load_training_checkpoint(latest_checkpoint(out_dir), model, optimizer)
-    step, cursor, skipped, tokens_seen = state["step"], tuple(state["cursor"]), state["skipped"], state["tokens_seen"]
+resumed_from, state = resume_training_checkpoint(out_dir, model, optimizer) if resume else (None, None)
+if state:
+    step, cursor, tokens_seen = state["step"], tuple(state["cursor"]), state["tokens_seen"]
+    skipped = state["skipped"] if master else 0  # the count of all ranks, carried on by rank 0
     total_steps = state["total_steps"]  # the schedule of the original run, not a new estimate
-    print0(f"resumed from {latest_checkpoint(out_dir)} at step {step}")
+    print0(f"resumed from {resumed_from} at step {step}")
 
 stream = PackedWindows(train_records, processor, model, max_tokens, window, rank, world, seed, start=cursor[:2],
                        strict=strict, thinking=thinking, num_workers=num_workers)
@@ -184,17 +188,21 @@ def evaluate_val_loss():
 
 
 def save(step, cursor):
+    all_skipped = torch.tensor(float(skipped), device=device)
+    if world > 1:
+        torch.distributed.all_reduce(all_skipped)
     save_training_checkpoint(out_dir, step, model, optimizer, processor,
                              keep_last=keep_last, dtype=compute_dtype(device),
                              train_state={"step": step, "total_steps": total_steps, "cursor": list(cursor),
-                                          "skipped": skipped, "tokens_seen": tokens_seen, "settings": settings})
+                                          "skipped": int(all_skipped.item()), "tokens_seen": tokens_seen,
+                                          "settings": settings})
 
 
 n_params = sum(p.numel() for p in model.parameters())  # FSDP2's DTensors report their full size
 peak_flops = 989e12 if device.type == "cuda" else None  # bf16 dense H100/H200; MFU is reported on GPU only
 if master:
     os.makedirs(out_dir, exist_ok=True)
-    log_file = open(os.path.join(out_dir, "log.jsonl"), "a")
+    log_file = open_training_log(out_dir, step)
 print0(f"sft: {n_params / 1e6:.2f} M parameters, {len(train_records)} training records, {world} rank(s), "
        f"{total_steps} steps of {rows_per_step} x {max_tokens}-token rows per rank")
 if step == 0 and val_rows:
