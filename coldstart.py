@@ -177,7 +177,7 @@ def main():
     if teacher == "rule" and data != "synthetic":
         raise SystemExit("the rule-based teacher knows only the synthetic world; pass --teacher=PATH for other data")
     # the paper's two trace sets: report generation and grounding
-    records = open_records(data, "train", n_records, image_size, tasks=("report", *GROUNDING_TASKS))
+    records = open_records(data, "train", n_records, image_size, tasks=("report", *GROUNDING_TASKS), scored=True)
     os.makedirs(out_dir, exist_ok=True)
     model, processor = (None, None) if teacher == "rule" else load_model(
         teacher, device=device, min_pixels=teacher_min_pixels, max_pixels=teacher_max_pixels)

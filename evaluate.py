@@ -392,7 +392,7 @@ def main():
         return
     settings = configure(globals())
     rank, _, world, device = init_distributed()
-    source = open_records(data, "test", n_test, image_size, tasks=SCORED_TASKS)
+    source = open_records(data, "test", n_test, image_size, tasks=SCORED_TASKS, scored=True)
     records = [source[i] for i in range(len(source))]  # synthetic records draw their image on access: once each
     ids = [record_id(record, i) for i, record in enumerate(records)]
     print0(f"evaluate: {len(records)} test records; {world} rank(s)")

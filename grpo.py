@@ -340,7 +340,8 @@ def prompt_pools(data, step_tasks, split, n, image_size):
     """{step task: {record task: its records}}: the prompts a step of each task draws from."""
     pools = {}
     for step_task in step_tasks:
-        pools[step_task] = {t: open_records(data, split, n, image_size, tasks=(t,)) for t in RECORD_TASKS[step_task]}
+        pools[step_task] = {t: open_records(data, split, n, image_size, tasks=(t,), scored=True)
+                            for t in RECORD_TASKS[step_task]}
         pools[step_task] = {t: pool for t, pool in pools[step_task].items() if len(pool)}
         if not pools[step_task]:
             raise SystemExit(f"no {step_task} records in {data}")
@@ -455,14 +456,14 @@ def main():
     if prompts_per_step % world or (prompts_per_step // world) % max(1, mini_batch // world) or mini_batch % world:
         raise SystemExit(f"prompts_per_step={prompts_per_step} and mini_batch={mini_batch} must split evenly over "
                          f"{world} ranks, and mini_batch must divide prompts_per_step")
+    step_tasks = ["report", "grounding"] if task == "both" else [task]  # "both": steps alternate between them
+    pools = prompt_pools(data, step_tasks, "train", n_train, image_size)  # before the model: bad data stops at once
     policy, reference, processor = load_policy_and_reference(init_from, beta, grad_checkpointing, device, world,
                                                              min_pixels, max_pixels, seed)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999),
                                   fused=device.type == "cuda")
     loss_settings = dict(beta=beta, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip, loss_agg=loss_agg,
                          max_new_tokens=max_new_tokens, ratio_level=ratio_level)
-    step_tasks = ["report", "grounding"] if task == "both" else [task]  # "both": steps alternate between them
-    pools = prompt_pools(data, step_tasks, "train", n_train, image_size)
     eval_sets = {}  # the same held-out prompts at every evaluation, this rank's share of them
     if eval_every and data == "synthetic":
         for step_task in step_tasks:

@@ -74,6 +74,9 @@ settings = configure(globals())
 # ---------------------------------------------------------------------------------------------------
 rank, local_rank, world, device = init_distributed()
 master = rank == 0
+# the data before the model: records that cannot be used stop the run before minutes of loading
+train_records = open_records(data, "train", n_train, image_size, strict=strict)
+val_records = open_records(val_data, "val", n_val, image_size, strict=strict) if val_data and eval_every else []
 torch.manual_seed(seed)
 if init_from == "tiny":
     model, processor = build_tiny(texts=tiny_corpus(), seed=seed,
@@ -105,8 +108,6 @@ optimizer = torch.optim.AdamW(
       "weight_decay": weight_decay if decay else 0.0} for (part, decay), ps in groups.items()],
     betas=(beta1, beta2), fused=device.type == "cuda")
 
-train_records = open_records(data, "train", n_train, image_size)
-val_records = open_records(val_data, "val", n_val, image_size) if val_data else []
 model.train()
 
 step, cursor, skipped, tokens_seen, total_steps = 0, (0, 0, 0), 0, 0, max_steps

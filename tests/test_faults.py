@@ -85,6 +85,64 @@ GRPO_ARGS = ["--task=both", "--prompts_per_step=2", "--group_size=3", "--mini_ba
 
 
 # ---------------------------------------------------------------------------------------------------
+# data that cannot make progress
+
+STAGES = {"sft.py": ["--val_data=", "--max_steps=2"], "grpo.py": ["--max_steps=1"],
+          "evaluate.py": ["--max_new_tokens=4"], "coldstart.py": ["--generate_batch=4"]}
+
+
+@pytest.mark.parametrize("script", list(STAGES))
+def test_a_file_whose_images_are_all_missing_stops_every_stage_with_the_reasons(script, tiny_checkpoint, tmp_path):
+    """Fault: every image path of a data file is wrong (the commonest first mistake with a converted dataset). sft.py
+    printed "skipped record ..." for the same records forever; the other stages died on the first record met."""
+    data = write_records(str(tmp_path), 12)
+    for png in glob.glob(str(tmp_path / "*.png")):
+        os.remove(png)
+    model = "--teacher" if script == "coldstart.py" else "--init_from"
+    code, out, err = run(script, f"{model}={tiny_checkpoint}", f"--data={data}", f"--out_dir={tmp_path / 'out'}",
+                         *STAGES[script], timeout=90)
+    assert code != 0 and "none of the" in err and "can be used" in err, err[-2000:]
+    assert "record r0: image file not found" in err and "record r1: image file not found" in err
+
+
+def test_gold_answers_that_cannot_be_scored_are_skipped_by_id_when_a_file_is_loaded(tmp_path, capsys):
+    """Fault: a gold box that does not parse or lies outside [0, 1], an empty gold answer, a grounding gold answer
+    without a box (every sampled answer scores 0: a GRPO prompt that teaches nothing) were read without a word."""
+    from data import open_records
+    from records import RecordError
+    good = json.loads(open(write_records(str(tmp_path), 3)).readline())  # r0, a report
+    grounding = json.loads(open(write_records(str(tmp_path), 3)).readlines()[2])  # g2
+
+    def with_answer(rid, record, answer):
+        turns = [record["conversations"][0], {"from": "gpt", "value": answer}]
+        return {**record, "id": rid, "conversations": turns, "boxes": []}
+    records = [good, grounding, with_answer("empty", good, " "),
+               with_answer("outside", grounding, "The heart is located at the coordinates [0.1, 0.2, 1.5, 0.9]."),
+               with_answer("three", grounding, "The heart is located at the coordinates [0.1, 0.2, 0.9]."),
+               with_answer("no-box", grounding, "The heart is not seen."),
+               {"id": "one-turn", "conversations": good["conversations"][:1]}]
+    path = str(tmp_path / "mixed.jsonl")
+    open(path, "w").write("".join(json.dumps(r) + "\n" for r in records))
+    trained = open_records(path)  # SFT: a grounding answer without a box is something to learn, not to score
+    assert [r["id"] for r in trained] == ["r0", "g2", "no-box"]
+    said = capsys.readouterr().out
+    assert "skipped 4 of 7 records" in said
+    for problem in ("record empty: empty gold answer", "record outside: gold box [0.1, 0.2, 1.5, 0.9] is not a box in "
+                    "[0, 1]", "record three: gold box [0.1, 0.2, 0.9] is not a box in [0, 1]",
+                    "record one-turn: 'conversations' must be a list of at least 2 turns"):
+        assert problem in said, problem
+    scored = open_records(path, scored=True)  # GRPO, evaluation and the cold start score answers against the gold
+    assert [r["id"] for r in scored] == ["r0", "g2"]
+    assert "record no-box: gold answer holds no box, so every answer would score 0" in capsys.readouterr().out
+    with pytest.raises(RecordError, match="record empty: empty gold answer"):
+        open_records(path, strict=True)
+    bad = str(tmp_path / "bad.jsonl")
+    open(bad, "w").write("".join(json.dumps(r) + "\n" for r in records[2:6]))
+    with pytest.raises(RecordError, match="none of the 4 records of .*bad.jsonl can be used"):
+        open_records(bad, scored=True)
+
+
+# ---------------------------------------------------------------------------------------------------
 # checkpoints: corrupt, killed while written, a rank lost mid-run
 
 def test_resume_from_a_corrupt_checkpoint_names_it_and_falls_back_to_the_one_before(tiny_checkpoint, records_file,
