@@ -16,6 +16,8 @@ The last is crash-tolerant: restarted ranks resume from the newest checkpoint th
 torchrun from handing them the killed ranks' addresses, on which they hang (pytorch/pytorch#135712).
 
 Settings are the globals below; override with config files and --key=value (configurator.py).
+Data that cannot make progress stops the run with the reason: a file of which no record can be used, a whole pass
+over a rank's records without a usable one, data that fills fewer rows than the first step needs.
 Deliberately left out: LoRA, sequence parallelism, dynamic-resolution bucketing, mixing of dataset weights
 (mix your JSONL yourself), and a data loader that skips ahead without re-reading the current window.
 """
@@ -31,7 +33,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from configurator import configure
-from data import PackedWindows, model_inputs, open_records, pack_samples, tiny_corpus, tokenize_window
+from data import N_NAMED, PackedWindows, model_inputs, open_records, pack_samples, tiny_corpus, tokenize_window
 from model import (autocast, build_tiny, compute_dtype, init_distributed, latest_checkpoint, load_model,
                    open_training_log, print0, resume_training_checkpoint, save_training_checkpoint, wrap_fsdp)
 
@@ -124,14 +126,24 @@ windows = iter(stream)
 
 
 def train_rows(windows, skip_in_first_window):
-    """(epoch, cursor after the row, row) for every training row of this rank, in order, from the resume point."""
+    """(epoch, cursor after the row, row) for every training row of this rank, in order, from the resume point.
+    A whole pass over this rank's windows without a row stops the run: the stream would go round them forever."""
     global skipped
+    barren, n_bad, first_bad = 0, 0, []  # windows in a row without a row, their bad records, the first of those
     for item in windows:
         if skip_in_first_window == 0:
             skipped += len(item["problems"])
             for problem in item["problems"][:3]:
                 print(f"[rank {rank}] skipped {problem}", flush=True)
         n = len(item["rows"])
+        if n:
+            barren, n_bad, first_bad = 0, 0, []
+        else:
+            barren, n_bad = barren + 1, n_bad + len(item["problems"])
+            first_bad = (first_bad + item["problems"])[:N_NAMED]
+        if barren == stream.n_windows:
+            raise SystemExit(f"[rank {rank}] no usable record in a whole pass over this rank's share of {data}: "
+                             f"{n_bad} records skipped, the first: " + "; ".join(first_bad))
         for r in range(skip_in_first_window, n):
             nxt = (item["epoch"], item["window"], r + 1) if r + 1 < n else (item["epoch"], item["window"] + 1, 0)
             if nxt[1] == stream.n_windows:
@@ -226,6 +238,11 @@ while step < total_steps:
     if world > 1:  # every rank must stop at the same step, or the others wait forever
         torch.distributed.all_reduce(out_of_data, op=torch.distributed.ReduceOp.MAX)
     if out_of_data.item():
+        if step == 0:  # nothing trained: "done" would hide that the data is too small
+            raise SystemExit(f"{data} fills fewer rows than one step needs: {len(batch)} of --rows_per_step="
+                             f"{rows_per_step} rows of --max_tokens={max_tokens} tokens on rank {rank} in --epochs="
+                             f"{epochs}; lower --rows_per_step or --max_tokens, raise --epochs or add records"
+                             if len(batch) < rows_per_step else "another rank ran out of data before the first step")
         break
     # normalize by the label tokens of the whole step on all ranks: the exact token mean, whatever the packing
     counts = torch.tensor([float(sum((r["labels"][0, 1:] != -100).sum() for r in batch)),

@@ -105,6 +105,28 @@ def test_a_file_whose_images_are_all_missing_stops_every_stage_with_the_reasons(
     assert "record r0: image file not found" in err and "record r1: image file not found" in err
 
 
+def test_sft_on_records_whose_images_are_all_unreadable_stops_after_one_pass(tiny_checkpoint, tmp_path):
+    """Fault: every image file exists but none can be read; the stream met only bad records and sft.py looped over
+    them without end, where it must stop after one pass over the data, counting them and naming the first few."""
+    data = write_records(str(tmp_path), 12)
+    for png in glob.glob(str(tmp_path / "*.png")):
+        open(png, "wb").write(b"not a png")
+    code, out, err = run("sft.py", f"--init_from={tiny_checkpoint}", f"--data={data}", "--val_data=",
+                         f"--out_dir={tmp_path / 'out'}", *SFT_ARGS, "--max_steps=2", timeout=120)
+    assert code != 0 and "no usable record in a whole pass" in err and "12 records skipped" in err, err[-2000:]
+    assert "cannot read image" in err
+
+
+def test_sft_on_data_that_fills_less_than_one_step_says_so_and_stops(tiny_checkpoint, tmp_path):
+    """Fault: 12 records fill one packed row, fewer than the 4 rows a step needs; sft.py trained nothing and said
+    "done: 0 steps" with exit code 0."""
+    data = write_records(str(tmp_path), 12)
+    code, out, err = run("sft.py", f"--init_from={tiny_checkpoint}", f"--data={data}", "--val_data=",
+                         f"--out_dir={tmp_path / 'out'}", "--max_steps=2", "--num_workers=0")
+    assert code != 0 and "done: 0 steps" not in out
+    assert "fills fewer rows than one step needs" in err and "--rows_per_step=4" in err, err[-2000:]
+
+
 def test_gold_answers_that_cannot_be_scored_are_skipped_by_id_when_a_file_is_loaded(tmp_path, capsys):
     """Fault: a gold box that does not parse or lies outside [0, 1], an empty gold answer, a grounding gold answer
     without a box (every sampled answer scores 0: a GRPO prompt that teaches nothing) were read without a word."""
