@@ -77,7 +77,7 @@ mini_batch = 8            # prompts per optimizer update (P / mini_batch updates
 micro_batch = 16          # sequences per forward/backward (memory only; the update is the same)
 lr = 5e-5                 # constant (the paper: 1e-6 on 8B)
 weight_decay = 0.01
-grad_clip = 1.0
+grad_clip = 1.0           # clip the global gradient norm (0: off)
 grad_checkpointing = False  # recompute activations in the backward pass (needed for long answers on real models)
 beta = 0.01               # KL weight; 0 loads no reference model at all
 eps_low = 0.2
@@ -89,7 +89,7 @@ ratio_level = "token"     # token (GRPO) | sequence (GSPO: one length-normalized
 tis_cap = 0.0             # truncated importance sampling: weigh by min(pi_old / pi_rollout, tis_cap) (0: off)
 filter_groups = 0         # DAPO dynamic sampling: draw k x P prompts, keep P groups whose rewards spread (0: off)
 overlong = "keep"         # keep | mask: answers cut at max_new_tokens are left out of the loss (DAPO)
-max_steps = 100
+max_steps = 100           # steps to train (0 is refused: prompts never run out, so there is no end of the data)
 eval_every = 25           # greedy reward on fixed held-out prompts every N steps and at the end (0: never)
 n_eval = 64               # held-out prompts per task for that ("synthetic" data: its val split)
 # system
@@ -453,6 +453,8 @@ def main():
     rank, _, world, device = init_distributed()
     master = rank == 0
     torch.manual_seed(seed + rank)  # each rank samples differently; resume restores every rank's RNG
+    if max_steps < 1:
+        raise SystemExit(f"--max_steps={max_steps}: GRPO needs a number of steps (its prompts never run out)")
     if prompts_per_step % world or (prompts_per_step // world) % max(1, mini_batch // world) or mini_batch % world:
         raise SystemExit(f"prompts_per_step={prompts_per_step} and mini_batch={mini_batch} must split evenly over "
                          f"{world} ranks, and mini_batch must divide prompts_per_step")
@@ -527,8 +529,8 @@ def main():
 
         t0 = time.time()  # P / mini_batch optimizer updates over the rollouts
         stats = policy_update(policy, optimizer, batch, old_logprobs, ref_logprobs, advantages, n_prompt, world,
-                              prompts_per_step // mini_batch, micro_batch, grad_clip, loss_settings, tis_cap,
-                              temperature)
+                              prompts_per_step // mini_batch, micro_batch, grad_clip or float("inf"), loss_settings,
+                              tis_cap, temperature)
         times["train"] = time.time() - t0
         step += 1
 

@@ -63,9 +63,9 @@ grad_clip = 1.0           # clip the global gradient norm (0: off)
 grad_checkpointing = False  # recompute activations in the backward pass to save memory
 # system
 out_dir = "out/sft"
-save_every = 500          # checkpoint every N steps (and at the end)
-keep_last = 2             # step folders to keep
-eval_every = 100          # val_loss every N steps (and at the end)
+save_every = 500          # checkpoint every N steps and at the end (0: never)
+keep_last = 2             # step folders to keep (0: all); 2 or more leave one to fall back on if the newest is corrupt
+eval_every = 100          # val_loss every N steps and at the end (0: never)
 window = 256              # records tokenized and packed together (bigger: better packing, slower resume)
 num_workers = 1           # background threads that decode images, tokenize and pack the next windows
 strict = False            # a bad record stops the run instead of being skipped and counted
@@ -285,12 +285,14 @@ while step < total_steps:
         bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.1e}", tok_s=f"{record['tokens_per_s']:.0f}",
                         **({"val": f"{record['val_loss']:.3f}"} if "val_loss" in record else {}))
         bar.update(1)
-    if step % save_every == 0:
+    if save_every and step % save_every == 0:
         save(step, cursor)
 bar.close()
 if val_rows and step % eval_every and step != total_steps:
     print0(f"final val_loss {evaluate_val_loss():.4f}")
-save(step, cursor)
-print0(f"done: {step} steps, {tokens_seen} tokens, {skipped} records skipped; model in {latest_checkpoint(out_dir)}")
+if save_every:
+    save(step, cursor)
+print0(f"done: {step} steps, {tokens_seen} tokens, {skipped} records skipped; "
+       + (f"model in {latest_checkpoint(out_dir)}" if save_every else "no checkpoint saved (--save_every=0)"))
 if world > 1:
     torch.distributed.destroy_process_group()

@@ -165,6 +165,57 @@ def test_gold_answers_that_cannot_be_scored_are_skipped_by_id_when_a_file_is_loa
 
 
 # ---------------------------------------------------------------------------------------------------
+# settings of 0
+
+def test_sft_eval_every_and_save_every_0_mean_never(tiny_checkpoint, records_file, tmp_path):
+    """Fault: sft.py --eval_every=0 --save_every=0 died of ZeroDivisionError, where grpo.py reads 0 as "never"."""
+    out = str(tmp_path / "out")
+    code, stdout, err = run("sft.py", f"--init_from={tiny_checkpoint}", f"--data={records_file}",
+                            f"--val_data={records_file}", f"--out_dir={out}", *SFT_ARGS, "--max_steps=2",
+                            "--eval_every=0", "--save_every=0")
+    assert code == 0, err[-2000:]
+    assert [r["step"] for r in log(out)] == [1, 2] and not any("val_loss" in r for r in log(out))
+    assert not glob.glob(os.path.join(out, "step_*")) and "no checkpoint saved" in stdout
+
+
+def test_grpo_max_steps_0_is_refused_and_grad_clip_0_is_off(tiny_checkpoint, records_file, tmp_path):
+    """Faults: grpo.py --max_steps=0 trained nothing and said "done: 0 steps" (sft.py reads 0 as "until the data
+    ends", which GRPO's endless prompts do not); grpo.py --grad_clip=0 scaled every gradient to 0, so the policy
+    never moved (sft.py reads 0 as "no clipping")."""
+    from safetensors.torch import load_file
+    code, out, err = run("grpo.py", f"--init_from={tiny_checkpoint}", f"--data={records_file}", "--max_steps=0",
+                         f"--out_dir={tmp_path / 'zero'}")
+    assert code != 0 and "--max_steps=0" in err and "done" not in out, err[-2000:]
+    # grpo.py's loop with a reward the random tiny model earns (tests/grpo_wiring_worker.py): a gradient to follow
+    code, out, err = run("tests/grpo_wiring_worker.py", str(tmp_path / "steps.json"), f"--init_from={tiny_checkpoint}",
+                         f"--data={records_file}", "--task=report", "--prompts_per_step=4", "--mini_batch=2",
+                         "--group_size=4", "--max_new_tokens=10", "--max_steps=1", "--eval_every=0", "--save_every=1",
+                         "--grad_clip=0", "--weight_decay=0", "--beta=0", f"--out_dir={tmp_path / 'noclip'}")
+    assert code == 0, err[-2000:]
+    before = load_file(os.path.join(tiny_checkpoint, "model.safetensors"))
+    after = load_file(os.path.join(tmp_path, "noclip", "step_0000001", "model.safetensors"))
+    assert log(str(tmp_path / "noclip"))[0]["grad_norm"] > 0
+    assert any((before[k] - after[k]).abs().max() > 1e-6 for k in before)
+
+
+def test_generate_batch_0_means_all_at_once_in_evaluation_and_the_cold_start(tiny, tmp_path):
+    """Fault: generate_batch=0 is "all prompts at once" in grpo.py, but evaluate.py and coldstart.py died of
+    `range() arg 3 must not be zero`."""
+    import torch
+    import coldstart
+    import evaluate
+    import synthetic
+    model, processor = tiny
+    records = [synthetic.SyntheticRecords("test", 3, tasks=("report",))[i] for i in range(3)]
+    answers = evaluate.generate_answers(model, processor, records, 0, False, 2, torch.device("cpu"), progress=False)
+    assert len(answers) == 3 and all(isinstance(a, str) for a in answers)
+    teach = lambda batch: coldstart.teacher_outputs(batch, None, None, None, 128, 0, 5)  # noqa: E731
+    written = coldstart.write_traces(records, str(tmp_path / "traces.jsonl"), teach, generate_batch=0, min_words=5,
+                                     min_score=0.5)
+    assert written == 3 and len(open(tmp_path / "traces.jsonl").readlines()) == 3
+
+
+# ---------------------------------------------------------------------------------------------------
 # checkpoints: corrupt, killed while written, a rank lost mid-run
 
 def test_resume_from_a_corrupt_checkpoint_names_it_and_falls_back_to_the_one_before(tiny_checkpoint, records_file,
