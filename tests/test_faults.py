@@ -269,10 +269,11 @@ def assert_same_run(killed, uninterrupted, final):
 def test_a_rank_killed_mid_run_is_restarted_by_torchrun_and_ends_as_an_uninterrupted_run(script, tiny_checkpoint,
                                                                                           records_file, tmp_path):
     """Fault: a node lost or a worker preempted. `torchrun --max-restarts=1 ... --resume=True` (the README's
-    command) must restart both ranks when one is SIGKILLed after a checkpoint, resume from the latest by itself,
-    and end with the weights and log.jsonl of a run that was never interrupted."""
+    command) must restart both ranks when one is SIGKILLed after a step past the checkpoint of step 2 was logged,
+    resume from that checkpoint by itself, and end with the weights and log.jsonl of a run never interrupted (the
+    step trained again logged once)."""
     steps = 5 if script == "sft.py" else 4
-    args = [f"--init_from={tiny_checkpoint}", f"--data={records_file}", f"--max_steps={steps}", "--save_every=1",
+    args = [f"--init_from={tiny_checkpoint}", f"--data={records_file}", f"--max_steps={steps}", "--save_every=2",
             "--resume=True"]
     args += [*SFT_ARGS, f"--val_data={records_file}", "--eval_every=2"] if script == "sft.py" else \
         [*GRPO_ARGS, "--prompts_per_step=4"]
@@ -281,14 +282,18 @@ def test_a_rank_killed_mid_run_is_restarted_by_torchrun_and_ends_as_an_uninterru
     assert code == 0, err[-3000:]
     killed = str(tmp_path / "killed")
     proc = launch(script, *args, f"--out_dir={killed}", nproc=2, max_restarts=1)
-    wait_for(lambda: os.path.exists(os.path.join(killed, "latest")), proc)
-    assert not os.path.exists(os.path.join(killed, f"step_{steps:07d}")), "the run ended before the kill"
+
+    def step_3_logged():
+        path = os.path.join(killed, "log.jsonl")
+        return os.path.exists(path) and '"step": 3,' in open(path).read()
+    wait_for(step_3_logged, proc)
+    assert open(os.path.join(killed, "latest")).read() == "step_0000002", "the kill came too late"
     workers = children(proc.pid)
     assert len(workers) == 2, workers
     os.kill(workers[1], signal.SIGKILL)
     code, out, err = finish(proc)
     assert code == 0, err[-3000:]
-    assert "resumed from" in out, out[-2000:]  # the restarted ranks, from the checkpoint
+    assert "resumed from" in out and "step_0000002 at step 2" in out, out[-2000:]  # the restarted ranks
     assert_same_run(killed, uninterrupted, f"step_{steps:07d}")
 
 
