@@ -41,7 +41,7 @@ min_score = 0.5           # a trace whose final answer scores below this against
 teacher_max_new_tokens = 768
 teacher_min_pixels = 1024     # the teacher's pixel budget per image (the paper's RL/evaluation budget): a
 teacher_max_pixels = 451584   # native-resolution radiograph would otherwise be thousands of visual tokens
-generate_batch = 8        # records per generate call of the teacher
+generate_batch = 8        # records per generate call of the teacher (0: all at once)
 out_dir = "out/coldstart"  # traces.jsonl (what config/coldstart.py trains on), the per-rank parts, images/
 
 TEACHER_PROMPT = (
@@ -158,8 +158,9 @@ def write_traces(records, part_file, teach, generate_batch, min_words, min_score
     todo = [r for r in records if r["id"] not in done]
     print0(f"coldstart: traces for {len(todo)} records ({len(done)} already written)")
     with open(part_file, "a") as out:
-        for start in range(0, len(todo), generate_batch):
-            batch = todo[start:start + generate_batch]
+        size = generate_batch or max(1, len(todo))
+        for start in range(0, len(todo), size):
+            batch = todo[start:start + size]
             for record, (output, prompt_tokens) in zip(batch, teach(batch)):
                 trace, final = split_final_answer(output)
                 reason = check_trace(record, trace, final, min_words, min_score)
@@ -177,7 +178,7 @@ def main():
     if teacher == "rule" and data != "synthetic":
         raise SystemExit("the rule-based teacher knows only the synthetic world; pass --teacher=PATH for other data")
     # the paper's two trace sets: report generation and grounding
-    records = open_records(data, "train", n_records, image_size, tasks=("report", *GROUNDING_TASKS))
+    records = open_records(data, "train", n_records, image_size, tasks=("report", *GROUNDING_TASKS), scored=True)
     os.makedirs(out_dir, exist_ok=True)
     model, processor = (None, None) if teacher == "rule" else load_model(
         teacher, device=device, min_pixels=teacher_min_pixels, max_pixels=teacher_max_pixels)

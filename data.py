@@ -9,7 +9,6 @@ I/O and checks) is records.py; `open_records` here adds the synthetic world as a
 
 import functools
 import math
-import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,21 +16,47 @@ import numpy as np
 import torch
 from PIL import Image
 
-from records import RecordError, THINK_SUFFIX, has_image, load_records, record_id, task_of, validate_record
+from model import print0
+from records import (RecordError, THINK_SUFFIX, check_record, has_image, image_path, load_records, record_id, task_of,
+                     validate_record)
+
+N_NAMED = 5  # bad records named by id, with their problem, where a count of them is reported
 
 
-def open_records(source, split="train", n=None, image_size=128, tasks=None):
+def open_records(source, split="train", n=None, image_size=128, tasks=None, scored=False, strict=False):
     """A list-like of records: "synthetic" (n records of the generated chest X-ray world's `split`, images made on
     access), "shapes" (the general world's, shapes.py) or a RadVLM/LLaVA .json/.jsonl file, read whole; only those
-    of `tasks` (all when None; a file record without a "task" field counts as a report)."""
+    of `tasks` (all when None; a file record without a "task" field counts as a report).
+
+    A file's records are checked as they are read (records.check_record: well formed, the image file there, a gold
+    answer to learn from, or to score answers against where they are `scored`): the bad ones are skipped, counted and
+    the first few named, or, `strict`, the first one raises RecordError; so does a file of which none can be used."""
     if source == "synthetic":
         import synthetic
         return synthetic.SyntheticRecords(split, n, size=image_size, tasks=tasks)
     if source == "shapes":
         import shapes
         return shapes.ShapeRecords(split, n, size=image_size, tasks=tasks)
-    records = load_records(source)
-    return records if tasks is None else [r for r in records if task_of(r) in tasks]
+    records = [(i, r) for i, r in enumerate(load_records(source))
+               if tasks is None or not isinstance(r, dict) or task_of(r) in tasks]
+    usable, problems = [], []
+    for i, record in records:
+        try:
+            check_record(record, i, scored)
+        except RecordError as e:
+            if strict:
+                raise
+            problems.append(str(e))
+        else:
+            usable.append(record)
+    kind = "/".join(tasks) + " " if tasks else ""
+    named = "".join(f"\n  skipped {p}" for p in problems[:N_NAMED])
+    named += f"\n  and {len(problems) - N_NAMED} more" if len(problems) > N_NAMED else ""
+    if not usable and problems:
+        raise RecordError(f"none of the {len(records)} {kind}records of {source} can be used:{named}")
+    if problems:
+        print0(f"{source}: skipped {len(problems)} of {len(records)} {kind}records:{named}")
+    return usable
 
 
 
@@ -52,11 +77,7 @@ def load_image(record, index=None):
     if record.get("image_array") is not None:
         array = np.asarray(record["image_array"])
     else:
-        path = record.get("image")
-        if not path:
-            raise RecordError(f"record {rid}: has no image")
-        if not os.path.exists(path):
-            raise RecordError(f"record {rid}: image file not found: {path}")
+        path = image_path(record, index)
         try:
             if path.lower().endswith((".dcm", ".dicom")):
                 array = read_dicom(path)

@@ -66,7 +66,7 @@ min_pixels = 1024         # processor pixel budget (the paper evaluates at 1,024
 max_pixels = 16384
 thinking = False          # ask for <think>...</think> first; the metrics score the answer after it
 max_new_tokens = 256      # longest answer (the paper: 1024 for reports, 4096 with thinking)
-generate_batch = 16       # prompts per generate call on each rank
+generate_batch = 16       # prompts per generate call on each rank (0: all at once)
 predictions = ""          # a JSONL of {"id", "answer"} to score instead of generating (any model's outputs)
 # output
 out_dir = "out/eval"
@@ -287,7 +287,8 @@ def generate_answers(model, processor, records, generate_batch, thinking, max_ne
     stop = generation_kwargs(processor.tokenizer)
     groups = [[i for i, r in enumerate(records) if has_image(r) == image] for image in (True, False)]
     answers = [None] * len(records)
-    for idx in tqdm([g[s:s + generate_batch] for g in groups for s in range(0, len(g), generate_batch)],
+    size = generate_batch or max(1, len(records))
+    for idx in tqdm([g[s:s + size] for g in groups for s in range(0, len(g), size)],
                     disable=not progress, desc="generate", dynamic_ncols=True):
         inputs = prompt_batch([records[i] for i in idx], processor, thinking).to(device)
         with torch.no_grad(), autocast(device):
@@ -392,7 +393,7 @@ def main():
         return
     settings = configure(globals())
     rank, _, world, device = init_distributed()
-    source = open_records(data, "test", n_test, image_size, tasks=SCORED_TASKS)
+    source = open_records(data, "test", n_test, image_size, tasks=SCORED_TASKS, scored=True)
     records = [source[i] for i in range(len(source))]  # synthetic records draw their image on access: once each
     ids = [record_id(record, i) for i, record in enumerate(records)]
     print0(f"evaluate: {len(records)} test records; {world} rank(s)")

@@ -49,8 +49,8 @@ from transformers import TopPLogitsWarper
 from configurator import configure
 from data import epoch_order, generation_kwargs, open_records, prompt_batch, tiny_corpus
 from model import (all_reduce_mean, autocast, barrier, build_tiny, compute_dtype, gathered, init_distributed,
-                   latest_checkpoint, load_model, load_training_checkpoint, next_token_logprobs, print0,
-                   save_training_checkpoint, wrap_fsdp)
+                   latest_checkpoint, load_model, next_token_logprobs, open_training_log, print0,
+                   resume_training_checkpoint, save_training_checkpoint, wrap_fsdp)
 from records import GROUNDING_TASKS, reference_answer, task_of
 import rewards
 
@@ -77,7 +77,7 @@ mini_batch = 8            # prompts per optimizer update (P / mini_batch updates
 micro_batch = 16          # sequences per forward/backward (memory only; the update is the same)
 lr = 5e-5                 # constant (the paper: 1e-6 on 8B)
 weight_decay = 0.01
-grad_clip = 1.0
+grad_clip = 1.0           # clip the global gradient norm (0: off)
 grad_checkpointing = False  # recompute activations in the backward pass (needed for long answers on real models)
 beta = 0.01               # KL weight; 0 loads no reference model at all
 eps_low = 0.2
@@ -89,13 +89,13 @@ ratio_level = "token"     # token (GRPO) | sequence (GSPO: one length-normalized
 tis_cap = 0.0             # truncated importance sampling: weigh by min(pi_old / pi_rollout, tis_cap) (0: off)
 filter_groups = 0         # DAPO dynamic sampling: draw k x P prompts, keep P groups whose rewards spread (0: off)
 overlong = "keep"         # keep | mask: answers cut at max_new_tokens are left out of the loss (DAPO)
-max_steps = 100
+max_steps = 100           # steps to train (0 is refused: prompts never run out, so there is no end of the data)
 eval_every = 25           # greedy reward on fixed held-out prompts every N steps and at the end (0: never)
 n_eval = 64               # held-out prompts per task for that ("synthetic" data: its val split)
 # system
 out_dir = "out/grpo"
 save_every = 20           # checkpoint every N steps and at the end (0: never, for benchmarks)
-keep_last = 2
+keep_last = 2             # step folders to keep (0: all); 2 or more leave one to fall back on if the newest is corrupt
 resume = False
 seed = 0
 
@@ -352,7 +352,8 @@ def prompt_pools(data, step_tasks, split, n, image_size):
     """{step task: {record task: its records}}: the prompts a step of each task draws from."""
     pools = {}
     for step_task in step_tasks:
-        pools[step_task] = {t: open_records(data, split, n, image_size, tasks=(t,)) for t in RECORD_TASKS[step_task]}
+        pools[step_task] = {t: open_records(data, split, n, image_size, tasks=(t,), scored=True)
+                            for t in RECORD_TASKS[step_task]}
         pools[step_task] = {t: pool for t, pool in pools[step_task].items() if len(pool)}
         if not pools[step_task]:
             raise SystemExit(f"no {step_task} records in {data}")
@@ -464,17 +465,19 @@ def main():
     rank, _, world, device = init_distributed()
     master = rank == 0
     torch.manual_seed(seed + rank)  # each rank samples differently; resume restores every rank's RNG
+    if max_steps < 1:
+        raise SystemExit(f"--max_steps={max_steps}: GRPO needs a number of steps (its prompts never run out)")
     if prompts_per_step % world or (prompts_per_step // world) % max(1, mini_batch // world) or mini_batch % world:
         raise SystemExit(f"prompts_per_step={prompts_per_step} and mini_batch={mini_batch} must split evenly over "
                          f"{world} ranks, and mini_batch must divide prompts_per_step")
+    step_tasks = ["report", "grounding"] if task == "both" else [task]  # "both": steps alternate between them
+    pools = prompt_pools(data, step_tasks, "train", n_train, image_size)  # before the model: bad data stops at once
     policy, reference, processor = load_policy_and_reference(init_from, beta, grad_checkpointing, device, world,
                                                              min_pixels, max_pixels, seed)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999),
                                   fused=device.type == "cuda")
     loss_settings = dict(beta=beta, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip, loss_agg=loss_agg,
                          max_new_tokens=max_new_tokens, ratio_level=ratio_level)
-    step_tasks = ["report", "grounding"] if task == "both" else [task]  # "both": steps alternate between them
-    pools = prompt_pools(data, step_tasks, "train", n_train, image_size)
     eval_sets = {}  # the same held-out prompts at every evaluation, this rank's share of them
     if eval_every and data == "synthetic":
         for step_task in step_tasks:
@@ -482,12 +485,13 @@ def main():
             eval_sets[step_task] = [held_out[i] for i in range(rank, n_eval - n_eval % world, world)]
 
     step = 0
-    if resume and latest_checkpoint(out_dir):
-        step = load_training_checkpoint(latest_checkpoint(out_dir), policy, optimizer)["step"]
-        print0(f"resumed from {latest_checkpoint(out_dir)} at step {step}")
+    resumed_from, state = resume_training_checkpoint(out_dir, policy, optimizer) if resume else (None, None)
+    if state:
+        step = state["step"]
+        print0(f"resumed from {resumed_from} at step {step}")
     if master:
         os.makedirs(out_dir, exist_ok=True)
-        log_file = open(os.path.join(out_dir, "log.jsonl"), "a")
+        log_file = open_training_log(out_dir, step)
     print0(f"grpo: {task} prompts, {prompts_per_step} x {group_size} rollouts per step on {world} rank(s), "
            f"{prompts_per_step // mini_batch} update(s) per step, beta {beta}, reward {report_reward}/soft-F1 IoU, "
            f"thinking {thinking}")
@@ -537,8 +541,8 @@ def main():
 
         t0 = time.time()  # P / mini_batch optimizer updates over the rollouts
         stats = policy_update(policy, optimizer, batch, old_logprobs, ref_logprobs, advantages, n_prompt, world,
-                              prompts_per_step // mini_batch, micro_batch, grad_clip, loss_settings, tis_cap,
-                              temperature)
+                              prompts_per_step // mini_batch, micro_batch, grad_clip or float("inf"), loss_settings,
+                              tis_cap, temperature)
         times["train"] = time.time() - t0
         step += 1
 

@@ -604,7 +604,8 @@ def save_training_checkpoint(out_dir, step, model, optimizer, processor, train_s
     sharded model + optimizer state (torch.distributed.checkpoint, written by every rank), each rank's RNG
     state, and `train_state.json` (step, data cursor, ...). It is written under a temporary name and renamed
     when complete; `latest` is replaced atomically afterwards, so a crash at any moment leaves the previous
-    checkpoint as the latest. Only the newest `keep_last` step folders are kept.
+    checkpoint as the latest. Only the newest `keep_last` step folders are kept (0: all), so that one is there to fall
+    back on when the newest cannot be read (resume_training_checkpoint).
     """
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
@@ -644,8 +645,10 @@ def save_training_checkpoint(out_dir, step, model, optimizer, processor, train_s
             f.flush()
             os.fsync(f.fileno())
         os.replace(os.path.join(out_dir, "latest.tmp"), os.path.join(out_dir, "latest"))
-        steps = sorted(d for d in os.listdir(out_dir) if d.startswith("step_"))
-        for old in steps[:-keep_last] if keep_last > 0 else []:
+        steps = sorted(d for d in os.listdir(out_dir) if d.startswith("step_") and d <= name)
+        # folders past this step were left by a run that then resumed from an earlier one (they could not be read)
+        stale = [d for d in os.listdir(out_dir) if d.startswith("step_") and d > name]
+        for old in stale + (steps[:-keep_last] if keep_last > 0 else []):
             shutil.rmtree(os.path.join(out_dir, old), ignore_errors=True)
     barrier()
     return final
@@ -677,3 +680,83 @@ def load_training_checkpoint(path, model, optimizer):
             torch.cuda.set_rng_state(rng["cuda"])
     with open(os.path.join(path, "train_state.json")) as f:
         return json.load(f)
+
+
+def training_state_problem(path):
+    """What keeps the training state of checkpoint `path` from being read, naming the file, or None. Every file that
+    torch.distributed.checkpoint's metadata lists must hold the bytes it lists (a truncated file fails here by its
+    name, not as a bare EOFError inside the loader) and train_state.json must parse."""
+    import torch.distributed.checkpoint as dcp
+    state_dir = os.path.join(path, "train_state")
+    try:
+        metadata = dcp.FileSystemReader(state_dir).read_metadata()
+    except Exception as e:
+        return f"{os.path.join(state_dir, '.metadata')} cannot be read ({type(e).__name__}: {e})"
+    for info in metadata.storage_data.values():  # where each saved tensor lies: file, offset, length
+        file = os.path.join(state_dir, info.relative_path)
+        if not os.path.isfile(file):
+            return f"{file} is missing"
+        if os.path.getsize(file) < info.offset + info.length:
+            return f"{file} is truncated ({os.path.getsize(file)} bytes, {info.offset + info.length} expected)"
+    try:
+        with open(os.path.join(path, "train_state.json")) as f:
+            json.load(f)
+    except (OSError, ValueError) as e:
+        return f"{os.path.join(path, 'train_state.json')} cannot be read ({type(e).__name__}: {e})"
+    return None
+
+
+def resume_training_checkpoint(out_dir, model, optimizer):
+    """Restore the newest checkpoint of out_dir that can be read: the one `latest` names or, when it cannot be read
+    (a disk fault, a copy cut short), the step folders before it, newest first, each failure named with its file.
+    Falling back loses the steps since that checkpoint, which the run then trains again; stopping instead would leave
+    a `torchrun --max-restarts` job dead. Returns (path, train_state), or (None, None) where there is no checkpoint;
+    SystemExit where none can be read. Every rank must call: they agree on the checkpoint, as FSDP needs."""
+    latest = latest_checkpoint(out_dir)
+    names = sorted((d for d in os.listdir(out_dir) if d.startswith("step_")), reverse=True) if os.path.isdir(
+        out_dir) else []
+    names = [d for d in names if latest is None or d <= os.path.basename(latest)]  # later ones: never made latest
+    rank = dist.get_rank() if is_distributed() else 0
+    failed = []
+    for name in names:
+        path = os.path.join(out_dir, name)
+        problem = training_state_problem(path)
+        if problem is None:
+            try:
+                state = load_training_checkpoint(path, model, optimizer)
+            except Exception as e:  # a corrupt file the sizes do not show
+                problem = f"{type(e).__name__}: {e}"
+        ok = torch.tensor(float(problem is None), device="cuda" if torch.cuda.is_available() else "cpu")
+        if is_distributed():  # one rank's failure is every rank's: they must resume from the same step
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        if ok.item():
+            if failed:
+                print0(f"falling back to {path}, the newest checkpoint that can be read")
+            return path, state
+        if problem or rank == 0:
+            print(f"{path} cannot be resumed from: {problem or 'another rank could not read it'}", flush=True)
+        failed.append(path)
+    if failed:
+        raise SystemExit(f"no checkpoint of {out_dir} can be resumed from ({', '.join(failed)}, named above); "
+                         f"move them away to start over")
+    return None, None
+
+
+def open_training_log(out_dir, step):
+    """out_dir/log.jsonl opened for appending, holding only the lines of the steps up to `step`, where this run starts:
+    a run that resumes from a checkpoint trains the steps after it again, so their lines (and one cut short by a kill)
+    go, and the log ends as an uninterrupted run's; a run from step 0 starts a new log."""
+    path = os.path.join(out_dir, "log.jsonl")
+    kept = []
+    if step and os.path.exists(path):
+        for line in open(path):
+            try:
+                entry = json.loads(line)
+            except ValueError:  # a line cut short
+                continue
+            if entry["step"] <= step:
+                kept.append(line.rstrip("\n") + "\n")
+    with open(path + ".tmp", "w") as f:
+        f.write("".join(kept))
+    os.replace(path + ".tmp", path)
+    return open(path, "a")

@@ -189,6 +189,50 @@ def validate_record(record, index=None):
     return record
 
 
+def image_path(record, index=None):
+    """The path of the record's image file; RecordError naming the record if it has none or the file is not there."""
+    rid = record_id(record, index)
+    path = record.get("image")
+    if not path:
+        raise RecordError(f"record {rid}: has no image")
+    if not os.path.exists(path):
+        raise RecordError(f"record {rid}: image file not found: {path}")
+    return path
+
+
+_BRACKETS_RE = re.compile(r"\[[^\[\]]*\]")
+
+
+def check_gold_answer(record, index=None, scored=False):
+    """Raise RecordError naming the record if its gold answer (the last turn) can be neither learned from nor scored:
+    none, empty, or, in a grounding task, holding a bracketed box that is not four numbers in [0, 1]. Where answers
+    are `scored` against it (GRPO's rewards, evaluation, the cold start's trace filter), a grounding gold answer must
+    hold a box at all: against none every answer scores 0, a prompt that teaches nothing, a test that tells nothing."""
+    rid = record_id(record, index)
+    if record["conversations"][-1]["from"] != "gpt":
+        raise RecordError(f"record {rid}: ends with a question, not with its answer")
+    gold = reference_answer(record)
+    if not gold.strip():
+        raise RecordError(f"record {rid}: empty gold answer")
+    if task_of(record) in GROUNDING_TASKS:
+        for text in _BRACKETS_RE.findall(gold):
+            boxes = parse_boxes(text)
+            if len(boxes) != 1 or not box_is_valid(boxes[0]):
+                raise RecordError(f"record {rid}: gold box {text} is not a box in [0, 1]")
+        if scored and not parse_boxes(gold):
+            raise RecordError(f"record {rid}: gold answer holds no box, so every answer would score 0")
+
+
+def check_record(record, index=None, scored=False):
+    """Raise RecordError naming the record if it cannot be used: malformed (validate_record), its image file missing
+    (image_path) or its gold answer unusable (check_gold_answer). What only reading the image can tell (a corrupt
+    file, too many tokens) is found when the record is tokenized."""
+    validate_record(record, index)
+    check_gold_answer(record, index, scored)
+    if record.get("image"):
+        image_path(record, index)
+
+
 def load_records(path):
     """Records from a .json (list) or .jsonl file; relative image paths resolve against the file's folder."""
     with open(path) as f:

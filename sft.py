@@ -10,9 +10,14 @@ without padding (see data.pack_samples for why packing with M-RoPE needs 4-row p
     python sft.py                                                   # CPU: tiny Qwen3-VL on the synthetic world
     python sft.py config/sft_paper.py --data=train.jsonl            # 1 GPU
     torchrun --nproc_per_node=8 sft.py config/sft_paper.py --data=train.jsonl
-    torchrun --nproc_per_node=8 --max-restarts=3 sft.py ... --resume  # crash-tolerant: resumes from latest
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 torchrun --nproc_per_node=8 --max-restarts=3 sft.py ... --resume=True
+
+The last is crash-tolerant: restarted ranks resume from the newest checkpoint that can be read; the variable keeps
+torchrun from handing them the killed ranks' addresses, on which they hang (pytorch/pytorch#135712).
 
 Settings are the globals below; override with config files and --key=value (configurator.py).
+Data that cannot make progress stops the run with the reason: a file of which no record can be used, a whole pass
+over a rank's records without a usable one, data that fills fewer rows than the first step needs.
 Deliberately left out: LoRA, sequence parallelism, dynamic-resolution bucketing, mixing of dataset weights
 (mix your JSONL yourself), and a data loader that skips ahead without re-reading the current window.
 """
@@ -27,9 +32,10 @@ import torch
 from tqdm import tqdm
 
 from configurator import configure
-from data import PackedWindows, model_inputs, open_records, pack_samples, tiny_corpus, tokenize_window
+from data import N_NAMED, PackedWindows, model_inputs, open_records, pack_samples, tiny_corpus, tokenize_window
 from model import (autocast, build_tiny, compute_dtype, init_distributed, latest_checkpoint, load_model,
-                   load_training_checkpoint, next_token_logprobs, print0, save_training_checkpoint, wrap_fsdp)
+                   next_token_logprobs, open_training_log, print0, resume_training_checkpoint,
+                   save_training_checkpoint, wrap_fsdp)
 
 # model and data
 init_from = "tiny"        # "tiny" (random tiny Qwen3-VL built from a config), a checkpoint dir, or a hub id
@@ -57,9 +63,9 @@ grad_clip = 1.0           # clip the global gradient norm (0: off)
 grad_checkpointing = False  # recompute activations in the backward pass to save memory
 # system
 out_dir = "out/sft"
-save_every = 500          # checkpoint every N steps (and at the end)
-keep_last = 2             # step folders to keep
-eval_every = 100          # val_loss every N steps (and at the end)
+save_every = 500          # checkpoint every N steps and at the end (0: never)
+keep_last = 2             # step folders to keep (0: all); 2 or more leave one to fall back on if the newest is corrupt
+eval_every = 100          # val_loss every N steps and at the end (0: never)
 window = 256              # records tokenized and packed together (bigger: better packing, slower resume)
 num_workers = 1           # background threads that decode images, tokenize and pack the next windows
 strict = False            # a bad record stops the run instead of being skipped and counted
@@ -70,6 +76,9 @@ settings = configure(globals())
 # ---------------------------------------------------------------------------------------------------
 rank, local_rank, world, device = init_distributed()
 master = rank == 0
+# the data before the model: records that cannot be used stop the run before minutes of loading
+train_records = open_records(data, "train", n_train, image_size, strict=strict)
+val_records = open_records(val_data, "val", n_val, image_size, strict=strict) if val_data and eval_every else []
 torch.manual_seed(seed)
 if init_from == "tiny":
     model, processor = build_tiny(texts=tiny_corpus(), seed=seed,
@@ -101,16 +110,15 @@ optimizer = torch.optim.AdamW(
       "weight_decay": weight_decay if decay else 0.0} for (part, decay), ps in groups.items()],
     betas=(beta1, beta2), fused=device.type == "cuda")
 
-train_records = open_records(data, "train", n_train, image_size)
-val_records = open_records(val_data, "val", n_val, image_size) if val_data else []
 model.train()
 
 step, cursor, skipped, tokens_seen, total_steps = 0, (0, 0, 0), 0, 0, max_steps
-if resume and latest_checkpoint(out_dir):
-    state = load_training_checkpoint(latest_checkpoint(out_dir), model, optimizer)
-    step, cursor, skipped, tokens_seen = state["step"], tuple(state["cursor"]), state["skipped"], state["tokens_seen"]
+resumed_from, state = resume_training_checkpoint(out_dir, model, optimizer) if resume else (None, None)
+if state:
+    step, cursor, tokens_seen = state["step"], tuple(state["cursor"]), state["tokens_seen"]
+    skipped = state["skipped"] if master else 0  # the count of all ranks, carried on by rank 0
     total_steps = state["total_steps"]  # the schedule of the original run, not a new estimate
-    print0(f"resumed from {latest_checkpoint(out_dir)} at step {step}")
+    print0(f"resumed from {resumed_from} at step {step}")
 
 stream = PackedWindows(train_records, processor, model, max_tokens, window, rank, world, seed, start=cursor[:2],
                        strict=strict, thinking=thinking, num_workers=num_workers)
@@ -118,14 +126,24 @@ windows = iter(stream)
 
 
 def train_rows(windows, skip_in_first_window):
-    """(epoch, cursor after the row, row) for every training row of this rank, in order, from the resume point."""
+    """(epoch, cursor after the row, row) for every training row of this rank, in order, from the resume point.
+    A whole pass over this rank's windows without a row stops the run: the stream would go round them forever."""
     global skipped
+    barren, n_bad, first_bad = 0, 0, []  # windows in a row without a row, their bad records, the first of those
     for item in windows:
         if skip_in_first_window == 0:
             skipped += len(item["problems"])
             for problem in item["problems"][:3]:
                 print(f"[rank {rank}] skipped {problem}", flush=True)
         n = len(item["rows"])
+        if n:
+            barren, n_bad, first_bad = 0, 0, []
+        else:
+            barren, n_bad = barren + 1, n_bad + len(item["problems"])
+            first_bad = (first_bad + item["problems"])[:N_NAMED]
+        if barren == stream.n_windows:
+            raise SystemExit(f"[rank {rank}] no usable record in a whole pass over this rank's share of {data}: "
+                             f"{n_bad} records skipped, the first: " + "; ".join(first_bad))
         for r in range(skip_in_first_window, n):
             nxt = (item["epoch"], item["window"], r + 1) if r + 1 < n else (item["epoch"], item["window"] + 1, 0)
             if nxt[1] == stream.n_windows:
@@ -184,17 +202,21 @@ def evaluate_val_loss():
 
 
 def save(step, cursor):
+    all_skipped = torch.tensor(float(skipped), device=device)
+    if world > 1:
+        torch.distributed.all_reduce(all_skipped)
     save_training_checkpoint(out_dir, step, model, optimizer, processor,
                              keep_last=keep_last, dtype=compute_dtype(device),
                              train_state={"step": step, "total_steps": total_steps, "cursor": list(cursor),
-                                          "skipped": skipped, "tokens_seen": tokens_seen, "settings": settings})
+                                          "skipped": int(all_skipped.item()), "tokens_seen": tokens_seen,
+                                          "settings": settings})
 
 
 n_params = sum(p.numel() for p in model.parameters())  # FSDP2's DTensors report their full size
 peak_flops = 989e12 if device.type == "cuda" else None  # bf16 dense H100/H200; MFU is reported on GPU only
 if master:
     os.makedirs(out_dir, exist_ok=True)
-    log_file = open(os.path.join(out_dir, "log.jsonl"), "a")
+    log_file = open_training_log(out_dir, step)
 print0(f"sft: {n_params / 1e6:.2f} M parameters, {len(train_records)} training records, {world} rank(s), "
        f"{total_steps} steps of {rows_per_step} x {max_tokens}-token rows per rank")
 if step == 0 and val_rows:
@@ -217,6 +239,11 @@ while step < total_steps:
     if world > 1:  # every rank must stop at the same step, or the others wait forever
         torch.distributed.all_reduce(out_of_data, op=torch.distributed.ReduceOp.MAX)
     if out_of_data.item():
+        if step == 0:  # nothing trained: "done" would hide that the data is too small
+            raise SystemExit(f"{data} fills fewer rows than one step needs: {len(batch)} of --rows_per_step="
+                             f"{rows_per_step} rows of --max_tokens={max_tokens} tokens on rank {rank} in --epochs="
+                             f"{epochs}; lower --rows_per_step or --max_tokens, raise --epochs or add records"
+                             if len(batch) < rows_per_step else "another rank ran out of data before the first step")
         break
     # normalize by the label tokens of the whole step on all ranks: the exact token mean, whatever the packing
     counts = torch.tensor([float(sum((r["labels"][0, 1:] != -100).sum() for r in batch)),
@@ -259,12 +286,14 @@ while step < total_steps:
         bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.1e}", tok_s=f"{record['tokens_per_s']:.0f}",
                         **({"val": f"{record['val_loss']:.3f}"} if "val_loss" in record else {}))
         bar.update(1)
-    if step % save_every == 0:
+    if save_every and step % save_every == 0:
         save(step, cursor)
 bar.close()
 if val_rows and step % eval_every and step != total_steps:
     print0(f"final val_loss {evaluate_val_loss():.4f}")
-save(step, cursor)
-print0(f"done: {step} steps, {tokens_seen} tokens, {skipped} records skipped; model in {latest_checkpoint(out_dir)}")
+if save_every:
+    save(step, cursor)
+print0(f"done: {step} steps, {tokens_seen} tokens, {skipped} records skipped; "
+       + (f"model in {latest_checkpoint(out_dir)}" if save_every else "no checkpoint saved (--save_every=0)"))
 if world > 1:
     torch.distributed.destroy_process_group()

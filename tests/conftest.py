@@ -37,7 +37,8 @@ REPORTS = ["No acute cardiopulmonary process.", "Small left pleural effusion.", 
 
 
 def write_records(folder, n, bad=False):
-    """n small report/grounding records with PNG images in `folder`/records.jsonl (plus two bad ones)."""
+    """n small report/grounding records with PNG images in `folder`/records.jsonl (plus three bad ones: an image
+    that is missing, one that cannot be read, no answer)."""
     import json
     import os
     os.makedirs(folder, exist_ok=True)
@@ -59,6 +60,9 @@ def write_records(folder, n, bad=False):
         records.insert(3, {"id": "missing-image", "image": "nope.png", "conversations": records[0]["conversations"]})
         records.insert(7, {"id": "no-answer", "image": "0.png",
                            "conversations": [{"from": "human", "value": "<image>\nHi"}]})
+        open(os.path.join(folder, "corrupt.png"), "wb").write(b"not a png")
+        records.insert(11, {"id": "unreadable-image", "image": "corrupt.png",
+                            "conversations": records[0]["conversations"]})
     path = os.path.join(folder, "records.jsonl")
     with open(path, "w") as f:
         f.write("".join(json.dumps(r) + "\n" for r in records))
