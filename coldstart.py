@@ -5,8 +5,9 @@ The paper's "RadVLM-Thinking": a teacher VLM is shown the image, the question AN
 step-by-step radiological reasoning that arrives at that answer. Traces that are well formed and whose final
 answer scores well against the gold answer are kept; the training target becomes
 `<think>\\n{trace}\\n</think>\\n\\n{gold answer}` and the question ends with " /think", the same request grpo.py and
-evaluate.py use with --thinking=True. This script writes those records (out_dir/traces.jsonl); the cold-start SFT
-on them is sft.py with the config file config/coldstart.py, as nanoGPT fine-tunes with a config:
+evaluate.py use with --thinking=True. This script writes those records, with as many of the SFT records beside them
+(`replay`: a short SFT on traces alone makes the tiny model forget what SFT taught), to out_dir/coldstart.jsonl; the
+cold-start SFT on them is sft.py with the config file config/coldstart.py, as nanoGPT fine-tunes with a config:
 
     python coldstart.py && python sft.py config/coldstart.py                    # CPU: rule-based teacher
     python coldstart.py --teacher=Qwen3-VL-32B-Instruct --data=train.jsonl      # 1 GPU: a local teacher VLM
@@ -42,7 +43,9 @@ teacher_max_new_tokens = 768
 teacher_min_pixels = 1024     # the teacher's pixel budget per image (the paper's RL/evaluation budget): a
 teacher_max_pixels = 451584   # native-resolution radiograph would otherwise be thousands of visual tokens
 generate_batch = 8        # records per generate call of the teacher (0: all at once)
-out_dir = "out/coldstart"  # traces.jsonl (what config/coldstart.py trains on), the per-rank parts, images/
+replay = 1.0              # SFT records (every task, no thinking) added per kept trace, so that the cold start keeps
+                          # what SFT taught (Qwen3's "thinking mode fusion"); 0: the traces alone
+out_dir = "out/coldstart"  # coldstart.jsonl (what config/coldstart.py trains on), the per-rank traces, images/
 
 TEACHER_PROMPT = (
     "You are an expert radiologist teaching a resident. Below are a chest X-ray, a question about it and its "
@@ -97,19 +100,22 @@ def rule_trace(record, study):
 
 # ---------------------------------------------------------------------------------------------------
 
+def on_disk(record, image_dir):
+    """The record with its in-memory synthetic image written to image_dir, so that a records file stands on its own."""
+    out = {k: v for k, v in record.items() if k != "image_array"}
+    if record.get("image_array") is not None:
+        out["image"] = os.path.abspath(os.path.join(image_dir, f"{record['id']}.png"))
+        os.makedirs(image_dir, exist_ok=True)
+        Image.fromarray(record["image_array"]).save(out["image"])
+    return out
+
+
 def thinking_record(record, trace, image_dir):
-    """The record with its question asking for thinking and its answer preceded by the trace; an in-memory
-    synthetic image is written to image_dir so that the records file stands on its own."""
+    """The record with its question asking for thinking and its answer preceded by the trace."""
     turns = [dict(t) for t in record["conversations"]]
     turns[0]["value"] += THINK_SUFFIX
     turns[-1]["value"] = f"<think>\n{trace.strip()}\n</think>\n\n{turns[-1]['value'].strip()}"
-    out = {k: v for k, v in record.items() if k not in ("image_array", "conversations")}
-    out["conversations"] = turns
-    if record.get("image_array") is not None:
-        out["image"] = os.path.abspath(os.path.join(image_dir, f"{record['id']}.png"))
-        os.makedirs(os.path.dirname(out["image"]), exist_ok=True)
-        Image.fromarray(record["image_array"]).save(out["image"])
-    return out
+    return {**on_disk(record, image_dir), "conversations": turns}
 
 
 def check_trace(record, trace, final_answer, min_words, min_score):
@@ -188,19 +194,23 @@ def main():
     write_traces([records[i] for i in range(rank, len(records), world)],
                  os.path.join(out_dir, f"traces.rank{rank}.jsonl"), teach, generate_batch, min_words, min_score)
     barrier()
-    traces_file = os.path.join(out_dir, "traces.jsonl")
-    if rank == 0:
-        lines = [json.loads(line) for r in range(world)
-                 for line in open(os.path.join(out_dir, f"traces.rank{r}.jsonl"))]
-        kept = [line["record"] for line in lines if line["kept"]]
-        dropped = Counter(line["reason"] for line in lines if not line["kept"])
-        save_records(kept, traces_file)
-        print0(f"traces: {len(kept)} kept, dropped {dict(dropped) or 'none'} -> {traces_file}")
-    barrier()
-    if not os.path.getsize(traces_file):
+    data_file = os.path.join(out_dir, "coldstart.jsonl")
+    # every rank reads every rank's traces, so that all of them stop together when none was kept
+    lines = [json.loads(line) for r in range(world) for line in open(os.path.join(out_dir, f"traces.rank{r}.jsonl"))]
+    kept = [line["record"] for line in lines if line["kept"]]
+    if not kept:
         raise SystemExit(f"no trace was kept, so there is nothing to fine-tune on; the reason for each record is in "
                          f"{out_dir}/traces.rank*.jsonl")
-    print0(f"next, the cold-start SFT on them: python sft.py config/coldstart.py --data={traces_file}")
+    if rank == 0:
+        dropped = Counter(line["reason"] for line in lines if not line["kept"])
+        sft_records = open_records(data, "train", n_records, image_size)  # what SFT trained on, its first records
+        replayed = [on_disk(sft_records[i], os.path.join(out_dir, "images"))
+                    for i in range(min(len(sft_records), round(replay * len(kept))))]
+        save_records(kept + replayed, data_file)
+        print0(f"traces: {len(kept)} kept, dropped {dict(dropped) or 'none'}; with {len(replayed)} SFT records "
+               f"replayed -> {data_file}")
+    barrier()
+    print0(f"next, the cold-start SFT on them: python sft.py config/coldstart.py --data={data_file}")
     if world > 1:
         torch.distributed.destroy_process_group()
 

@@ -53,9 +53,10 @@ import rewards
 import scorers
 from configurator import configure
 from data import generation_kwargs, load_image, open_records, prompt_batch, tiny_corpus
-from model import autocast, build_tiny, init_distributed, latest_checkpoint, load_model, print0
+from model import (all_reduce_mean, autocast, build_tiny, gathered, init_distributed, latest_checkpoint,
+                   load_model, print0)
 from pictures import contact_sheet, draw_curves
-from records import GROUNDING_TASKS, box_iou, has_image, parse_boxes, record_id, reference_answer, task_of
+from records import GROUNDING_TASKS, TASK_GROUPS, box_iou, has_image, parse_boxes, record_id, reference_answer, task_of
 
 # model and data
 init_from = "out/sft"     # "tiny", a training out dir (its latest step), a checkpoint dir, or a hub id
@@ -297,6 +298,39 @@ def generate_answers(model, processor, records, generate_batch, thinking, max_ne
         for i, text in zip(idx, texts):
             answers[i] = text
     return answers
+
+
+def held_out_prompts(source, n, image_size, tasks=tuple(TASK_GROUPS), rank=0, world=1):
+    """{task: this rank's share of the first n prompts of the task ("report" or "grounding", TASK_GROUPS) in
+    `source`'s validation split}: the fixed prompts that held_out_rewards answers at every evaluation of a training
+    run; a task with no record there is left out."""
+    prompts = {}
+    for task in tasks:
+        records = open_records(source, "val", n, image_size, tasks=TASK_GROUPS[task], scored=True)
+        shared = min(n, len(records)) // world * world  # every rank the same number: they generate in step
+        if shared:
+            prompts[task] = [records[i] for i in range(rank, shared, world)]
+    return prompts
+
+
+def held_out_rewards(model, processor, prompts, device, thinking, max_new_tokens, report_reward="label_f1",
+                     metric_weights=""):
+    """{"val_reward_<task>": mean GRPO reward of the greedy answers to `prompts` (held_out_prompts)}, over all ranks:
+    a training curve without sampling noise. A sharded model is gathered once per task (model.gathered)."""
+    out, training = {}, model.training
+    model.eval()
+    for task, records in prompts.items():
+        inputs = prompt_batch(records, processor, thinking).to(device)
+        with torch.no_grad(), gathered(model), autocast(device):
+            sequences = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens,
+                                       **generation_kwargs(processor.tokenizer))
+        answers = processor.tokenizer.batch_decode(sequences[:, inputs["input_ids"].shape[1]:],
+                                                   skip_special_tokens=True)
+        scores, _ = rewards.score(task, answers, [reference_answer(r) for r in records], reward=report_reward,
+                                  thinking=thinking, metric_weights=metric_weights)
+        out[f"val_reward_{task}"] = sum(scores) / len(scores)
+    model.train(training)
+    return all_reduce_mean(out)
 
 
 def read_predictions(path, ids):

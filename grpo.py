@@ -51,7 +51,8 @@ from data import epoch_order, generation_kwargs, open_records, prompt_batch, tin
 from model import (all_reduce_mean, autocast, barrier, build_tiny, compute_dtype, gathered, init_distributed,
                    latest_checkpoint, load_model, next_token_logprobs, open_training_log, print0,
                    resume_training_checkpoint, save_training_checkpoint, wrap_fsdp)
-from records import GROUNDING_TASKS, reference_answer, task_of
+from evaluate import held_out_prompts, held_out_rewards
+from records import TASK_GROUPS, reference_answer, task_of
 import rewards
 
 # model and data
@@ -91,7 +92,8 @@ filter_groups = 0         # DAPO dynamic sampling: draw k x P prompts, keep P gr
 overlong = "keep"         # keep | mask: answers cut at max_new_tokens are left out of the loss (DAPO)
 max_steps = 100           # steps to train (0 is refused: prompts never run out, so there is no end of the data)
 eval_every = 25           # greedy reward on fixed held-out prompts every N steps and at the end (0: never)
-n_eval = 64               # held-out prompts per task for that ("synthetic" data: its val split)
+n_eval = 64               # held-out prompts per task for that, from val_data
+val_data = "synthetic"    # held-out records: "synthetic" (its val split), a file, or "" for none
 # system
 out_dir = "out/grpo"
 save_every = 20           # checkpoint every N steps and at the end (0: never, for benchmarks)
@@ -345,15 +347,12 @@ def policy_update(policy, optimizer, batch, old_logprobs, ref_logprobs, advantag
 # ---------------------------------------------------------------------------------------------------
 # prompts, held-out rewards, logging
 
-RECORD_TASKS = {"report": ("report",), "grounding": GROUNDING_TASKS}  # the record tasks of each step task
-
-
 def prompt_pools(data, step_tasks, split, n, image_size):
     """{step task: {record task: its records}}: the prompts a step of each task draws from."""
     pools = {}
     for step_task in step_tasks:
         pools[step_task] = {t: open_records(data, split, n, image_size, tasks=(t,), scored=True)
-                            for t in RECORD_TASKS[step_task]}
+                            for t in TASK_GROUPS[step_task]}
         pools[step_task] = {t: pool for t, pool in pools[step_task].items() if len(pool)}
         if not pools[step_task]:
             raise SystemExit(f"no {step_task} records in {data}")
@@ -371,23 +370,6 @@ def step_prompts(pools, step, n_step_tasks, prompts_per_step, seed):
         order = epoch_order(len(pool), seed, epoch)[offset:] + epoch_order(len(pool), seed, epoch + 1)
         prompts += [pool[i] for i in order[:share]]
     return prompts
-
-
-def held_out_rewards(policy, processor, eval_sets, device, thinking, max_new_tokens, report_reward, metric_weights):
-    """Mean greedy reward per task on fixed held-out prompts: the training curve without sampling noise."""
-    out = {}
-    policy.eval()
-    for step_task, records in eval_sets.items():
-        inputs = prompt_batch(records, processor, thinking).to(device)
-        with torch.no_grad(), gathered(policy), autocast(device):
-            sequences = policy.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens,
-                                        **generation_kwargs(processor.tokenizer))
-        answers = processor.tokenizer.batch_decode(sequences[:, inputs["input_ids"].shape[1]:],
-                                                   skip_special_tokens=True)
-        scores, _ = rewards.score(step_task, answers, [reference_answer(r) for r in records], reward=report_reward,
-                                  thinking=thinking, metric_weights=metric_weights)
-        out[f"val_reward_{step_task}"] = sum(scores) / len(scores)
-    return out
 
 
 def groups_with_spread(reward_list, group_ids, n_keep, eps=1e-6):
@@ -478,11 +460,8 @@ def main():
                                   fused=device.type == "cuda")
     loss_settings = dict(beta=beta, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip, loss_agg=loss_agg,
                          max_new_tokens=max_new_tokens, ratio_level=ratio_level)
-    eval_sets = {}  # the same held-out prompts at every evaluation, this rank's share of them
-    if eval_every and data == "synthetic":
-        for step_task in step_tasks:
-            held_out = open_records(data, "val", n_eval, image_size, tasks=RECORD_TASKS[step_task])
-            eval_sets[step_task] = [held_out[i] for i in range(rank, n_eval - n_eval % world, world)]
+    # the same held-out prompts at every evaluation, this rank's share of them
+    eval_sets = held_out_prompts(val_data, n_eval, image_size, step_tasks, rank, world) if eval_every and val_data else {}
 
     step = 0
     resumed_from, state = resume_training_checkpoint(out_dir, policy, optimizer) if resume else (None, None)
@@ -497,8 +476,8 @@ def main():
            f"thinking {thinking}")
 
     def held_out():  # the greedy rewards on the held-out prompts, averaged over the ranks
-        return all_reduce_mean(held_out_rewards(policy, processor, eval_sets, device, thinking, max_new_tokens,
-                                                report_reward, metric_weights))
+        return held_out_rewards(policy, processor, eval_sets, device, thinking, max_new_tokens, report_reward,
+                                metric_weights)
     if eval_sets and step == 0:
         before = held_out()
         if master:

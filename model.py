@@ -356,23 +356,19 @@ def load_model(name_or_path, dtype=None, device=None, attn_implementation=None, 
     return (model if rank0_only else model.to(device)), processor
 
 
-def save_checkpoint(model, processor, out_dir, state_dict=None, extra_files=None):
+def save_checkpoint(model, processor, out_dir, state_dict=None, dtype=None):
     """Write an HF-format checkpoint (safetensors + configs + processor) atomically.
 
     The folder is written next to `out_dir` under a temporary name and renamed into place, so a crash leaves
     either the previous checkpoint or the new one, never half of one. `state_dict` (e.g. gathered from
-    FSDP shards) replaces the model's own; `extra_files` maps file names to callables writing them
-    (training state for resume) into the temporary folder before the rename.
+    FSDP shards) replaces the model's own; `dtype` casts its floats and says so in config.json.
     """
     out_dir = os.path.abspath(out_dir)
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".tmp-{os.path.basename(out_dir)}-{os.getpid()}-{time.time_ns()}")
     try:
-        model.save_pretrained(tmp, state_dict=state_dict)
-        processor.save_pretrained(tmp)
-        for name, write in (extra_files or {}).items():
-            write(os.path.join(tmp, name))
+        write_hf_model(model, processor, tmp, state_dict, dtype)
         for name in os.listdir(tmp):  # flush to disk before the rename makes it visible
             path = os.path.join(tmp, name)
             if os.path.isfile(path):
@@ -389,6 +385,32 @@ def save_checkpoint(model, processor, out_dir, state_dict=None, extra_files=None
     if old:
         shutil.rmtree(old, ignore_errors=True)
     return out_dir
+
+
+def write_hf_model(model, processor, folder, state_dict=None, dtype=None):
+    """save_pretrained of the model (or of `state_dict`), its floats in `dtype` when given, config.json saying so
+    (save_pretrained writes the dtype of the weights in memory, fp32 master weights here), and the processor."""
+    if dtype is not None:
+        state_dict = {k: v.to(dtype) if v.is_floating_point() else v
+                      for k, v in (state_dict if state_dict is not None else model.state_dict()).items()}
+    model.save_pretrained(folder, state_dict=state_dict)
+    if dtype is not None:
+        config_file = os.path.join(folder, "config.json")
+        config = json.load(open(config_file))
+        for part in [config] + [v for v in config.values() if isinstance(v, dict) and "dtype" in v]:
+            part["dtype"] = str(dtype).removeprefix("torch.")
+        json.dump(config, open(config_file, "w"), indent=2)
+    processor.save_pretrained(folder)
+
+
+def export_model(model, processor, path, dtype=torch.float32):
+    """The HF-format model alone at `path` (no training state: a starting point for later stages), written atomically
+    over the one there; every rank must call (a sharded model is gathered), rank 0 writes."""
+    full = full_state_dict(model)
+    if not is_distributed() or dist.get_rank() == 0:
+        save_checkpoint(model, processor, path, state_dict=full, dtype=dtype)
+    barrier()
+
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -624,13 +646,7 @@ def save_training_checkpoint(out_dir, step, model, optimizer, processor, train_s
     full = full_state_dict(model)
     barrier()
     if rank == 0:
-        model.save_pretrained(tmp, state_dict={k: v.to(dtype) if v.is_floating_point() else v for k, v in full.items()})
-        config_file = os.path.join(tmp, "config.json")  # save_pretrained writes the dtype of the master weights
-        config = json.load(open(config_file))
-        for part in [config] + [v for v in config.values() if isinstance(v, dict) and "dtype" in v]:
-            part["dtype"] = str(dtype).removeprefix("torch.")
-        json.dump(config, open(config_file, "w"), indent=2)
-        processor.save_pretrained(tmp)
+        write_hf_model(model, processor, tmp, full, dtype)
         with open(os.path.join(tmp, "train_state.json"), "w") as f:
             json.dump(train_state, f, indent=1)
         for root, _, files in os.walk(tmp):

@@ -24,6 +24,7 @@ import re
 TASKS = ("report", "classification", "anatomical_grounding", "abnormality_grounding", "phrase_grounding",
          "conversation")
 GROUNDING_TASKS = ("anatomical_grounding", "abnormality_grounding", "phrase_grounding")
+TASK_GROUPS = {"report": ("report",), "grounding": GROUNDING_TASKS}  # the two tasks GRPO trains: their record tasks
 GENERAL_TASKS = ("caption", "object_grounding", "all_objects_grounding")  # the general world's own (shapes.py)
 CHEXPERT_LABELS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
                    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",

@@ -58,7 +58,7 @@ if image:
     record = make_record("sample", os.path.abspath(image), question, answer, task)
 else:
     import synthetic
-    record = synthetic.SyntheticRecords("test", study + 1, tasks=(task,))[study]
+    record = synthetic.SyntheticRecords("test", tasks=(task,))[study]
     if prompt:
         record["conversations"][0]["value"] = "<image>\n" + prompt
     if answer:

@@ -33,16 +33,19 @@ from tqdm import tqdm
 
 from configurator import configure
 from data import N_NAMED, PackedWindows, model_inputs, open_records, pack_samples, tiny_corpus, tokenize_window
-from model import (autocast, build_tiny, compute_dtype, init_distributed, latest_checkpoint, load_model,
+from evaluate import held_out_prompts, held_out_rewards
+from model import (autocast, build_tiny, compute_dtype, export_model, init_distributed, latest_checkpoint, load_model,
                    next_token_logprobs, open_training_log, print0, resume_training_checkpoint,
                    save_training_checkpoint, wrap_fsdp)
 
 # model and data
 init_from = "tiny"        # "tiny" (random tiny Qwen3-VL built from a config), a checkpoint dir, or a hub id
 data = "synthetic"        # "synthetic" (the generated chest X-ray world) or a RadVLM/LLaVA .json/.jsonl file
-val_data = "synthetic"    # held-out records for val_loss: "synthetic", a file, or "" for none
-n_train = 100000          # synthetic training records, each a fresh study (ignored for files)
-n_val = 96                # held-out records used for val_loss
+val_data = "synthetic"    # held-out records for the evaluations: "synthetic" (its val split), a file, or "" for none
+n_train = 100000          # synthetic training records: the first n_train studies, one task each (ignored for files)
+n_val = 96                # held-out records whose loss is val_loss
+n_eval = 64               # held-out prompts per task (report, grounding) answered greedily for val_reward_* (0: none)
+max_new_tokens = 96       # longest of those greedy answers
 image_size = 128          # side of the synthetic images in pixels
 min_pixels = 1024         # processor pixel budget per image (the paper: max 262,144 = 512 x 512 for SFT)
 max_pixels = 16384
@@ -65,7 +68,7 @@ grad_checkpointing = False  # recompute activations in the backward pass to save
 out_dir = "out/sft"
 save_every = 500          # checkpoint every N steps and at the end (0: never)
 keep_last = 2             # step folders to keep (0: all); 2 or more leave one to fall back on if the newest is corrupt
-eval_every = 100          # val_loss every N steps and at the end (0: never)
+eval_every = 100          # val_loss, val_reward_* every N steps and at the end (0: never); the best in out_dir/best
 window = 256              # records tokenized and packed together (bigger: better packing, slower resume)
 num_workers = 1           # background threads that decode images, tokenize and pack the next windows
 strict = False            # a bad record stops the run instead of being skipped and counted
@@ -79,6 +82,8 @@ master = rank == 0
 # the data before the model: records that cannot be used stop the run before minutes of loading
 train_records = open_records(data, "train", n_train, image_size, strict=strict)
 val_records = open_records(val_data, "val", n_val, image_size, strict=strict) if val_data and eval_every else []
+val_prompts = held_out_prompts(val_data, n_eval, image_size, rank=rank, world=world) \
+    if val_data and eval_every and n_eval else {}
 torch.manual_seed(seed)
 if init_from == "tiny":
     model, processor = build_tiny(texts=tiny_corpus(), seed=seed,
@@ -113,11 +118,13 @@ optimizer = torch.optim.AdamW(
 model.train()
 
 step, cursor, skipped, tokens_seen, total_steps = 0, (0, 0, 0), 0, 0, max_steps
+best = {"step": None, "val_reward": -math.inf}  # the evaluation with the highest mean val_reward_*, in out_dir/best
 resumed_from, state = resume_training_checkpoint(out_dir, model, optimizer) if resume else (None, None)
 if state:
     step, cursor, tokens_seen = state["step"], tuple(state["cursor"]), state["tokens_seen"]
     skipped = state["skipped"] if master else 0  # the count of all ranks, carried on by rank 0
     total_steps = state["total_steps"]  # the schedule of the original run, not a new estimate
+    best = state["best"]
     print0(f"resumed from {resumed_from} at step {step}")
 
 stream = PackedWindows(train_records, processor, model, max_tokens, window, rank, world, seed, start=cursor[:2],
@@ -201,6 +208,20 @@ def evaluate_val_loss():
     return (total[0] / total[1].clamp(min=1)).item()
 
 
+def validate(step):
+    """val_loss, the greedy rewards of the held-out prompts (GRPO's rewards), and whether this is the best model so
+    far by their mean: then it is written to out_dir/best, where the stages after SFT start from. Selecting on the
+    validation split, never the test split, is early stopping: with a finite training set, later epochs overfit."""
+    metrics = {"val_loss": evaluate_val_loss()} if val_rows else {}
+    metrics.update(held_out_rewards(model, processor, val_prompts, device, thinking, max_new_tokens))
+    scores = [v for k, v in metrics.items() if k.startswith("val_reward_")]
+    if scores and sum(scores) / len(scores) > best["val_reward"]:
+        best.update(step=step, val_reward=sum(scores) / len(scores))
+        export_model(model, processor, os.path.join(out_dir, "best"), compute_dtype(device))
+        metrics["best"] = True
+    return metrics
+
+
 def save(step, cursor):
     all_skipped = torch.tensor(float(skipped), device=device)
     if world > 1:
@@ -209,7 +230,7 @@ def save(step, cursor):
                              keep_last=keep_last, dtype=compute_dtype(device),
                              train_state={"step": step, "total_steps": total_steps, "cursor": list(cursor),
                                           "skipped": int(all_skipped.item()), "tokens_seen": tokens_seen,
-                                          "settings": settings})
+                                          "best": best, "settings": settings})
 
 
 n_params = sum(p.numel() for p in model.parameters())  # FSDP2's DTensors report their full size
@@ -219,11 +240,11 @@ if master:
     log_file = open_training_log(out_dir, step)
 print0(f"sft: {n_params / 1e6:.2f} M parameters, {len(train_records)} training records, {world} rank(s), "
        f"{total_steps} steps of {rows_per_step} x {max_tokens}-token rows per rank")
-if step == 0 and val_rows:
-    first_val = evaluate_val_loss()
-    print0(f"step 0 val_loss {first_val:.4f}")
+if step == 0 and (val_rows or val_prompts):
+    first_val = validate(0)
+    print0(f"step 0 {json.dumps(first_val)}")
     if master:
-        log_file.write(json.dumps({"step": 0, "val_loss": first_val}) + "\n")
+        log_file.write(json.dumps({"step": 0, **first_val}) + "\n")
 bar = tqdm(total=total_steps, initial=step, disable=not master, dynamic_ncols=True)
 while step < total_steps:
     t0 = time.time()
@@ -278,8 +299,8 @@ while step < total_steps:
               "skipped": int(totals[1].item())}
     if peak_flops:
         record["mfu"] = 6 * n_params * n_tokens / dt / (peak_flops * world)
-    if val_rows and (step % eval_every == 0 or step == total_steps):
-        record["val_loss"] = evaluate_val_loss()
+    if (val_rows or val_prompts) and (step % eval_every == 0 or step == total_steps):
+        record.update(validate(step))
     if master:
         log_file.write(json.dumps(record) + "\n")
         log_file.flush()
@@ -289,11 +310,13 @@ while step < total_steps:
     if save_every and step % save_every == 0:
         save(step, cursor)
 bar.close()
-if val_rows and step % eval_every and step != total_steps:
-    print0(f"final val_loss {evaluate_val_loss():.4f}")
+if (val_rows or val_prompts) and step % eval_every and step != total_steps:
+    print0(f"final {json.dumps(validate(step))}")
 if save_every:
     save(step, cursor)
 print0(f"done: {step} steps, {tokens_seen} tokens, {skipped} records skipped; "
-       + (f"model in {latest_checkpoint(out_dir)}" if save_every else "no checkpoint saved (--save_every=0)"))
+       + (f"model in {latest_checkpoint(out_dir)}" if save_every else "no checkpoint saved (--save_every=0)")
+       + (f"; the best by mean val reward ({best['val_reward']:.4f}, step {best['step']}) in {out_dir}/best"
+          if best["step"] is not None else ""))
 if world > 1:
     torch.distributed.destroy_process_group()

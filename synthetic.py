@@ -39,7 +39,6 @@ the positive labels are a function of the image.
 """
 
 import argparse
-import itertools
 import math
 import os
 import random
@@ -648,32 +647,43 @@ def build_records(study, image_path, seed, tasks=None):
     return [r for r in records if r is not None]
 
 
+NEEDS_ABNORMALITY = ("abnormality_grounding", "phrase_grounding")  # no finding, no gold box: see build_records
+
+
+def is_abnormal(study_seed):
+    """Whether generate_study(study_seed) draws findings, read off its first random draws without rendering it."""
+    rng = np.random.default_rng(study_seed)
+    _sample_patient(rng)
+    return rng.random() >= 0.30  # _sample_findings' first draw
+
+
 class SyntheticRecords:
-    """n records of a split as a list whose items are made on access, the same every time: record i is study
-    SPLIT_OFFSET[split] + i with a task drawn by `mix` among the tasks that apply to that study. The image
-    travels in memory as record["image_array"]; record["study_seed"] lets a reader regenerate the study."""
+    """The records of the first n studies of a split, as a list whose items are made on access, the same every
+    time, like a finite dataset's: record i is the i-th of those studies to which one of `tasks` applies (abnormality
+    and phrase grounding need a finding), with a task drawn by `mix` among those that apply to it. The image travels
+    in memory as record["image_array"]; record["study_seed"] lets a reader regenerate the study."""
 
     def __init__(self, split="train", n=None, size=128, tasks=None, mix=None, seed=0):
-        self.split, self.n, self.size, self.seed = split, n or 10_000, size, seed
+        self.split, self.size, self.seed = split, size, seed
         mix = mix or DEFAULT_MIX
         self.tasks = [t for t in (tasks or TASKS) if mix.get(t, 0) > 0]
         self.weights = [mix[t] for t in self.tasks]
+        studies = range(SPLIT_OFFSET[split], SPLIT_OFFSET[split] + (n or 10_000))
+        if all(t in NEEDS_ABNORMALITY for t in self.tasks):
+            studies = [s for s in studies if is_abnormal(s)]
+        self.studies = studies
 
     def __len__(self):
-        return self.n
+        return len(self.studies)
 
     def __getitem__(self, i):
-        if not 0 <= i < self.n:
+        if not 0 <= i < len(self):
             raise IndexError(i)
-        rng = random.Random(f"{self.split}-{self.seed}-{i}")
-        for attempt in itertools.count():  # a study none of `tasks` applies to gives way to another one
-            study_seed = SPLIT_OFFSET[self.split] + i + attempt * self.n
-            study = generate_study(study_seed, self.size)
-            options = build_records(study, f"synthetic://{self.split}/{study_seed:08d}", study_seed, self.tasks)
-            if options:
-                break
+        study_seed = self.studies[i]
+        study = generate_study(study_seed, self.size)
+        options = build_records(study, f"synthetic://{self.split}/{study_seed:08d}", study_seed, self.tasks)
         weights = [self.weights[self.tasks.index(r["task"])] for r in options]
-        record = rng.choices(options, weights)[0]
+        record = random.Random(f"{self.split}-{self.seed}-{i}").choices(options, weights)[0]
         record["image_array"], record["study_seed"] = study["image"], study_seed
         return record
 

@@ -10,12 +10,14 @@ that one seed decides can flip elsewhere; over several seeds it is a verdict a c
 
     python verdicts.py out/repro                 # the claims of reproduce.sh's grid
     python verdicts.py out/repro --table3        # Table 3: every report reward's run scored by every report reward
+    python verdicts.py out/repro --tune          # the learning rates of GRPO and the control, on the validation split
 
 Table 3 scores each run (GRPO with one report reward) by every reward of the table, against the SFT model it started
 from, and decides the diagonal: does the run trained on a reward raise that reward more than every other run does
 (paired, run against run, on the same records)?
 """
 
+import functools
 import glob
 import json
 import os
@@ -138,21 +140,68 @@ def table3(out):
               f"{shown} -> {verdict(intervals, 'comparisons')}")
 
 
+def saturated(log_file):
+    """SFT has saturated: its best evaluation on the validation split (by the mean of the greedy val_reward_*, what
+    sft.py selects out_dir/best on) comes before its last, and so does its lowest val_loss. Prints the curve."""
+    rows = [r for r in map(json.loads, open(log_file)) if any(k.startswith("val_reward_") for k in r)]
+    mean = lambda r: sum(v for k, v in r.items() if k.startswith("val_reward_")) / 2  # noqa: E731  report, grounding
+    best, lowest, last = max(rows, key=mean), min(rows, key=lambda r: r["val_loss"]), rows[-1]
+    print(f"- SFT has saturated: best mean val reward {mean(best):.3f} at step {best['step']} of {last['step']} "
+          f"({mean(last):.3f} at the end), lowest val_loss {lowest['val_loss']:.3f} at step {lowest['step']} "
+          f"({last['val_loss']:.3f} at the end) -> {'yes' if best is not last and lowest is not last else 'no'}")
+    print("  step | val_loss | val_reward_report | val_reward_grounding")
+    for r in rows:
+        print(f"  {r['step']} | {r['val_loss']:.3f} | {r['val_reward_report']:.3f} | {r['val_reward_grounding']:.3f}"
+              + (" (best)" if r is best else ""))
+
+
+def skills_kept(out):
+    """The thinking model before RL against the SFT model, on the same test records: grounding mAP@0.5 and report
+    label F1 micro as a fraction of the SFT model's (the cold start should keep at least 80 % of each)."""
+    results = {name: json.load(open(os.path.join(out, name, "results.json"))) for name in ("eval_sft", "eval_thinking")}
+    for label, path in (("grounding mAP@0.5", ("grounding", "all", "map50")),
+                        ("report label F1 micro", ("report", "label_f1_micro"))):
+        sft, thinking = (functools.reduce(dict.get, path, results[name]) for name in ("eval_sft", "eval_thinking"))
+        share = thinking["value"] / sft["value"]
+        print(f"- the cold start keeps the SFT model's {label}: {thinking['value'] * 100:.1f} against "
+              f"{sft['value'] * 100:.1f}, {share:.0%} -> {'yes' if share >= 0.8 else 'no'} (80 % or more)")
+
+
+def tune(out):
+    """The learning rates of `bash reproduce.sh tune`: for each GRPO and control run (out/tune/<kind>_<lr>), the mean
+    greedy reward on the validation prompts (val_reward_report and _grounding) before and after; the rate with the
+    highest after is each kind's choice. The test split is never looked at."""
+    print("| run | learning rate | mean val reward before | after |\n|---|---|---|---|")
+    chosen = {}
+    for folder in sorted(glob.glob(os.path.join(out, "tune", "*_*"))):
+        kind, lr = os.path.basename(folder).rsplit("_", 1)
+        rows = [r for r in map(json.loads, open(os.path.join(folder, "log.jsonl"))) if "val_reward_report" in r]
+        before, after = ((r["val_reward_report"] + r["val_reward_grounding"]) / 2 for r in (rows[0], rows[-1]))
+        print(f"| {kind} | {lr} | {before:.3f} | {after:.3f} |")
+        chosen[kind] = max(chosen.get(kind, (-1.0, None)), (after, lr))
+    print("\n" + "; ".join(f"{kind}: lr {lr} (mean val reward {after:.3f})" for kind, (after, lr) in chosen.items()))
+
+
 def main(out):
     print("The paper: RL adds to SFT on both tasks; thinking does not improve further; RL on a general model closes")
     print("much of the gap on grounding, less on reports. This run (paired differences, 95 % bootstrap, per seed):")
+    saturated(os.path.join(out, "sft", "log.jsonl"))
     for kind in ("reports", "grounding"):
         k = kind.rstrip("s")
         claim(f"SFT + RL beats SFT on {kind}", out, "eval_sft", "eval_sft_rl", k)
-        claim(f"SFT + RL beats equal-time continued SFT on {kind}", out, "eval_sft_more", "eval_sft_rl", k)
+        claim(f"SFT + RL beats more epochs of SFT on the same data, for as long, on {kind}", out, "eval_sft_more",
+              "eval_sft_rl", k)
         claim(f"thinking + RL beats SFT + RL on {kind}", out, "eval_sft_rl", "eval_thinking_rl", k)
         claim(f"RL improves the general model on {kind}", out, "eval_general", "eval_general_rl", k)
         claim(f"SFT beats the general model + RL on {kind}", out, "eval_general_rl", "eval_sft", k)
     gap_closed(out)
+    skills_kept(out)
 
 
 if __name__ == "__main__":
     if "--table3" in sys.argv[2:]:
         table3(sys.argv[1])
+    elif "--tune" in sys.argv[2:]:
+        tune(sys.argv[1])
     else:
         main(sys.argv[1])

@@ -4,7 +4,7 @@
 #   torchrun --nproc_per_node=8 sft.py config/coldstart_paper.py
 exec(open("config/sft_paper.py").read())
 init_from = "out/sft_paper"
-data = "out/coldstart/traces.jsonl"
+data = "out/coldstart/coldstart.jsonl"
 out_dir = "out/coldstart_paper"
 max_tokens = 16384            # a trace of ~300 words comes before each answer
 save_every = 200

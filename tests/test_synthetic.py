@@ -158,3 +158,19 @@ def test_corpus_texts():
     texts = synthetic.corpus_texts(n=5)
     assert "Write a radiology report for this Chest X-ray." in texts
     assert not any("<image>" in t for t in texts) and len(texts) > 30
+
+
+def test_records_of_any_tasks_come_from_the_first_n_studies_only():
+    """A finite training set: SFT's n records and GRPO's prompts of each task (abnormality and phrase grounding apply
+    to abnormal studies only) are drawn from the same first n studies, never from studies past them. Guards against
+    a task filter that moves a normal study's record to a study outside the training set, and against is_abnormal
+    (read off the first random draws, without rendering) disagreeing with the records build_records makes."""
+    n = 120
+    everything = synthetic.SyntheticRecords("train", n)
+    assert [r["study_seed"] for r in everything] == list(range(n))
+    for task in synthetic.NEEDS_ABNORMALITY:
+        pool = synthetic.SyntheticRecords("train", n, tasks=(task,))
+        seeds = [r["study_seed"] for r in pool]
+        assert all(r["task"] == task for r in pool) and seeds == sorted(set(seeds)) and max(seeds) < n
+        applies = [s for s in range(n) if synthetic.build_records(synthetic.generate_study(s), "x", s, [task])]
+        assert seeds == applies and 0.5 * n < len(pool) < 0.9 * n

@@ -107,17 +107,21 @@ def test_grpo_ranks_share_out_the_prompts_of_a_step(tiny_checkpoint, records_fil
         assert ranks[0][step]["golds"] == golds[0::2] and ranks[1][step]["golds"] == golds[1::2]
 
 
-def test_coldstart_on_two_ranks_shards_the_traces_then_sft_fine_tunes_on_them(tiny_checkpoint, tmp_path):
+def test_coldstart_on_two_ranks_shards_the_traces_and_replays_sft_records_then_sft_fine_tunes_on_them(tiny_checkpoint, tmp_path):
     for n in (2, 1):
         run("coldstart.py", n, "--n_records=12", "--min_words=5", f"--out_dir={tmp_path / str(n)}")
-    traces = {n: [json.loads(line) for line in open(tmp_path / str(n) / "traces.jsonl")] for n in (1, 2)}
-    assert len(traces[2]) == 12
+    traces = {n: [json.loads(line) for line in open(tmp_path / str(n) / "coldstart.jsonl")] for n in (1, 2)}
+    # 12 traces and as many SFT records replayed beside them (replay=1.0), without thinking, of the same studies
+    thinking = [r for r in traces[2] if r["conversations"][0]["value"].endswith(" /think")]
+    replayed = [r for r in traces[2] if r not in thinking]
+    assert len(thinking) == len(replayed) == 12 and not any("<think>" in str(r) for r in replayed)
+    assert {r["study_seed"] for r in replayed} == {r["study_seed"] for r in thinking}
     key = lambda r: r["id"]  # noqa: E731
     strip = lambda r: {k: v for k, v in r.items() if k != "image"}  # noqa: E731  (each run writes its own PNGs)
     assert [strip(r) for r in sorted(traces[2], key=key)] == [strip(r) for r in sorted(traces[1], key=key)]
     model_dir = str(tmp_path / "2" / "model")
     run("sft.py", 2, "config/coldstart.py", f"--init_from={tiny_checkpoint}",
-        f"--data={tmp_path / '2' / 'traces.jsonl'}", f"--out_dir={model_dir}", "--max_steps=2", "--rows_per_step=1",
+        f"--data={tmp_path / '2' / 'coldstart.jsonl'}", f"--out_dir={model_dir}", "--max_steps=2", "--rows_per_step=1",
         "--epochs=10", "--max_tokens=1024", "--num_workers=0")
     assert [r["step"] for r in log(model_dir)] == [1, 2]
     assert loads_with_plain_transformers(model_dir)

@@ -119,3 +119,47 @@ def test_answers_bench_counts_templates_and_traces(tmp_path):
                          capture_output=True, text=True, check=True).stdout
     assert f"| e | report | 4 | 3 | 4 | 2 (0) | {NOTHING!r} (2) |" in out  # "possible" states a finding
     assert "| e | anatomical_grounding | 1 | 1 | 1 | - |" in out
+
+
+def test_saturation_is_the_best_validation_before_the_end(tmp_path, capsys):
+    """SFT's curve from its log: saturated when both the best mean val reward and the lowest val_loss come before
+    the last evaluation; a curve still improving at its end is not. Guards against picking the best by the last
+    evaluation, or by one task's reward alone."""
+    def log(rows):
+        path = tmp_path / "log.jsonl"
+        path.write_text("".join(json.dumps({"step": s, "val_loss": loss, "val_reward_report": r,
+                                            "val_reward_grounding": g}) + "\n" for s, loss, r, g in rows)
+                        + json.dumps({"step": 99, "loss": 0.1}) + "\n")
+        return str(path)
+    verdicts.saturated(log([(0, 6.0, 0.0, 0.0), (50, 1.0, 0.5, 0.6), (100, 1.2, 0.6, 0.4)]))
+    out = capsys.readouterr().out
+    assert "at step 50 of 100" in out and "-> yes" in out and "(best)" in out
+    verdicts.saturated(log([(0, 6.0, 0.0, 0.0), (50, 1.0, 0.5, 0.6), (100, 0.9, 0.6, 0.6)]))
+    assert "-> no" in capsys.readouterr().out
+
+
+def test_skills_kept_compares_the_thinking_model_with_sft_on_the_same_measures(tmp_path, capsys):
+    """The thinking model keeps 80 % of SFT's grounding mAP and label F1 or it does not; each measure on its own.
+    Guards against comparing a thinking model's raw outputs (with their traces) instead of its answers."""
+    answer = "Cardiomegaly. There is a small left pleural effusion."
+    write_eval(tmp_path / "eval_sft", reports=[REFERENCE] * 4, boxes=[GOLD] * 4)
+    write_eval(tmp_path / "eval_thinking", reports=[f"<think>{NOTHING}</think>{answer}"] * 4,
+               boxes=[f"<think>look</think>{GOLD}"] * 3 + [f"<think>look</think>{MISS}"], thinking=True)
+    verdicts.skills_kept(str(tmp_path))
+    out = capsys.readouterr().out.splitlines()
+    assert "75%" in out[0] and out[0].endswith("-> no (80 % or more)")
+    assert "100%" in out[1] and "-> yes" in out[1]
+
+
+def test_tune_chooses_each_kinds_rate_by_its_final_validation_reward(tmp_path, capsys):
+    """Each kind (grpo, control) gets the rate whose run ends with the highest mean val reward, never mixing kinds
+    and never reading the rate's first evaluation as its result."""
+    for name, before, after in (("grpo_2e-5", 0.5, 0.55), ("grpo_5e-5", 0.5, 0.6), ("control_1e-3", 0.5, 0.4),
+                                ("control_2e-4", 0.5, 0.52)):
+        os.makedirs(tmp_path / "tune" / name)
+        (tmp_path / "tune" / name / "log.jsonl").write_text("".join(
+            json.dumps({"step": s, "val_reward_report": v, "val_reward_grounding": v}) + "\n"
+            for s, v in ((0, before), (5, 0.9 if name == "control_1e-3" else before), (10, after))))
+    verdicts.tune(str(tmp_path))
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == "control: lr 2e-4 (mean val reward 0.520); grpo: lr 5e-5 (mean val reward 0.600)"
