@@ -284,7 +284,7 @@ def test_held_out_rewards_are_greedy_and_per_task(tiny, records_file):
     eval_sets = {"report": [r for r in records if r["task"] == "report"][:3],
                  "grounding": [r for r in records if r["task"] == "anatomical_grounding"][:2]}
     settings = dict(thinking=False, max_new_tokens=8, report_reward="gleu", metric_weights="")
-    first = grpo.held_out_rewards(model, processor, eval_sets, torch.device("cpu"), **settings)
+    first = evaluate.held_out_rewards(model, processor, eval_sets, torch.device("cpu"), **settings)
     assert sorted(first) == ["val_reward_grounding", "val_reward_report"]
     # gold report answers that are the model's own greedy answers (a logit bias makes them words, not newlines): a
     # greedy evaluation scores exactly 1 (GLEU of identical texts), where sampled answers would differ from them
@@ -296,7 +296,7 @@ def test_held_out_rewards_are_greedy_and_per_task(tiny, records_file):
     own = [{**r, "conversations": r["conversations"][:1] + [{"from": "gpt", "value": a}]}
            for r, a in zip(eval_sets["report"], greedy)]
     torch.manual_seed(0)
-    scored = grpo.held_out_rewards(model, processor, {"report": own}, torch.device("cpu"), **settings)
+    scored = evaluate.held_out_rewards(model, processor, {"report": own}, torch.device("cpu"), **settings)
     hook.remove()
     assert "the" in greedy[0] and scored == {
         "val_reward_report": pytest.approx(1.0)}
