@@ -79,6 +79,7 @@ lr = 5e-5                 # constant (the paper: 1e-6 on 8B)
 weight_decay = 0.01
 grad_clip = 1.0           # clip the global gradient norm (0: off)
 grad_checkpointing = False  # recompute activations in the backward pass (needed for long answers on real models)
+freeze_vision = False     # keep the vision tower (blocks and mergers) fixed: no gradients, no AdamW state, as in sft.py
 beta = 0.01               # KL weight; 0 loads no reference model at all
 eps_low = 0.2
 eps_high = 0.28
@@ -435,10 +436,12 @@ def step_log(step_task, records, reward_list, components, batch, stats, times, r
     return log
 
 
-def load_policy_and_reference(init_from, beta, grad_checkpointing, device, world, min_pixels, max_pixels, seed):
+def load_policy_and_reference(init_from, beta, grad_checkpointing, device, world, min_pixels, max_pixels, seed,
+                              freeze_vision=False):
     """The trained policy in fp32 (master weights; bf16 compute on GPU: an update of lr 1e-6 is below a bf16
     weight's precision), its frozen starting point for the KL term (None when beta is 0; bf16 on GPU is enough),
-    both sharded over the ranks, and the processor. On N ranks only rank 0 reads the weights (model.wrap_fsdp)."""
+    both sharded over the ranks, and the processor. On N ranks only rank 0 reads the weights (model.wrap_fsdp).
+    With freeze_vision the policy's vision tower requires no gradient (set before sharding, as in sft.py)."""
     def load(dtype):
         if init_from == "tiny":
             return build_tiny(texts=tiny_corpus(), seed=seed, min_pixels=min_pixels, max_pixels=max_pixels)
@@ -451,6 +454,7 @@ def load_policy_and_reference(init_from, beta, grad_checkpointing, device, world
                          f"Run `python sft.py` first, or pass --init_from=CHECKPOINT_DIR (or --init_from=tiny).")
     if grad_checkpointing:
         policy.gradient_checkpointing_enable()
+    policy.model.visual.requires_grad_(not freeze_vision)
     reference = load(None)[0].eval().requires_grad_(False) if beta > 0 else None
     for model in [m for m in (policy, reference) if m is not None]:
         if world > 1:
@@ -473,9 +477,10 @@ def main():
     step_tasks = ["report", "grounding"] if task == "both" else [task]  # "both": steps alternate between them
     pools = prompt_pools(data, step_tasks, "train", n_train, image_size)  # before the model: bad data stops at once
     policy, reference, processor = load_policy_and_reference(init_from, beta, grad_checkpointing, device, world,
-                                                             min_pixels, max_pixels, seed)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999),
-                                  fused=device.type == "cuda")
+                                                             min_pixels, max_pixels, seed, freeze_vision)
+    # only what trains: a frozen vision tower gets no AdamW moments
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=lr,
+                                  weight_decay=weight_decay, betas=(0.9, 0.999), fused=device.type == "cuda")
     loss_settings = dict(beta=beta, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip, loss_agg=loss_agg,
                          max_new_tokens=max_new_tokens, ratio_level=ratio_level)
     eval_sets = {}  # the same held-out prompts at every evaluation, this rank's share of them

@@ -9,7 +9,7 @@ import torch
 
 import evaluate
 import grpo
-from conftest import write_records
+from conftest import weights_and_optimizer_after, write_records
 from records import load_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -209,6 +209,20 @@ def test_grpo_script_logs_and_resumes_exactly(tiny_checkpoint, records_file, tmp
     resumed = run_grpo(crashed, tiny_checkpoint, records_file, "--max_steps=3", "--resume=True")
     for key in ("reward_mean", "kl", "loss", "grad_norm", "response_length"):
         assert abs(full[2][key] - resumed[2][key]) <= 1e-6, key
+
+
+def test_freeze_vision_keeps_the_vision_tower_bit_identical_and_out_of_the_optimizer(tiny_checkpoint, records_file,
+                                                                                     tmp_path):
+    """Two steps with --freeze_vision=True, the second with a gradient: every vision weight (blocks, mergers, patch and
+    position embeddings) is bit-identical to the start, every other weight moved, and AdamW holds state and a group
+    entry for exactly the weights that moved. Fails if the tower still trains (requires_grad left on, or turned off
+    on the reference instead of the policy) or the optimizer is handed the frozen parameters anyway."""
+    out = str(tmp_path / "frozen")
+    log = run_grpo(out, tiny_checkpoint, records_file, "--max_steps=2", "--freeze_vision=True")
+    assert log[-1]["grad_norm"] > 0
+    changed, kept, held = weights_and_optimizer_after(tiny_checkpoint, out)
+    assert kept and all(".visual." in name for name in kept)
+    assert changed and held == changed and not any(".visual." in name for name in changed)
 
 
 def run_wiring(tmp_path, *args):
