@@ -51,7 +51,7 @@ from data import epoch_order, generation_kwargs, open_records, prompt_batch, tin
 from model import (all_reduce_mean, autocast, barrier, build_tiny, compute_dtype, gathered, init_distributed,
                    latest_checkpoint, load_model, next_token_logprobs, open_training_log, print0,
                    resume_training_checkpoint, save_training_checkpoint, wrap_fsdp)
-from records import GROUNDING_TASKS, reference_answer, task_of
+from records import GROUNDING_TASKS, question, record_id, reference_answer, task_of
 import rewards
 
 # model and data
@@ -90,6 +90,7 @@ ratio_level = "token"     # token (GRPO) | sequence (GSPO: one length-normalized
 tis_cap = 0.0             # truncated importance sampling: weigh by min(pi_old / pi_rollout, tis_cap) (0: off)
 filter_groups = 0         # DAPO dynamic sampling: draw k x P prompts, keep P groups whose rewards spread (0: off)
 overlong = "keep"         # keep | mask: answers cut at max_new_tokens are left out of the loss (DAPO)
+log_rollouts = 0          # groups per step written to out_dir/rollouts.jsonl: the first N of rank 0's share (0: off)
 max_steps = 100           # steps to train (0 is refused: prompts never run out, so there is no end of the data)
 eval_every = 25           # greedy reward on fixed held-out prompts every N steps and at the end (0: never)
 n_eval = 64               # held-out prompts per task for that ("synthetic" data: its val split)
@@ -436,6 +437,27 @@ def step_log(step_task, records, reward_list, components, batch, stats, times, r
     return log
 
 
+def rollout_lines(step, records, completions, reward_list, components, advantages, batch, n_groups, image_size):
+    """rollouts.jsonl's lines of the first `n_groups` groups of this rank's batch: each prompt (id, task, question,
+    gold answer, image: a file's path, and for a synthetic study made in memory its seed and size) with its G answers,
+    their rewards and the reward's components, advantages, lengths in tokens (the EOS included) and whether they ran
+    out of tokens."""
+    group_ids, advantages = batch["group_ids"].tolist(), advantages.tolist()
+    lengths, truncated = batch["completion_mask"].sum(1).tolist(), batch["truncated"].tolist()
+    lines = []
+    for g in list(dict.fromkeys(group_ids))[:n_groups]:
+        record = records[g]
+        image = {"image": record.get("image")}
+        if record.get("image_array") is not None:  # not in a file: synthetic.study_of makes it again
+            image.update(study_seed=record["study_seed"], image_size=image_size)
+        answers = [dict(text=completions[j], reward=reward_list[j], components={k: v[j] for k, v in components.items()},
+                        advantage=advantages[j], length=lengths[j], truncated=truncated[j])
+                   for j, h in enumerate(group_ids) if h == g]
+        lines.append({"step": step, "id": record_id(record), "task": task_of(record), "prompt": question(record),
+                      "reference": reference_answer(record), **image, "completions": answers})
+    return lines
+
+
 def load_policy_and_reference(init_from, beta, grad_checkpointing, device, world, min_pixels, max_pixels, seed,
                               freeze_vision=False):
     """The trained policy in fp32 (master weights; bf16 compute on GPU: an update of lr 1e-6 is below a bf16
@@ -497,6 +519,7 @@ def main():
     if master:
         os.makedirs(out_dir, exist_ok=True)
         log_file = open_training_log(out_dir, step)
+        rollouts_file = open_training_log(out_dir, step, "rollouts.jsonl") if log_rollouts else None
     print0(f"grpo: {task} prompts, {prompts_per_step} x {group_size} rollouts per step on {world} rank(s), "
            f"{prompts_per_step // mini_batch} update(s) per step, beta {beta}, reward {report_reward}/soft-F1 IoU, "
            f"thinking {thinking}")
@@ -531,7 +554,7 @@ def main():
         if filter_groups:  # this rank's share of the groups whose rewards spread: the others teach nothing
             rows, drawn = groups_with_spread(reward_list, batch["group_ids"].tolist(), prompts_per_step // world)
             batch = {k: v for k, v in select(batch, torch.tensor(rows, device=device)).items() if k != "pixel_values"}
-            reward_list = [reward_list[j] for j in rows]
+            reward_list, completions = [reward_list[j] for j in rows], [completions[j] for j in rows]
             components = {k: [v[j] for j in rows] for k, v in components.items()}
         if overlong == "mask":
             batch["loss_mask"] = batch["completion_mask"] & ~batch["truncated"][:, None]
@@ -559,6 +582,10 @@ def main():
         if master:
             log_file.write(json.dumps({"step": step, "task": step_task, **log}) + "\n")
             log_file.flush()
+            if rollouts_file:
+                rollouts_file.write("".join(json.dumps(line) + "\n" for line in rollout_lines(
+                    step, records, completions, reward_list, components, advantages, batch, log_rollouts, image_size)))
+                rollouts_file.flush()
             bar.set_postfix(reward=f"{log['reward_mean']:.3f}", kl=f"{log['kl']:.4f}",
                             len=f"{log['response_length']:.0f}")
             bar.update(1)
