@@ -24,6 +24,12 @@ from TRL, verl and EasyR1, each a setting of the same name, off by default:
     filter_groups=k       draw k x P prompts, keep the first P groups whose G rewards spread (std > 1e-6): DAPO's
                           dynamic sampling, which tests the spread, not the mean, so a negative reward works too
 
+Two more settings, also off by default: freeze_vision=True keeps the vision tower (blocks and mergers) fixed, with no
+gradients and no AdamW state (as in sft.py); log_rollouts=N writes the first N groups of rank 0's share of each step to
+out_dir/rollouts.jsonl, one line a group (question, gold answer, image, and each answer's text, reward with its
+components, advantage, length and truncation), which `python sample.py --rollouts=out/grpo/rollouts.jsonl --step=10`
+draws.
+
     python grpo.py                                                     # CPU, after `python sft.py`
     python grpo.py --task=grounding --thinking=True --init_from=out/coldstart/model --max_new_tokens=224
     python grpo.py config/grpo_report_paper.py --init_from=RadVLM-8B   # 1 GPU (small P for memory)
