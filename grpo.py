@@ -24,6 +24,12 @@ from TRL, verl and EasyR1, each a setting of the same name, off by default:
     filter_groups=k       draw k x P prompts, keep the first P groups whose G rewards spread (std > 1e-6): DAPO's
                           dynamic sampling, which tests the spread, not the mean, so a negative reward works too
 
+Two more settings, also off by default: freeze_vision=True keeps the vision tower (blocks and mergers) fixed, with no
+gradients and no AdamW state (as in sft.py); log_rollouts=N writes the first N groups of rank 0's share of each step to
+out_dir/rollouts.jsonl, one line a group (question, gold answer, image, and each answer's text, reward with its
+components, advantage, length and truncation), which `python sample.py --rollouts=out/grpo/rollouts.jsonl --step=10`
+draws.
+
     python grpo.py                                                     # CPU, after `python sft.py`
     python grpo.py --task=grounding --thinking=True --init_from=out/coldstart/model --max_new_tokens=224
     python grpo.py config/grpo_report_paper.py --init_from=RadVLM-8B   # 1 GPU (small P for memory)
@@ -48,11 +54,11 @@ from transformers import TopPLogitsWarper
 
 from configurator import configure
 from data import epoch_order, generation_kwargs, open_records, prompt_batch, tiny_corpus
+from evaluate import held_out_prompts, held_out_rewards
 from model import (all_reduce_mean, autocast, barrier, build_tiny, compute_dtype, gathered, init_distributed,
                    latest_checkpoint, load_model, next_token_logprobs, open_training_log, print0,
                    resume_training_checkpoint, save_training_checkpoint, wrap_fsdp)
-from evaluate import held_out_prompts, held_out_rewards
-from records import TASK_GROUPS, reference_answer, task_of
+from records import TASK_GROUPS, question, record_id, reference_answer, task_of
 import rewards
 
 # model and data
@@ -80,6 +86,7 @@ lr = 5e-5                 # constant (the paper: 1e-6 on 8B)
 weight_decay = 0.01
 grad_clip = 1.0           # clip the global gradient norm (0: off)
 grad_checkpointing = False  # recompute activations in the backward pass (needed for long answers on real models)
+freeze_vision = False     # keep the vision tower (blocks and mergers) fixed: no gradients, no AdamW state, as in sft.py
 beta = 0.01               # KL weight; 0 loads no reference model at all
 eps_low = 0.2
 eps_high = 0.28
@@ -90,6 +97,7 @@ ratio_level = "token"     # token (GRPO) | sequence (GSPO: one length-normalized
 tis_cap = 0.0             # truncated importance sampling: weigh by min(pi_old / pi_rollout, tis_cap) (0: off)
 filter_groups = 0         # DAPO dynamic sampling: draw k x P prompts, keep P groups whose rewards spread (0: off)
 overlong = "keep"         # keep | mask: answers cut at max_new_tokens are left out of the loss (DAPO)
+log_rollouts = 0          # groups per step written to out_dir/rollouts.jsonl: the first N of rank 0's share (0: off)
 max_steps = 100           # steps to train (0 is refused: prompts never run out, so there is no end of the data)
 eval_every = 25           # greedy reward on fixed held-out prompts every N steps and at the end (0: never)
 n_eval = 64               # held-out prompts per task for that, from val_data
@@ -417,10 +425,33 @@ def step_log(step_task, records, reward_list, components, batch, stats, times, r
     return log
 
 
-def load_policy_and_reference(init_from, beta, grad_checkpointing, device, world, min_pixels, max_pixels, seed):
+def rollout_lines(step, records, completions, reward_list, components, advantages, batch, n_groups, image_size):
+    """rollouts.jsonl's lines of the first `n_groups` groups of this rank's batch: each prompt (id, task, question,
+    gold answer, image: a file's path, and for a synthetic study made in memory its seed and size) with its G answers,
+    their rewards and the reward's components, advantages, lengths in tokens (the EOS included) and whether they ran
+    out of tokens."""
+    group_ids, advantages = batch["group_ids"].tolist(), advantages.tolist()
+    lengths, truncated = batch["completion_mask"].sum(1).tolist(), batch["truncated"].tolist()
+    lines = []
+    for g in list(dict.fromkeys(group_ids))[:n_groups]:
+        record = records[g]
+        image = {"image": record.get("image")}
+        if record.get("image_array") is not None:  # not in a file: synthetic.study_of makes it again
+            image.update(study_seed=record["study_seed"], image_size=image_size)
+        answers = [dict(text=completions[j], reward=reward_list[j], components={k: v[j] for k, v in components.items()},
+                        advantage=advantages[j], length=lengths[j], truncated=truncated[j])
+                   for j, h in enumerate(group_ids) if h == g]
+        lines.append({"step": step, "id": record_id(record), "task": task_of(record), "prompt": question(record),
+                      "reference": reference_answer(record), **image, "completions": answers})
+    return lines
+
+
+def load_policy_and_reference(init_from, beta, grad_checkpointing, device, world, min_pixels, max_pixels, seed,
+                              freeze_vision=False):
     """The trained policy in fp32 (master weights; bf16 compute on GPU: an update of lr 1e-6 is below a bf16
     weight's precision), its frozen starting point for the KL term (None when beta is 0; bf16 on GPU is enough),
-    both sharded over the ranks, and the processor. On N ranks only rank 0 reads the weights (model.wrap_fsdp)."""
+    both sharded over the ranks, and the processor. On N ranks only rank 0 reads the weights (model.wrap_fsdp).
+    With freeze_vision the policy's vision tower requires no gradient (set before sharding, as in sft.py)."""
     def load(dtype):
         if init_from == "tiny":
             return build_tiny(texts=tiny_corpus(), seed=seed, min_pixels=min_pixels, max_pixels=max_pixels)
@@ -433,6 +464,7 @@ def load_policy_and_reference(init_from, beta, grad_checkpointing, device, world
                          f"Run `python sft.py` first, or pass --init_from=CHECKPOINT_DIR (or --init_from=tiny).")
     if grad_checkpointing:
         policy.gradient_checkpointing_enable()
+    policy.model.visual.requires_grad_(not freeze_vision)
     reference = load(None)[0].eval().requires_grad_(False) if beta > 0 else None
     for model in [m for m in (policy, reference) if m is not None]:
         if world > 1:
@@ -455,9 +487,10 @@ def main():
     step_tasks = ["report", "grounding"] if task == "both" else [task]  # "both": steps alternate between them
     pools = prompt_pools(data, step_tasks, "train", n_train, image_size)  # before the model: bad data stops at once
     policy, reference, processor = load_policy_and_reference(init_from, beta, grad_checkpointing, device, world,
-                                                             min_pixels, max_pixels, seed)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999),
-                                  fused=device.type == "cuda")
+                                                             min_pixels, max_pixels, seed, freeze_vision)
+    # only what trains: a frozen vision tower gets no AdamW moments
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=lr,
+                                  weight_decay=weight_decay, betas=(0.9, 0.999), fused=device.type == "cuda")
     loss_settings = dict(beta=beta, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip, loss_agg=loss_agg,
                          max_new_tokens=max_new_tokens, ratio_level=ratio_level)
     # the same held-out prompts at every evaluation, this rank's share of them
@@ -471,6 +504,7 @@ def main():
     if master:
         os.makedirs(out_dir, exist_ok=True)
         log_file = open_training_log(out_dir, step)
+        rollouts_file = open_training_log(out_dir, step, "rollouts.jsonl") if log_rollouts else None
     print0(f"grpo: {task} prompts, {prompts_per_step} x {group_size} rollouts per step on {world} rank(s), "
            f"{prompts_per_step // mini_batch} update(s) per step, beta {beta}, reward {report_reward}/soft-F1 IoU, "
            f"thinking {thinking}")
@@ -505,7 +539,7 @@ def main():
         if filter_groups:  # this rank's share of the groups whose rewards spread: the others teach nothing
             rows, drawn = groups_with_spread(reward_list, batch["group_ids"].tolist(), prompts_per_step // world)
             batch = {k: v for k, v in select(batch, torch.tensor(rows, device=device)).items() if k != "pixel_values"}
-            reward_list = [reward_list[j] for j in rows]
+            reward_list, completions = [reward_list[j] for j in rows], [completions[j] for j in rows]
             components = {k: [v[j] for j in rows] for k, v in components.items()}
         if overlong == "mask":
             batch["loss_mask"] = batch["completion_mask"] & ~batch["truncated"][:, None]
@@ -533,6 +567,10 @@ def main():
         if master:
             log_file.write(json.dumps({"step": step, "task": step_task, **log}) + "\n")
             log_file.flush()
+            if rollouts_file:
+                rollouts_file.write("".join(json.dumps(line) + "\n" for line in rollout_lines(
+                    step, records, completions, reward_list, components, advantages, batch, log_rollouts, image_size)))
+                rollouts_file.flush()
             bar.set_postfix(reward=f"{log['reward_mean']:.3f}", kl=f"{log['kl']:.4f}",
                             len=f"{log['response_length']:.0f}")
             bar.update(1)

@@ -758,11 +758,12 @@ def resume_training_checkpoint(out_dir, model, optimizer):
     return None, None
 
 
-def open_training_log(out_dir, step):
-    """out_dir/log.jsonl opened for appending, holding only the lines of the steps up to `step`, where this run starts:
-    a run that resumes from a checkpoint trains the steps after it again, so their lines (and one cut short by a kill)
-    go, and the log ends as an uninterrupted run's; a run from step 0 starts a new log."""
-    path = os.path.join(out_dir, "log.jsonl")
+def open_training_log(out_dir, step, name="log.jsonl"):
+    """out_dir/name (a JSONL file whose lines each hold a "step") opened for appending, holding only the lines of the
+    steps up to `step`, where this run starts: a run that resumes from a checkpoint trains the steps after it again, so
+    their lines (and one cut short by a kill) go, and the log ends as an uninterrupted run's; a run from step 0 starts
+    a new log."""
+    path = os.path.join(out_dir, name)
     kept = []
     if step and os.path.exists(path):
         for line in open(path):

@@ -275,3 +275,8 @@ def make_record(rid, image, question, answer, task, **ground_truth):
 
 def reference_answer(record):
     return record["conversations"][-1]["value"]
+
+
+def question(record):
+    """The last question asked, without its image slot."""
+    return [t["value"] for t in record["conversations"] if t["from"] == "human"][-1].replace("<image>", "").strip()

@@ -22,6 +22,11 @@ Terms, per GPU, with N GPUs under FSDP2 (full sharding), as sft.py / grpo.py tra
              model.gathered instead of layer by layer at every generated token (one GPU: autocast's copies)
 GRPO never generates and trains at once, so its total is the larger of the two phases: states + ref + generating +
 KV cache, and states + ref + gathered + grads + activations + logits.
+Frozen vision (grpo.py --freeze_vision=True, the row "GRPO report, frozen vision"): the vision tower (blocks, mergers,
+patch and position embeddings) keeps only its fp32 weights, 4 bytes x its params / N instead of 16 (no gradients,
+no AdamW moments; grpo.py loads the whole policy in fp32 and does not cast the tower to bf16, which would halve
+that); the root's gradient in "grads" loses the tower's part of the root (mergers and embeddings). The rest is
+unchanged: the tower still computes in bf16 and is gathered for generation.
 """
 import os
 import sys
@@ -43,15 +48,17 @@ GROUP = 8
 
 
 def parameter_counts(shape):
-    """(all, one decoder layer, the root: what is neither a decoder layer nor a vision block)."""
+    """(all, one decoder layer, the root: what is neither a decoder layer nor a vision block, the vision tower, the
+    tower's part of the root: mergers, patch and position embeddings)."""
     model, _ = build_random(shape)  # on the meta device: shapes only
     params = sum(p.numel() for p in model.parameters())
     layer = sum(p.numel() for p in model.model.language_model.layers[0].parameters())
     blocks = sum(p.numel() for b in model.model.visual.blocks for p in b.parameters())
-    return params, layer, params - layer * QWEN3_VL_SHAPES[shape]["num_layers"] - blocks
+    vision = sum(p.numel() for p in model.model.visual.parameters())
+    return params, layer, params - layer * QWEN3_VL_SHAPES[shape]["num_layers"] - blocks, vision, vision - blocks
 
 
-def parts(shape, params, layer, root, n_gpus):
+def parts(shape, params, layer, root, vision, vision_root, n_gpus):
     s = QWEN3_VL_SHAPES[shape]
     h, inter, n_layers = s["hidden_size"], s["intermediate_size"], s["num_layers"]
     kv = s["num_kv_heads"] * s["head_dim"]
@@ -69,6 +76,9 @@ def parts(shape, params, layer, root, n_gpus):
                      "activations": checkpointed(c["micro"] * length), "logits": logits(c["micro"] * c["answer"], 16),
                      "kv_cache": c["chunk"] * GROUP * length * n_layers * 2 * kv * 2,
                      "generating": 2 * params}
+    rows["GRPO report, frozen vision"] = {**rows["GRPO report"],
+                                         "states": (16 * (params - vision) + 4 * vision) / n_gpus,
+                                         "grads": 6 * (root - vision_root) if n_gpus > 1 else 0}
     return rows
 
 
@@ -86,10 +96,13 @@ def total(terms):
 print("| model | params | stage | GPUs | states | ref | gathered | grads | activations | logits | generating | "
       "KV cache | total | fits 80 GB / 141 GB |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+saved = {}  # model: (its vision params, the GiB per GPU that freezing them saves in GRPO report's peak, per GPU count)
 for shape in QWEN3_VL_SHAPES:
-    params, layer, root = parameter_counts(shape)
+    params, layer, root, vision, vision_root = parameter_counts(shape)
     for n_gpus in gpus:
-        rows = parts(shape, params, layer, root, n_gpus)
+        rows = parts(shape, params, layer, root, vision, vision_root, n_gpus)
+        saved.setdefault(shape.upper(), (vision, []))[1].append(
+            f"{(total(rows['GRPO report']) - total(rows['GRPO report, frozen vision'])) / GiB:.1f} GiB on {n_gpus}")
         for stage, terms in rows.items():
             peak = total(terms) + GiB  # + CUDA context
             cells = " | ".join(f"{terms[k] / GiB:.1f}" if k in terms else "-" for k in
@@ -102,3 +115,5 @@ print(f"\nSFT: one {SFT_ROW}-token row per micro-step. GRPO report / grounding: 
       f"{RUNS['GRPO report']['micro']} / {RUNS['GRPO grounding']['micro']} sequences, generation in chunks of "
       f"{RUNS['GRPO report']['chunk']} / {RUNS['GRPO grounding']['chunk']} prompts x {GROUP} samples (micro_batch, "
       f"generate_batch in config/); all GiB per GPU, estimated.")
+cuts = [f"{shape} ({vision / 1e6:.0f} M vision params) {', '.join(c)} GPU(s)" for shape, (vision, c) in saved.items()]
+print(f"A frozen vision tower lowers GRPO report's peak per GPU by {'; '.join(cuts)}.")

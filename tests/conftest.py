@@ -67,3 +67,19 @@ def write_records(folder, n, bad=False):
     with open(path, "w") as f:
         f.write("".join(json.dumps(r) + "\n" for r in records))
     return path
+
+
+def weights_and_optimizer_after(start_checkpoint, out_dir):
+    """What a run in out_dir changed: (names of the weights its latest checkpoint holds changed from start_checkpoint's,
+    names of those it kept bit for bit, names of the parameters its optimizer holds: AdamW state or a group entry)."""
+    import glob
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    latest = os.path.join(out_dir, open(os.path.join(out_dir, "latest")).read().strip())
+    weights = [{k: v for f in glob.glob(os.path.join(folder, "*.safetensors")) for k, v in load_file(f).items()}
+               for folder in (start_checkpoint, latest)]
+    changed = {k for k, v in weights[0].items() if not torch.equal(v, weights[1][k])}
+    dcp_to_torch_save(os.path.join(latest, "train_state"), os.path.join(out_dir, "train_state.pt"))
+    optimizer = torch.load(os.path.join(out_dir, "train_state.pt"), weights_only=True)["optimizer"]
+    held = set(optimizer["state"]) | {name for group in optimizer["param_groups"] for name in group["params"]}
+    return changed, set(weights[0]) - changed, held

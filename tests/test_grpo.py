@@ -9,7 +9,7 @@ import torch
 
 import evaluate
 import grpo
-from conftest import write_records
+from conftest import weights_and_optimizer_after, write_records
 from records import load_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -211,14 +211,28 @@ def test_grpo_script_logs_and_resumes_exactly(tiny_checkpoint, records_file, tmp
         assert abs(full[2][key] - resumed[2][key]) <= 1e-6, key
 
 
+def test_freeze_vision_keeps_the_vision_tower_bit_identical_and_out_of_the_optimizer(tiny_checkpoint, records_file,
+                                                                                     tmp_path):
+    """Two steps with --freeze_vision=True, the second with a gradient: every vision weight (blocks, mergers, patch and
+    position embeddings) is bit-identical to the start, every other weight moved, and AdamW holds state and a group
+    entry for exactly the weights that moved. Fails if the tower still trains (requires_grad left on, or turned off
+    on the reference instead of the policy) or the optimizer is handed the frozen parameters anyway."""
+    out = str(tmp_path / "frozen")
+    log = run_grpo(out, tiny_checkpoint, records_file, "--max_steps=2", "--freeze_vision=True")
+    assert log[-1]["grad_norm"] > 0
+    changed, kept, held = weights_and_optimizer_after(tiny_checkpoint, out)
+    assert kept and all(".visual." in name for name in kept)
+    assert changed and held == changed and not any(".visual." in name for name in changed)
+
+
 def run_wiring(tmp_path, *args):
-    """grpo.py's loop for 2 steps of 4 samples per prompt through tests/grpo_wiring_worker.py: (what each step handed
-    on, log.jsonl)."""
+    """grpo.py's loop for 2 steps of 4 samples per prompt through tests/grpo_wiring_worker.py (`args` come last, so
+    they may change those): (what each step handed on, log.jsonl)."""
     out = str(tmp_path / "steps.json")
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "grpo_wiring_worker.py"), out, *args,
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "grpo_wiring_worker.py"), out,
                            "--group_size=4", "--max_new_tokens=10", "--max_steps=2", "--eval_every=0", "--save_every=0",
-                           f"--out_dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=300, cwd=ROOT,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                           f"--out_dir={tmp_path / 'run'}", *args], capture_output=True, text=True, timeout=300,
+                          cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.load(open(out)), [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
 
@@ -257,6 +271,47 @@ def test_switches_run_in_the_loop(tiny_checkpoint, records_file, tmp_path):
     assert any(abs(a) > 0 for a in steps[0]["advantages"])  # there was something to learn, but all of it was cut
     _, log = run_wiring(tmp_path / "gspo_tis", *common, "--ratio_level=sequence", "--tis_cap=2.0")
     assert all(r["grad_norm"] > 0 and 0 <= r["mismatch_kl"] < 0.1 and "clip_frac_high" in r for r in log)
+
+
+def test_logged_rollouts_are_the_groups_each_step_trained_on(tiny_checkpoint, records_file, tmp_path):
+    """--log_rollouts=N: N lines a step in rollouts.jsonl, each a prompt (id, question, gold answer, image file) with
+    its answers as the update saw them: the texts sampled, the rewards scored and their components, the advantages
+    trained on, lengths and truncation; with every group logged the rewards average to the logged reward_mean. With
+    filter_groups the lines hold the groups kept, each answer next to its own reward. Fails if a line pairs a text
+    with another answer's reward, advantage or component (as when filter_groups picks rows of the rewards but not of
+    the texts), or logs a step under another step's number."""
+    common = [f"--init_from={tiny_checkpoint}", f"--data={records_file}", "--task=report", "--prompts_per_step=4",
+              "--mini_batch=2"]
+    steps, log = run_wiring(tmp_path / "all", *common, "--log_rollouts=4")
+    lines = [json.loads(line) for line in open(tmp_path / "all" / "run" / "rollouts.jsonl")]
+    assert [line["step"] for line in lines] == [1] * 4 + [2] * 4
+    for step, logged in zip(steps, log):
+        mine = [line for line in lines if line["step"] == logged["step"]]
+        answers = [answer for line in mine for answer in line["completions"]]
+        assert [line["reference"] for line in mine] == step["golds"]
+        assert [a["text"] for a in answers] == step["completions"] and [a["reward"] for a in answers] == step["rewards"]
+        assert [a["advantage"] for a in answers] == pytest.approx(step["advantages"], abs=1e-6)
+        assert sum(a["reward"] for a in answers) / len(answers) == pytest.approx(logged["reward_mean"], abs=1e-6)
+        for line in mine:
+            assert line["prompt"] == "Write a radiology report." and os.path.isfile(line["image"])
+            rewards = torch.tensor([a["reward"] for a in line["completions"]])
+            expected = (rewards - rewards.mean()) / (rewards.std() + 1e-6)
+            assert [a["advantage"] for a in line["completions"]] == pytest.approx(expected.tolist(), abs=1e-5)
+        for a in answers:
+            assert a["components"] == {"words": len(a["text"].split())}
+            assert 1 <= a["length"] <= 10 and (a["length"] == 10 if a["truncated"] else True)
+    steps, log = run_wiring(tmp_path / "filter", *common, "--filter_groups=2", "--log_rollouts=4", "--group_size=2",
+                            "--max_new_tokens=3", "--seed=1")  # answers of 0 to 3 words: some groups do not spread
+    lines = [json.loads(line) for line in open(tmp_path / "filter" / "run" / "rollouts.jsonl")]
+    reordered = 0
+    for step, logged in zip(steps, log):
+        rows, _ = grpo.groups_with_spread(step["rewards"], step["group_ids"], 4)  # the rows the update trained on
+        answers = [answer for line in lines if line["step"] == logged["step"] for answer in line["completions"]]
+        assert [a["text"] for a in answers] == [step["completions"][j] for j in rows]
+        assert [a["reward"] for a in answers] == [step["rewards"][j] for j in rows]
+        assert [a["advantage"] for a in answers] == pytest.approx(step["advantages"], abs=1e-6)
+        reordered += rows != list(range(len(rows)))
+    assert reordered  # a group was left out before a kept one, so kept row j is not drawn row j
 
 
 def test_every_grounding_step_takes_prompts_of_each_grounding_task(tiny_checkpoint, tmp_path):

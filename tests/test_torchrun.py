@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import write_records
+from conftest import weights_and_optimizer_after, write_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -73,11 +73,13 @@ def test_sft_on_two_ranks_saves_and_resumes_exactly(tiny_checkpoint, records_fil
 
 def test_grpo_on_two_ranks_steps_evaluates_saves_and_resumes_exactly(tiny_checkpoint, tmp_path):
     """Image prompts of the synthetic world, 3 steps (so rollouts come from an updated, resharded policy), greedy
-    held-out rewards at steps 0, 2 and 3, a checkpoint every step, and a resume from step 2."""
+    held-out rewards at steps 0, 2 and 3, a checkpoint every step, and a resume from step 2. rollouts.jsonl (one
+    group a step, --log_rollouts=1) is written by rank 0 alone and ends after the resume as the uninterrupted run's:
+    fails if both ranks write it, or if the resumed run appends step 3 again after the killed run's step 3."""
     out = str(tmp_path / "grpo")
     args = [f"--init_from={tiny_checkpoint}", "--data=synthetic", "--n_train=48", "--n_eval=4", "--task=both",
             "--prompts_per_step=4", "--mini_batch=2", "--micro_batch=3", "--group_size=3", "--max_new_tokens=12",
-            "--lr=1e-3", "--max_steps=3", "--eval_every=2", "--save_every=1"]
+            "--lr=1e-3", "--max_steps=3", "--eval_every=2", "--save_every=1", "--log_rollouts=1"]
     run("grpo.py", 2, *args, f"--out_dir={out}")
     full = {r["step"]: r for r in log(out)}
     assert sorted(full) == [0, 1, 2, 3]
@@ -91,6 +93,25 @@ def test_grpo_on_two_ranks_steps_evaluates_saves_and_resumes_exactly(tiny_checkp
     for key in ("reward_mean", "kl", "loss", "grad_norm", "response_length", "entropy", "val_reward_report",
                 "val_reward_grounding"):
         assert abs(full[3][key] - resumed[3][key]) <= 1e-6, key
+    rollouts = [open(os.path.join(d, "rollouts.jsonl")).read() for d in (out, resumed_dir)]
+    steps = [json.loads(line)["step"] for line in rollouts[0].splitlines()]
+    assert steps == [1, 2, 3] and rollouts[1] == rollouts[0]
+    assert all(len(json.loads(line)["completions"]) == 3 for line in rollouts[0].splitlines())
+
+
+def test_grpo_on_two_ranks_with_a_frozen_vision_tower_keeps_it_bit_identical(tiny_checkpoint, tmp_path):
+    """--freeze_vision=True under FSDP2 on 2 ranks, 2 steps: the saved vision weights (blocks, mergers, patch and
+    position embeddings) are bit-identical to the starting checkpoint's, every other weight moved, and the sharded
+    AdamW state covers exactly those. Fails if the tower still trains or holds AdamW state once sharded, or if
+    clipping or the reduce-scatter trips over the parameters that have no gradient."""
+    out = str(tmp_path / "frozen")
+    run("grpo.py", 2, f"--init_from={tiny_checkpoint}", "--data=synthetic", "--n_train=48", "--task=both",
+        "--prompts_per_step=4", "--mini_batch=2", "--micro_batch=3", "--group_size=3", "--max_new_tokens=12",
+        "--lr=1e-3", "--max_steps=2", "--eval_every=0", "--save_every=2", "--freeze_vision=True", f"--out_dir={out}")
+    assert log(out)[-1]["grad_norm"] > 0
+    changed, kept, held = weights_and_optimizer_after(tiny_checkpoint, out)
+    assert kept and all(".visual." in name for name in kept)
+    assert changed and held == changed and not any(".visual." in name for name in changed)
 
 
 def test_grpo_ranks_share_out_the_prompts_of_a_step(tiny_checkpoint, records_file, tmp_path):
