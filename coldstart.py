@@ -12,11 +12,13 @@ cold-start SFT on them is sft.py with the config file config/coldstart.py, as na
     python coldstart.py && python sft.py config/coldstart.py                    # CPU: rule-based teacher
     python coldstart.py --teacher=Qwen3-VL-32B-Instruct --data=train.jsonl      # 1 GPU: a local teacher VLM
     torchrun --nproc_per_node=8 coldstart.py --teacher=... --data=...           # traces sharded over ranks
-    torchrun --nproc_per_node=8 sft.py config/coldstart.py --init_from=out/sft_paper --max_pixels=262144
+    bash runs/paper.sh                                                          # the paper's stage 2 on GPUs
 
 The offline default teacher reads the synthetic world's ground truth (every finding, its side, size and
 box; the anatomy) and writes a genuine systematic review: what is looked at, what is seen, where, hence the
-answer. Restarting skips records whose traces are already written.
+answer. On other records (converted datasets) it writes the review from the record's own annotations, its CheXpert
+`labels` and its boxes; a record with neither gets no trace. Restarting skips records whose traces are already
+written.
 Deliberately left out: trace rewriting/cleaning by a second LLM, and rejection sampling of several traces.
 """
 
@@ -33,7 +35,7 @@ import rewards
 from model import barrier, init_distributed, load_model, print0
 from records import GROUNDING_TASKS, THINK_SUFFIX, parse_boxes, reference_answer, save_records, task_of
 
-teacher = "rule"          # "rule" (the synthetic world's ground truth) or a local VLM checkpoint dir
+teacher = "rule"          # "rule" (ground truth: the synthetic world's, a record's annotations) or a local VLM dir
 data = "synthetic"        # records to write traces for: "synthetic" or a .json/.jsonl file
 n_records = 3000          # synthetic records (report and grounding, as the paper's two trace sets)
 image_size = 128
@@ -56,7 +58,7 @@ TEACHER_PROMPT = (
 
 
 # ---------------------------------------------------------------------------------------------------
-# the rule-based teacher: a systematic review written from the synthetic world's ground truth
+# the rule-based teacher: a systematic review written from ground truth, the synthetic world's or a record's own
 
 def where(box):
     """Where a box lies in the patient's frame (the patient's right is on the image's left)."""
@@ -91,11 +93,49 @@ def rule_trace(record, study):
                           or "clear") + ".",
              "Pleura: " + ("; ".join(f"{describe(f)} in the {where(f['box'])}" for f in by_group["pleura"])
                            or "no effusion, no pneumothorax") + "."]
+    return " ".join(steps + answer_steps(record))
+
+
+def answer_steps(record):
+    """The last steps of a rule-based trace: where the asked-for structure is, or what the report states."""
     if record.get("task") in GROUNDING_TASKS:
-        steps += [f"The target is in the {where(box)}." for box in parse_boxes(reference_answer(record))]
+        return [f"The target is in the {where(box)}." for box in parse_boxes(reference_answer(record))]
+    return ["The report states each finding with its side and size, and the normal findings."]
+
+
+# the CheXpert observations (records.CHEXPERT_LABELS but "No Finding") in rule_trace's reading order, by part, with
+# what the part reads when none of them is present
+LABEL_REVIEW = {"Lines and tubes": (("Support Devices",), "none"),
+                "Heart": (("Cardiomegaly", "Enlarged Cardiomediastinum"), "normal size"),
+                "Lungs": (("Lung Opacity", "Lung Lesion", "Edema", "Consolidation", "Pneumonia", "Atelectasis"),
+                          "clear"),
+                "Pleura": (("Pleural Effusion", "Pneumothorax", "Pleural Other"), "no effusion, no pneumothorax"),
+                "Bones": (("Fracture",), "no fracture")}
+
+
+def annotation_trace(record):
+    """rule_trace for a record of any dataset, written from its own annotations: the parts of the film in the same
+    order, each with the observations its CheXpert `labels` state present (converters.chexpert_labels: uncertain
+    counts as present), then where each box of its answer lies. None for a record with no labels and no box to
+    point at (a report of a dataset without labels): there is nothing to reason from."""
+    labels, grounding = record.get("labels"), record.get("task") in GROUNDING_TASKS
+    if labels is None and not (grounding and parse_boxes(reference_answer(record))):
+        return None
+    if labels is None:  # the converters give grounding records boxes, not labels
+        review = ["Lines and tubes, heart, lungs and pleura are reviewed in turn, then the region the question names."]
     else:
-        steps.append("The report states each finding with its side and size, and the normal findings.")
-    return " ".join(steps)
+        review = [f"{part}: " + (", ".join(name.lower() for name in names if labels.get(name)) or normal) + "."
+                  for part, (names, normal) in LABEL_REVIEW.items()]
+    return " ".join(review + answer_steps(record))
+
+
+def rule_review(record, image_size):
+    """The rule-based teacher's trace: from the synthetic world's ground truth for its records (they carry the seed
+    of their study), from the record's annotations for any other, "" where it has none."""
+    if "study_seed" in record:
+        import synthetic
+        return rule_trace(record, synthetic.study_of(record, image_size))
+    return annotation_trace(record) or ""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -122,6 +162,8 @@ def check_trace(record, trace, final_answer, min_words, min_score):
     """None if the trace is kept, else the reason it is dropped."""
     if "<think>" in trace or "</think>" in trace:
         return "nested think tags"
+    if not trace:
+        return "no trace"
     if len(trace.split()) < min_words:
         return "too short"
     if final_answer is None:
@@ -142,9 +184,7 @@ def teacher_outputs(batch, model, processor, device, image_size, max_new_tokens,
     """The teacher's text for each record, a reasoning trace ending in "Final answer: ...", and the number of
     prompt tokens it read (None for the rule-based teacher)."""
     if model is None:  # the rule-based teacher
-        import synthetic
-        return [(rule_trace(r, synthetic.study_of(r, image_size)) + "\nFinal answer: " + reference_answer(r), None)
-                for r in batch]
+        return [(rule_review(r, image_size) + "\nFinal answer: " + reference_answer(r), None) for r in batch]
     asks = [{**r, "conversations": [{"from": "human", "value": "<image>\n" + TEACHER_PROMPT.format(
         min_words=min_words, question=r["conversations"][0]["value"].replace("<image>", "").strip(),
         answer=reference_answer(r))}, {"from": "gpt", "value": ""}]} for r in batch]
@@ -181,8 +221,6 @@ def write_traces(records, part_file, teach, generate_batch, min_words, min_score
 def main():
     configure(globals())
     rank, _, world, device = init_distributed()
-    if teacher == "rule" and data != "synthetic":
-        raise SystemExit("the rule-based teacher knows only the synthetic world; pass --teacher=PATH for other data")
     # the paper's two trace sets: report generation and grounding
     records = open_records(data, "train", n_records, image_size, tasks=("report", *GROUNDING_TASKS), scored=True)
     os.makedirs(out_dir, exist_ok=True)

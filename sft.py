@@ -222,7 +222,12 @@ def validate(step):
     return metrics
 
 
+saved_step = step if state else None  # the step of the newest checkpoint: a resumed run's is where it starts
+
+
 def save(step, cursor):
+    global saved_step
+    saved_step = step
     all_skipped = torch.tensor(float(skipped), device=device)
     if world > 1:
         torch.distributed.all_reduce(all_skipped)
@@ -312,7 +317,7 @@ while step < total_steps:
 bar.close()
 if (val_rows or val_prompts) and step % eval_every and step != total_steps:
     print0(f"final {json.dumps(validate(step))}")
-if save_every:
+if save_every and saved_step != step:  # not again where it was saved (a finished run resumed: nothing to do)
     save(step, cursor)
 print0(f"done: {step} steps, {tokens_seen} tokens, {skipped} records skipped; "
        + (f"model in {latest_checkpoint(out_dir)}" if save_every else "no checkpoint saved (--save_every=0)")

@@ -1,11 +1,11 @@
-# The paper's GRPO run for grounding: as the report run, with the soft-F1 IoU reward and 4096-token answers.
-#   torchrun --nproc_per_node=8 grpo.py config/grpo_grounding_paper.py \
-#       --init_from=out/sft_paper --data=grounding_train.jsonl
+# The paper's GRPO run for grounding: as the report run, with the soft-F1 IoU reward and 4096-token answers, on the
+# four grounding train files in one (runs/paper.sh, stage 5):
+#   torchrun --nproc_per_node=8 grpo.py config/grpo_grounding_paper.py --resume=True
 exec(open("config/grpo_report_paper.py").read())
 task = "grounding"
-data = "grounding_train.jsonl"
+data = "data/grounding_train.jsonl"
 max_new_tokens = 4096
 micro_batch = 2               # B x 4096 x 151,936 fp32 log-probs are the largest tensor
 generate_batch = 4
 max_steps = 600               # the paper trains 10 epochs of its grounding prompts; set from your data size
-out_dir = "out/grpo_grounding_paper"
+out_dir = "out/paper/grpo_grounding"

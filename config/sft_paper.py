@@ -1,7 +1,8 @@
-# The paper's stage 1 ("RadVLM"): full fine-tune of Qwen3-VL-8B-Instruct on the multi-task CXR instructions.
-#   torchrun --nproc_per_node=8 sft.py config/sft_paper.py --data=radvlm_train.jsonl --val_data=radvlm_val.jsonl
+# The paper's stage 1 ("RadVLM"): full fine-tune of Qwen3-VL-8B-Instruct on the multi-task CXR instructions, one epoch,
+# no validation set: the stages after it start from out_dir's latest step (runs/paper.sh, stage 3).
+#   torchrun --nproc_per_node=8 sft.py config/sft_paper.py --resume=True
 init_from = "Qwen/Qwen3-VL-8B-Instruct"
-data = "radvlm_train.jsonl"   # the authors' instruction records (RadVLM/LLaVA format), or your converters' output
+data = "data/radvlm_train.jsonl"  # runs/paper.sh: every converted train file (or the authors' instruction records)
 val_data = ""
 min_pixels = 1024
 max_pixels = 262144           # 512 x 512: at most 256 visual tokens per image
@@ -16,7 +17,7 @@ weight_decay = 0.0
 beta1, beta2 = 0.9, 0.999
 grad_clip = 1.0
 grad_checkpointing = True
-out_dir = "out/sft_paper"
+out_dir = "out/paper/sft"
 save_every = 1000
 eval_every = 1000
 window = 256

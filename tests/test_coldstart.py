@@ -3,7 +3,8 @@ import json
 import coldstart
 import synthetic
 from data import prompt_messages, to_messages
-from records import GROUNDING_TASKS, THINK_SUFFIX, parse_boxes, reference_answer
+from records import (CHEXPERT_LABELS, GROUNDING_TASKS, THINK_SUFFIX, location_answer, make_record, parse_boxes,
+                     reference_answer)
 
 
 def _records(n=12):
@@ -31,6 +32,51 @@ def test_rule_teacher_reviews_what_the_study_holds():
             assert "Lungs: clear." in trace and "Heart: normal size." in trace
         if record["task"] in GROUNDING_TASKS:
             assert trace.count("The target is in the") == len(parse_boxes(reference_answer(record)))
+
+
+def test_rule_teacher_traces_of_the_synthetic_world_are_unchanged():
+    """The teacher of converted records came in beside rule_trace; the synthetic world's traces, on which the cold
+    start of reproduce.sh and its recorded results rest, must stay word for word what they were before it."""
+    records = _records(12)
+    assert coldstart.rule_review(records[7], 128) == (
+        "Lines and tubes: none. Heart: normal size. Lungs: clear. Pleura: no effusion, no pneumothorax. The report "
+        "states each finding with its side and size, and the normal findings.")
+    assert coldstart.rule_review(records[0], 128) == (
+        "Lines and tubes: endotracheal tube. Heart: enlarged, severe cardiomegaly. Lungs: left atelectasis in the "
+        "patient's left lower zone, the image's right side; right mass in the patient's right middle zone, the "
+        "image's left side. Pleura: no effusion, no pneumothorax. The target is in the patient's right middle zone, "
+        "the image's left side.")
+
+
+def test_rule_teacher_writes_traces_from_a_converted_records_annotations(tmp_path):
+    """The rule-based teacher knew only the synthetic world (it regenerates a study from its seed), so on converted
+    datasets the cold start stopped, and on a CPU, where a teacher VLM is a random tiny model whose traces are all
+    dropped, runs/paper.sh had no stage 2. A record's own CheXpert labels and boxes are its ground truth now; a record
+    with neither is dropped with that reason, not stopped on."""
+    image = str(tmp_path / "cxr.png")
+    labels = {name: int(name in ("Cardiomegaly", "Edema")) for name in CHEXPERT_LABELS}
+    report = make_record("r", image, "Write a radiology report for this Chest X-ray.",
+                         "The heart is mildly enlarged. There is mild pulmonary edema. No pneumothorax.", "report",
+                         labels=labels)
+    box = [0.1, 0.1, 0.45, 0.8]
+    grounding = make_record("g", image, "Where is the right lung located in this Chest X-ray?",
+                            location_answer("right lung", [box]), "anatomical_grounding", boxes=[box])
+    unlabeled = make_record("u", image, "Write a radiology report for this Chest X-ray.", "Lungs are clear.", "report")
+    assert coldstart.annotation_trace(report) == (
+        "Lines and tubes: none. Heart: cardiomegaly. Lungs: edema. Pleura: no effusion, no pneumothorax. Bones: no "
+        "fracture. The report states each finding with its side and size, and the normal findings.")
+    assert coldstart.annotation_trace(grounding).endswith(
+        "The target is in the patient's right middle zone, the image's left side.")
+    assert coldstart.annotation_trace(unlabeled) is None
+    grouped = [name for names, _ in coldstart.LABEL_REVIEW.values() for name in names]
+    assert sorted(grouped) == sorted(set(CHEXPERT_LABELS) - {"No Finding"})  # every observation, once
+    part = str(tmp_path / "traces.rank0.jsonl")
+    teach = lambda batch: coldstart.teacher_outputs(batch, None, None, None, 128, 0, 20)  # noqa: E731
+    coldstart.write_traces([report, grounding, unlabeled], part, teach, generate_batch=4, min_words=20, min_score=0.5)
+    lines = [json.loads(line) for line in open(part)]
+    assert [(line["id"], line["kept"], line["reason"]) for line in lines] == [
+        ("r", True, None), ("g", True, None), ("u", False, "no trace")]
+    assert reference_answer(lines[1]["record"]).endswith(reference_answer(grounding))
 
 
 def test_filter_keeps_good_traces_and_names_the_reason_for_others():
