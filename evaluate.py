@@ -56,7 +56,8 @@ from data import generation_kwargs, load_image, open_records, prompt_batch, tiny
 from model import (all_reduce_mean, autocast, build_tiny, gathered, init_distributed, latest_checkpoint,
                    load_model, print0)
 from pictures import contact_sheet, draw_curves
-from records import GROUNDING_TASKS, TASK_GROUPS, box_iou, has_image, parse_boxes, record_id, reference_answer, task_of
+from records import (GROUNDING_TASKS, TASK_GROUPS, RecordError, box_iou, has_image, parse_boxes, record_id,
+                     reference_answer, task_of)
 
 # model and data
 init_from = "out/sft"     # "tiny", a training out dir (its latest step), a checkpoint dir, or a hub id
@@ -306,11 +307,28 @@ def held_out_prompts(source, n, image_size, tasks=tuple(TASK_GROUPS), rank=0, wo
     run; a task with no record there is left out."""
     prompts = {}
     for task in tasks:
-        records = open_records(source, "val", n, image_size, tasks=TASK_GROUPS[task], scored=True)
-        shared = min(n, len(records)) // world * world  # every rank the same number: they generate in step
+        records = readable(open_records(source, "val", n, image_size, tasks=TASK_GROUPS[task], scored=True), n)
+        shared = len(records) // world * world  # every rank the same number: they generate in step
         if shared:
             prompts[task] = [records[i] for i in range(rank, shared, world)]
     return prompts
+
+
+def readable(records, n):
+    """The first n of `records` whose image can be read, the others named: a prompt batch is read whole, so one
+    unreadable image would stop every evaluation (training skips such a record when it meets it)."""
+    kept = []
+    for i, record in enumerate(records):
+        if len(kept) == n:
+            break
+        try:
+            if has_image(record):
+                load_image(record, i)
+        except RecordError as e:
+            print0(f"held-out prompts: skipped {e}")
+        else:
+            kept.append(record)
+    return kept
 
 
 def held_out_rewards(model, processor, prompts, device, thinking, max_new_tokens, report_reward="label_f1",

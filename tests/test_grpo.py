@@ -185,7 +185,7 @@ def test_a_few_grpo_steps_raise_a_toy_reward(tiny_checkpoint, records_file):
 def run_grpo(out_dir, ckpt, data, *args):
     cmd = [sys.executable, os.path.join(ROOT, "grpo.py"), f"--init_from={ckpt}", f"--data={data}",
            f"--out_dir={out_dir}", "--task=both", "--prompts_per_step=2", "--group_size=3", "--mini_batch=1",
-           "--micro_batch=3", "--max_new_tokens=8", "--lr=1e-3", "--save_every=1", *args]
+           "--micro_batch=3", "--max_new_tokens=8", "--lr=1e-3", "--save_every=1", "--eval_every=0", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     if proc.returncode != 0:

@@ -85,7 +85,7 @@ def test_the_teacher_sees_images_within_its_pixel_budget(tmp_path, tiny_checkpoi
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert proc.returncode != 0 and "no trace was kept" in proc.stderr and "Traceback" not in proc.stderr
         line, = [json.loads(line) for line in open(out / "traces.rank0.jsonl")]
-        assert line["reason"] == "too short"
+        assert line["reason"] in ("no trace", "too short")  # two tokens of a random model: empty or one word
         tokens[budget] = line["prompt_tokens"]
     assert tokens[451584] - tokens[16384] == 256 - 16
 
