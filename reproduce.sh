@@ -2,36 +2,51 @@
 # The paper's experiment grid in miniature (docs/paper.md, Tables 1-3) on the synthetic chest X-ray world, on a CPU,
 # in the paper's regime: a finite training set (the first N_TRAIN studies), SFT on it for several epochs with its best
 # checkpoint on the validation split kept (early stopping: out/repro/sft/best), and from that checkpoint GRPO, and
-# for comparison SFT continued on the same studies for as long as GRPO runs (more epochs of the same data). Then:
-#   the general model (the tiny Qwen3-VL pre-trained on the general world, shapes.py: the miniature's "Qwen3-VL")
-#   and GRPO from it; the cold start (traces beside replayed SFT records) and GRPO with thinking; the paper's claims
-#   decided on paired test records, seed by seed (verdicts.py).
-#     bash reproduce.sh                 # Tables 1-2, every GRPO and control run with each of SEEDS
-#     bash reproduce.sh table3          # Table 3, the choice of report reward (after the above: it starts from its SFT)
-#     bash reproduce.sh tune            # the learning rates of GRPO and of the control, chosen on the validation split
+# for comparison SFT continued on the same studies for as long as GRPO runs (more epochs of the same data). Both
+# learning rates are chosen on the validation split, seed 0 at each candidate rate. Then: the general model (the tiny
+# Qwen3-VL pre-trained on the general world, shapes.py: the miniature's "Qwen3-VL") and GRPO from it; the cold start
+# (traces beside replayed SFT records) and GRPO with thinking; the claims decided on paired test records, seed by seed
+# (verdicts.py). Results and times: docs/results.md.
+#     bash reproduce.sh                         # every stage below, in order
+#     bash reproduce.sh tune rl tables          # some of them (each needs the ones before it to have run once)
+#     bash reproduce.sh table3                  # Table 3, the choice of report reward (after sft)
 #     OUT=out/repro2 SEEDS="0 1 2 3" bash reproduce.sh
-# Two runs go at a time, each on one core (OMP_NUM_THREADS=1): on 2 cores that does 1.5 times the work of one run on
-# both (docs/results.md); a run's results depend only on its own settings, not on what runs beside it.
+# Stages: general (the general model), sft (SFT | GRPO from the general model), tune (GRPO | the control, seed 0 at each
+# rate), rl (GRPO | the control, every seed at the chosen rates), thinking (the cold start, then GRPO with thinking),
+# tables. Two runs go at a time, each on one core (OMP_NUM_THREADS=1): on 2 cores that does 1.5 times the work of one
+# run on both; a run's results depend only on its own settings, not on what runs beside it. A run whose out_dir holds
+# `finished` is kept, so the rl stage reuses tune's seed-0 runs at the chosen rates and a stage run again continues.
 set -euo pipefail
+shopt -s nullglob  # a stage not run leaves its glob empty: its rows and claims are left out
 cd "$(dirname "$0")"
 OUT=${OUT:-out/repro}
 N_TEST=${N_TEST:-400}
 SEEDS=${SEEDS:-"0 1 2"}
-N_TRAIN=${N_TRAIN:-2000}          # the training set: studies that SFT, GRPO and the control all draw from
-SFT_STEPS=${SFT_STEPS:-300}       # SFT: several epochs of N_TRAIN; the best validation step is kept
+GENERAL_SEEDS=${GENERAL_SEEDS:-$SEEDS}    # GRPO from the general model
+THINKING_SEEDS=${THINKING_SEEDS:-$SEEDS}  # GRPO from the cold-start model
+N_TRAIN=${N_TRAIN:-1000}          # the training set: studies that SFT, GRPO and the control all draw from
+SFT_STEPS=${SFT_STEPS:-300}       # SFT: about 12 epochs of N_TRAIN; the best validation step is kept
 GRPO_STEPS=${GRPO_STEPS:-60}
-GRPO_LR=${GRPO_LR:-5e-5}          # chosen on the validation split: bash reproduce.sh tune
-CONTROL_STEPS=${CONTROL_STEPS:-70} # continued SFT for as long as a GRPO run of GRPO_STEPS takes (docs/results.md)
-CONTROL_LR=${CONTROL_LR:-2e-4}    # chosen on the validation split: bash reproduce.sh tune
+GRPO_LRS=${GRPO_LRS:-"5e-5 1.5e-4"}      # the candidates of the tune stage
+CONTROL_LRS=${CONTROL_LRS:-"2e-4 6e-4"}
+CONTROL_STEPS=${CONTROL_STEPS:-220}      # continued SFT for as long as a GRPO run of GRPO_STEPS (docs/results.md)
 export OMP_NUM_THREADS=1
 mkdir -p "$OUT"
+STAGES=${*:-general sft tune rl thinking tables}
 stage() { echo "=== $1 ($(date +%H:%M:%S))"; }
-evaluate() { python evaluate.py --init_from="$OUT/$1" --out_dir="$OUT/$2" --n_test="$N_TEST" "${@:3}"; }
-grpo() { python grpo.py --n_train="$N_TRAIN" --max_steps="$GRPO_STEPS" --lr="$GRPO_LR" "$@"; }
+evaluate() { [ -e "$OUT/$2/results.json" ] || python evaluate.py --init_from="$OUT/$1" --out_dir="$OUT/$2" \
+                 --n_test="$N_TEST" "${@:3}"; }
+once() {  # run a training command into $OUT/$1 unless it finished before
+    [ -e "$OUT/$1/finished" ] || { "${@:2}" --out_dir="$OUT/$1" && touch "$OUT/$1/finished"; }
+}
+grpo() { python grpo.py --n_train="$N_TRAIN" --max_steps="$GRPO_STEPS" "$@"; }
 control() {  # SFT continued from the best SFT checkpoint on the same studies: a constant rate, no warm-up
     python sft.py --init_from="$OUT/sft/best" --n_train="$N_TRAIN" --epochs=100 --max_steps="$CONTROL_STEPS" \
-        --lr="$1" --vision_lr="$(python -c "print($1 / 2)")" --warmup=0.0 --eval_every=0 "${@:2}"
+        --lr="$1" --vision_lr="$(python -c "print($1 / 2)")" --warmup=0.0 --eval_every="$CONTROL_STEPS" \
+        --save_every="$CONTROL_STEPS" "${@:2}"
 }
+sft_rl() { once "grpo_sft_lr$1_s$2" grpo --init_from="$OUT/sft/best" --lr="$1" --seed="$2"; }
+sft_more() { once "sft_more_lr$1_s$2" control "$1" --seed="$(($2 + 1))"; }
 both() {  # two lanes at once, each a shell function, each with its own log; stop if either fails
     stage "$1 | $3"
     "$2" > "$OUT/lane_$2.log" 2>&1 & local a=$!
@@ -39,11 +54,13 @@ both() {  # two lanes at once, each a shell function, each with its own log; sto
     wait $a || { tail -20 "$OUT/lane_$2.log"; exit 1; }
     wait $b || { tail -20 "$OUT/lane_$4.log"; exit 1; }
 }
+chosen() { python verdicts.py "$OUT" --tune | tail -1 | grep -o "$1=[^ ]*" | cut -d= -f2; }
 
-if [ "${1:-}" = table3 ]; then
+if [ "$STAGES" = table3 ]; then
     table3_lane() {
         for reward in $1; do
-            grpo --init_from="$OUT/sft/best" --task=report --report_reward="$reward" --out_dir="$OUT/table3_$reward"
+            once "table3_$reward" grpo --init_from="$OUT/sft/best" --task=report --report_reward="$reward" \
+                --lr="$(chosen GRPO_LR)"
             evaluate "table3_$reward" "eval_table3_$reward"
         done
     }
@@ -55,58 +72,63 @@ if [ "${1:-}" = table3 ]; then
     exit 0
 fi
 
-if [ "${1:-}" = tune ]; then  # each learning rate once (seed 0), scored by its greedy reward on the validation split
-    lane_a() { for lr in 2e-5 5e-5 1e-4; do grpo --init_from="$OUT/sft/best" --out_dir="$OUT/tune/grpo_$lr" \
-                   --lr="$lr" --eval_every="$GRPO_STEPS"; done; }
-    lane_b() { for lr in 5e-5 2e-4 1e-3; do control "$lr" --out_dir="$OUT/tune/control_$lr" --eval_every="$CONTROL_STEPS" \
-                   --save_every=0; done; }
-    both "GRPO at three rates" lane_a "the control at three rates" lane_b
-    python verdicts.py "$OUT" --tune | tee "$OUT/tune.md"
-    exit 0
-fi
-
-stage "0. The general model: the tiny Qwen3-VL pre-trained on the general world (Qwen3-VL), on both cores"
-OMP_NUM_THREADS=2 python sft.py config/general.py --out_dir="$OUT/general"
-
-general_rl() {
-    evaluate general eval_general
-    for s in $SEEDS; do
-        grpo --init_from="$OUT/general" --seed="$s" --out_dir="$OUT/grpo_general_s$s"
-        evaluate "grpo_general_s$s" "eval_general_rl_s$s"
-    done
-}
-sft() {
-    python sft.py --init_from="$OUT/general" --n_train="$N_TRAIN" --epochs=100 --max_steps="$SFT_STEPS" \
-        --eval_every=25 --out_dir="$OUT/sft"
-    evaluate sft/best eval_sft
-}
-both "1. SFT for several epochs of the training set, from the general model (RadVLM)" sft \
-     "seeds $SEEDS: GRPO from the general model (Qwen3-VL + RL)" general_rl
-
-sft_rl() {
-    for s in $SEEDS; do
-        grpo --init_from="$OUT/sft/best" --seed="$s" --out_dir="$OUT/grpo_sft_s$s"
-        evaluate "grpo_sft_s$s" "eval_sft_rl_s$s"
-        control "$CONTROL_LR" --seed="$((s + 1))" --out_dir="$OUT/sft_more_s$s"
-        evaluate "sft_more_s$s" "eval_sft_more_s$s"
-    done
-}
-thinking() {
-    python coldstart.py --n_records="$N_TRAIN" --out_dir="$OUT/coldstart"
-    python sft.py config/coldstart.py --init_from="$OUT/sft/best" --data="$OUT/coldstart/coldstart.jsonl" \
-        --out_dir="$OUT/coldstart/model"
-    evaluate coldstart/model eval_thinking --thinking=True
-    for s in $SEEDS; do
-        grpo --init_from="$OUT/coldstart/model" --thinking=True --max_new_tokens=224 --seed="$s" \
-            --out_dir="$OUT/grpo_thinking_s$s"
-        evaluate "grpo_thinking_s$s" "eval_thinking_rl_s$s" --thinking=True
-    done
-}
-both "2. seeds $SEEDS: GRPO from the SFT model (RadVLM + RL), and SFT continued for as long (more epochs)" sft_rl \
-     "3. the cold start, then GRPO with thinking (RadVLM-Thinking + RL)" thinking
-
-stage "Tables and verdicts"
-python evaluate.py --compare "$OUT/eval_general" "$OUT"/eval_general_rl_s* "$OUT/eval_sft" "$OUT"/eval_sft_more_s* \
-    "$OUT"/eval_sft_rl_s* "$OUT/eval_thinking" "$OUT"/eval_thinking_rl_s* | tee "$OUT/tables.md"
-python verdicts.py "$OUT" | tee -a "$OUT/tables.md"
-echo "pictures: $OUT/eval_*/contact_sheet.png; curves of each run's log: $OUT/eval_*/curves.png"
+for s in $STAGES; do case $s in
+general)
+    stage "the general model: the tiny Qwen3-VL pre-trained on the general world (Qwen3-VL), on both cores"
+    OMP_NUM_THREADS=2 once general python sft.py config/general.py ;;
+sft)
+    sft() {
+        once sft python sft.py --init_from="$OUT/general" --n_train="$N_TRAIN" --epochs=100 \
+            --max_steps="$SFT_STEPS" --eval_every=25
+        evaluate sft/best eval_sft
+    }
+    general_rl() {
+        evaluate general eval_general
+        for s in $GENERAL_SEEDS; do
+            once "grpo_general_s$s" grpo --init_from="$OUT/general" --seed="$s"
+            evaluate "grpo_general_s$s" "eval_general_rl_s$s"
+        done
+    }
+    both "SFT for several epochs of the training set, from the general model (RadVLM)" sft \
+         "seeds $GENERAL_SEEDS: GRPO from the general model (Qwen3-VL + RL)" general_rl ;;
+tune)  # seed 0 at each rate; scored by the greedy reward on the validation prompts at the end, never the test split
+    tune_grpo() { for lr in $GRPO_LRS; do sft_rl "$lr" 0; done; }
+    tune_control() { for lr in $CONTROL_LRS; do sft_more "$lr" 0; done; }
+    both "GRPO at rates $GRPO_LRS" tune_grpo "the control at rates $CONTROL_LRS" tune_control
+    python verdicts.py "$OUT" --tune | tee "$OUT/tune.md" ;;
+rl)
+    rl_grpo() {
+        for s in $SEEDS; do sft_rl "$(chosen GRPO_LR)" "$s"
+            evaluate "grpo_sft_lr$(chosen GRPO_LR)_s$s" "eval_sft_rl_s$s"; done
+    }
+    rl_control() {
+        for s in $SEEDS; do sft_more "$(chosen CONTROL_LR)" "$s"
+            evaluate "sft_more_lr$(chosen CONTROL_LR)_s$s" "eval_sft_more_s$s"; done
+    }
+    both "seeds $SEEDS: GRPO from the SFT model (RadVLM + RL)" rl_grpo \
+         "SFT continued for as long on the same studies (more epochs)" rl_control ;;
+thinking)
+    stage "the cold start: traces beside replayed SFT records, from the SFT model (RadVLM-Thinking)"
+    [ -e "$OUT/coldstart/coldstart.jsonl" ] || python coldstart.py --n_records="$N_TRAIN" --out_dir="$OUT/coldstart"
+    OMP_NUM_THREADS=2 once coldstart/model python sft.py config/coldstart.py --init_from="$OUT/sft/best" \
+        --data="$OUT/coldstart/coldstart.jsonl"
+    OMP_NUM_THREADS=2 evaluate coldstart/model eval_thinking --thinking=True
+    thinking_rl() {
+        for s in $1; do
+            once "grpo_thinking_s$s" grpo --init_from="$OUT/coldstart/model" --thinking=True --max_new_tokens=224 \
+                --lr="$(chosen GRPO_LR)" --seed="$s"
+            evaluate "grpo_thinking_s$s" "eval_thinking_rl_s$s" --thinking=True
+        done
+    }
+    odd() { thinking_rl "$(echo $THINKING_SEEDS | tr ' ' '\n' | sed -n 'p;n')"; }
+    even() { thinking_rl "$(echo $THINKING_SEEDS | tr ' ' '\n' | sed -n 'n;p')"; }
+    both "seeds $THINKING_SEEDS: GRPO with thinking, the first, third, ..." odd "the second, fourth, ..." even ;;
+tables)
+    stage "tables and verdicts"
+    python evaluate.py --compare "$OUT"/eval_general "$OUT"/eval_general_rl_s* "$OUT"/eval_sft \
+        "$OUT"/eval_sft_more_s* "$OUT"/eval_sft_rl_s* "$OUT"/eval_thinking "$OUT"/eval_thinking_rl_s* \
+        | tee "$OUT/tables.md"
+    python verdicts.py "$OUT" | tee -a "$OUT/tables.md"
+    echo "pictures: $OUT/eval_*/contact_sheet.png; curves of each run's log: $OUT/eval_*/curves.png" ;;
+*) echo "unknown stage $s (general sft tune rl thinking tables, or table3 alone)"; exit 1 ;;
+esac; done

@@ -75,10 +75,21 @@ def verdict(intervals, of="seeds"):
     return f"not resolved ({sum(lo > 0 for _, lo, _, _ in intervals)} of {len(intervals)} {of} above 0)"
 
 
+def ran(out, folders, text):
+    """Whether every evaluation a claim needs exists; if not, a line saying which did not run (reproduce.sh's stages
+    can be run one at a time)."""
+    missing = [os.path.relpath(f, out) for f in folders if not os.path.exists(os.path.join(f, "predictions.jsonl"))]
+    if missing:
+        print(f"- {text}: not run ({', '.join(missing)} missing)")
+    return not missing
+
+
 def claim(text, out, first, second, kind):
     """One claim, "second beats first": a line with every seed's difference and the verdict. Runs with seeds are
     paired seed by seed (a run without seeds pairs with each seed of the other)."""
     a_runs, b_runs = seeds_of(out, first), seeds_of(out, second)
+    if not ran(out, a_runs + b_runs, text):
+        return
     pairs = list(zip(a_runs, b_runs)) if len(a_runs) == len(b_runs) else [(a, b) for a in a_runs for b in b_runs]
     intervals = [paired(per_record(a, kind), per_record(b, kind)) for a, b in pairs]
     shown = "; ".join(f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]" for m, lo, hi, _ in intervals)
@@ -91,6 +102,8 @@ def gap_closed(out):
     fraction of the gap closed, (general + RL - general) / (SFT - general), on each task, with a bootstrap interval
     of grounding's fraction minus the reports' (each task's records resampled on their own)."""
     general, sft = os.path.join(out, "eval_general"), os.path.join(out, "eval_sft")
+    if not ran(out, [general, sft] + seeds_of(out, "eval_general_rl"), "RL on the general model closes more of the gap"):
+        return
     intervals, shown = [], []
     for rl in seeds_of(out, "eval_general_rl"):
         data = {}
@@ -158,6 +171,8 @@ def saturated(log_file):
 def skills_kept(out):
     """The thinking model before RL against the SFT model, on the same test records: grounding mAP@0.5 and report
     label F1 micro as a fraction of the SFT model's (the cold start should keep at least 80 % of each)."""
+    if not ran(out, [os.path.join(out, name) for name in ("eval_sft", "eval_thinking")], "the cold start keeps skills"):
+        return
     results = {name: json.load(open(os.path.join(out, name, "results.json"))) for name in ("eval_sft", "eval_thinking")}
     for label, path in (("grounding mAP@0.5", ("grounding", "all", "map50")),
                         ("report label F1 micro", ("report", "label_f1_micro"))):
@@ -168,18 +183,20 @@ def skills_kept(out):
 
 
 def tune(out):
-    """The learning rates of `bash reproduce.sh tune`: for each GRPO and control run (out/tune/<kind>_<lr>), the mean
-    greedy reward on the validation prompts (val_reward_report and _grounding) before and after; the rate with the
-    highest after is each kind's choice. The test split is never looked at."""
+    """The learning rates of reproduce.sh's tune stage: for each GRPO and control run of seed 0 at a candidate rate
+    (grpo_sft_lr<rate>_s0, sft_more_lr<rate>_s0), the mean greedy reward on the validation prompts (val_reward_report
+    and _grounding) at its start and its end; each kind's choice is the rate with the highest at the end. The test
+    split is never looked at. The last line, "GRPO_LR=... CONTROL_LR=...", is what reproduce.sh reads."""
     print("| run | learning rate | mean val reward before | after |\n|---|---|---|---|")
     chosen = {}
-    for folder in sorted(glob.glob(os.path.join(out, "tune", "*_*"))):
-        kind, lr = os.path.basename(folder).rsplit("_", 1)
-        rows = [r for r in map(json.loads, open(os.path.join(folder, "log.jsonl"))) if "val_reward_report" in r]
-        before, after = ((r["val_reward_report"] + r["val_reward_grounding"]) / 2 for r in (rows[0], rows[-1]))
-        print(f"| {kind} | {lr} | {before:.3f} | {after:.3f} |")
-        chosen[kind] = max(chosen.get(kind, (-1.0, None)), (after, lr))
-    print("\n" + "; ".join(f"{kind}: lr {lr} (mean val reward {after:.3f})" for kind, (after, lr) in chosen.items()))
+    for kind, name in (("GRPO_LR", "grpo_sft"), ("CONTROL_LR", "sft_more")):
+        for folder in sorted(glob.glob(os.path.join(out, f"{name}_lr*_s0"))):
+            lr = os.path.basename(folder)[len(name) + 3:-3]
+            rows = [r for r in map(json.loads, open(os.path.join(folder, "log.jsonl"))) if "val_reward_report" in r]
+            before, after = ((r["val_reward_report"] + r["val_reward_grounding"]) / 2 for r in (rows[0], rows[-1]))
+            print(f"| {name} | {lr} | {before:.3f} | {after:.3f} (step {rows[-1]['step']}) |")
+            chosen[kind] = max(chosen.get(kind, (-1.0, None)), (after, lr))
+    print("\n" + " ".join(f"{kind}={lr}" for kind, (_, lr) in chosen.items()))
 
 
 def main(out):
