@@ -60,14 +60,6 @@ def open_records(source, split="train", n=None, image_size=128, tasks=None, scor
 
 
 
-def tiny_corpus():
-    """The texts the tiny model's tokenizer is trained on: the chest X-ray world's and the general world's, so that
-    one vocabulary serves the general model, the SFT model made from it and every stage after them."""
-    import shapes
-    import synthetic
-    return synthetic.corpus_texts() + shapes.corpus_texts()
-
-
 # ----------------------------------------------------------------------------------------------------
 # from records to model inputs
 

@@ -46,6 +46,7 @@ reward shaping (only masking), entropy bonus (0 in the paper), a value model (th
 import json
 import os
 import time
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -53,9 +54,9 @@ from tqdm import tqdm
 from transformers import TopPLogitsWarper
 
 from configurator import configure
-from data import epoch_order, generation_kwargs, open_records, prompt_batch, tiny_corpus
+from data import epoch_order, generation_kwargs, open_records, prompt_batch
 from evaluate import held_out_prompts, held_out_rewards
-from model import (all_reduce_mean, autocast, barrier, build_tiny, compute_dtype, gathered, init_distributed,
+from model import (all_reduce_mean, autocast, barrier, compute_dtype, gathered, init_distributed,
                    latest_checkpoint, load_model, next_token_logprobs, open_training_log, print0,
                    resume_training_checkpoint, save_training_checkpoint, wrap_fsdp)
 from records import TASK_GROUPS, question, record_id, reference_answer, task_of
@@ -135,7 +136,7 @@ def kl_k3(logprobs, ref_logprobs):
     return (log_ratio.exp() - log_ratio - 1).clamp(max=10.0)
 
 
-def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, beta=0.01, eps_low=0.2, eps_high=0.28,
+def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, *, beta=0.01, eps_low=0.2, eps_high=0.28,
               dual_clip=3.0, loss_agg="token-mean", max_new_tokens=None, normalizer=None, ratio_level="token",
               tis_weights=None):
     """The negative GRPO objective above for a batch of sequences ([B, T] per-token tensors, [B] advantages), with
@@ -183,16 +184,42 @@ def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, beta=0.01,
 # ---------------------------------------------------------------------------------------------------
 # rollouts and their log-probs
 
-def token_logprobs(model, batch, n_prompt, temperature=1.0):
-    """(log pi(token), the policy's entropy there) of every completion token ([B, T] each) at the sampling
-    temperature, computed chunk by chunk from the final hidden states (model.next_token_logprobs): the B x T x vocab
-    logits are never held."""
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values",
-                                    "image_grid_thw")}
-    answer = torch.zeros_like(batch["input_ids"], dtype=torch.bool)
-    answer[:, n_prompt:] = True
-    with autocast(batch["input_ids"].device):
-        chosen, entropy = next_token_logprobs(model, {**inputs, "use_cache": False}, answer, temperature)
+@dataclass
+class Rollouts:
+    """G sampled answers to each of a rank's prompts as one padded batch (row j answers prompt group_ids[j]): the
+    prompts left-padded to prompt_len tokens, the answers right-padded after them."""
+    input_ids: torch.Tensor          # [N, prompt_len + A]: prompt tokens, then answer tokens
+    attention_mask: torch.Tensor     # [N, prompt_len + A]: 0 on padding
+    mm_token_type_ids: torch.Tensor  # [N, prompt_len + A]: which tokens are image slots
+    image_grid_thw: torch.Tensor     # [N, 3]: each row's image patch grid
+    pixel_chunks: list               # each row's image patches (the rows of a group share one tensor)
+    answer_mask: torch.Tensor        # [N, A]: the answer's tokens, up to and including its EOS
+    group_ids: torch.Tensor          # [N]: the prompt each row answers
+    sampled_logprobs: torch.Tensor   # [N, A]: the log-probs generation drew the tokens with (0 off answer_mask)
+    truncated: torch.Tensor          # [N]: ran out of max_new_tokens before its EOS
+    prompt_len: int                  # prompt tokens, padding included: where the answers start
+
+    def rows(self, idx):
+        """The rollouts of rows `idx` (a tensor of row numbers), in that order."""
+        picked = {f.name: getattr(self, f.name)[idx] for f in fields(self) if torch.is_tensor(getattr(self, f.name))}
+        return replace(self, **picked, pixel_chunks=[self.pixel_chunks[i] for i in idx.tolist()])
+
+    def model_inputs(self):
+        """The model's inputs for these rows: their tokens, and their images' patches in row order."""
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
+                "mm_token_type_ids": self.mm_token_type_ids, "image_grid_thw": self.image_grid_thw,
+                "pixel_values": torch.cat(self.pixel_chunks)}
+
+
+def token_logprobs(model, rollouts, temperature=1.0):
+    """(log pi(token), the policy's entropy there) of every answer token ([N, A] each) at the sampling temperature,
+    computed chunk by chunk from the final hidden states (model.next_token_logprobs): the N x T x vocab logits are
+    never held."""
+    answer = torch.zeros_like(rollouts.input_ids, dtype=torch.bool)
+    answer[:, rollouts.prompt_len:] = True
+    with autocast(answer.device):
+        chosen, entropy = next_token_logprobs(model, {**rollouts.model_inputs(), "use_cache": False}, answer,
+                                              temperature)
     return chosen.view(len(answer), -1), entropy.view(len(answer), -1)
 
 
@@ -240,12 +267,10 @@ def sample_groups(model, prompt, group_size, max_new_tokens, stop, temperature=1
 
 def sample_rollouts(model, processor, records, group_size, thinking, device, temperature=1.0, top_p=1.0,
                     max_new_tokens=96, generate_batch=0):
-    """G sampled answers per record (rollout j belongs to prompt j // G, its group id), each prompt prefilled once
-    (sample_groups). Prompts go through `generate_batch` at a time (0: all at once), since the KV cache of those x G
-    sequences bounds the memory of generation; the chunks are then padded into one batch (prompts left, answers
-    right). A sharded policy is gathered once for all of it (model.gathered). The batch also holds the log-probs the
-    tokens were sampled with ("rollout_logprobs") and which answers ran out of tokens before their EOS
-    ("truncated")."""
+    """(Rollouts, their decoded texts): G sampled answers per record (row j answers record j // G), each prompt
+    prefilled once (sample_groups). Prompts go through `generate_batch` at a time (0: all at once), since the KV cache
+    of those x G sequences bounds the memory of generation; the chunks are then padded into one batch. A sharded
+    policy is gathered once for all of it (model.gathered)."""
     tok = processor.tokenizer
     stop = generation_kwargs(tok)
     chunk, parts = generate_batch or len(records), []
@@ -254,70 +279,61 @@ def sample_rollouts(model, processor, records, group_size, thinking, device, tem
             prompt = prompt_batch(records[start:start + chunk], processor, thinking).to(device)
             parts.append((prompt, *sample_groups(model, prompt, group_size, max_new_tokens, stop, temperature,
                                                  top_p)))
-    n_prompt = max(p["input_ids"].shape[1] for p, _, _ in parts)
-    n_answer = max(c.shape[1] for _, c, _ in parts)
-    left = lambda t, value: F.pad(t, (n_prompt - t.shape[1], 0), value=value)  # noqa: E731
-    right = lambda t, value: F.pad(t, (0, n_answer - t.shape[1]), value=value)  # noqa: E731
+    prompt_len = max(p["input_ids"].shape[1] for p, _, _ in parts)
+    answer_len = max(c.shape[1] for _, c, _ in parts)
+    left = lambda t, value: F.pad(t, (prompt_len - t.shape[1], 0), value=value)  # noqa: E731
+    right = lambda t, value: F.pad(t, (0, answer_len - t.shape[1]), value=value)  # noqa: E731
     repeat = lambda t: t.repeat_interleave(group_size, 0)  # noqa: E731
     prompt = {k: torch.cat([repeat(left(p[k], tok.pad_token_id if k == "input_ids" else 0)) for p, _, _ in parts])
               for k in ("input_ids", "attention_mask", "mm_token_type_ids")}
-    completion = torch.cat([right(c, tok.pad_token_id) for _, c, _ in parts])
+    answer = torch.cat([right(c, tok.pad_token_id) for _, c, _ in parts])
     generated = torch.cat([right(torch.ones_like(c, dtype=torch.bool), False) for _, c, _ in parts])
-    is_eos = torch.isin(completion, torch.tensor(stop["eos_token_id"], device=device))
+    is_eos = torch.isin(answer, torch.tensor(stop["eos_token_id"], device=device))
     # keep every token up to and including the first EOS: the EOS is what teaches the policy to stop
     after_eos = (is_eos.cumsum(1) - is_eos.long()) > 0
-    completion_mask = ~after_eos & generated
-    completion = completion.masked_fill(~completion_mask, tok.pad_token_id)
+    answer_mask = ~after_eos & generated
+    answer = answer.masked_fill(~answer_mask, tok.pad_token_id)
     grids = torch.cat([p["image_grid_thw"] for p, _, _ in parts])
     pixel_chunks = torch.split(torch.cat([p["pixel_values"] for p, _, _ in parts]), grids.prod(-1).tolist())
-    batch = {
-        "input_ids": torch.cat([prompt["input_ids"], completion], 1),
-        "attention_mask": torch.cat([prompt["attention_mask"], completion_mask.long()], 1),
-        "mm_token_type_ids": torch.cat([prompt["mm_token_type_ids"], torch.zeros_like(completion)], 1),
-        "pixel_chunks": [pixel_chunks[j // group_size] for j in range(len(completion))],
-        "image_grid_thw": repeat(grids),
-        "completion_mask": completion_mask,
-        "group_ids": torch.arange(len(records), device=device).repeat_interleave(group_size),
-        "rollout_logprobs": torch.cat([right(lp, 0.0) for _, _, lp in parts]) * completion_mask,
-        "truncated": ~(is_eos & generated).any(1),
-        "loss_mask": completion_mask,
-    }
-    texts = [tok.decode(c[m], skip_special_tokens=True) for c, m in zip(completion, completion_mask)]
-    return batch, texts, n_prompt
+    rollouts = Rollouts(
+        input_ids=torch.cat([prompt["input_ids"], answer], 1),
+        attention_mask=torch.cat([prompt["attention_mask"], answer_mask.long()], 1),
+        mm_token_type_ids=torch.cat([prompt["mm_token_type_ids"], torch.zeros_like(answer)], 1),
+        image_grid_thw=repeat(grids),
+        pixel_chunks=[pixel_chunks[j // group_size] for j in range(len(answer))],
+        answer_mask=answer_mask,
+        group_ids=torch.arange(len(records), device=device).repeat_interleave(group_size),
+        sampled_logprobs=torch.cat([right(lp, 0.0) for _, _, lp in parts]) * answer_mask,
+        truncated=~(is_eos & generated).any(1),
+        prompt_len=prompt_len)
+    return rollouts, [tok.decode(a[m], skip_special_tokens=True) for a, m in zip(answer, answer_mask)]
 
 
-def select(batch, idx):
-    """Rows `idx` of a rollout batch, with their images' pixels gathered in the same order."""
-    out = {k: v[idx] for k, v in batch.items()
-           if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == len(batch["group_ids"])}
-    out["pixel_values"] = torch.cat([batch["pixel_chunks"][i] for i in idx.tolist()])
-    out["pixel_chunks"] = [batch["pixel_chunks"][i] for i in idx.tolist()]
-    return out
-
-
-def rollout_logprobs(model, batch, n_prompt, micro_batch, temperature=1.0):
-    """log-probs of every completion token under `model`, micro-batch by micro-batch, without gradients."""
-    out = torch.zeros_like(batch["completion_mask"], dtype=torch.float32)
+def answer_logprobs(model, rollouts, micro_batch, temperature=1.0):
+    """log-probs of every answer token under `model`, micro-batch by micro-batch, without gradients."""
+    out = torch.zeros_like(rollouts.answer_mask, dtype=torch.float32)
     with torch.no_grad():
         for start in range(0, len(out), micro_batch):
             idx = torch.arange(start, min(len(out), start + micro_batch), device=out.device)
-            out[idx] = token_logprobs(model, select(batch, idx), n_prompt, temperature)[0]
+            out[idx] = token_logprobs(model, rollouts.rows(idx), temperature)[0]
     return out
 
 
-def policy_update(policy, optimizer, batch, old_logprobs, ref_logprobs, advantages, n_prompt, world, n_updates,
-                  micro_batch, grad_clip, loss_settings, tis_cap=0.0, temperature=1.0):
+def policy_update(policy, optimizer, rollouts, old_logprobs, ref_logprobs, advantages, *, world, n_updates,
+                  micro_batch, grad_clip, loss_settings, mask_overlong=False, tis_cap=0.0, temperature=1.0):
     """`n_updates` optimizer steps over this rank's rollouts, each over one mini-batch of its prompts' groups,
-    gradients accumulated over micro-batches; the loss covers batch["loss_mask"]; `loss_settings` are grpo_loss's
-    (beta, eps_low, eps_high, dual_clip, loss_agg, max_new_tokens, ratio_level). Returns kl / clip fractions /
-    entropy averaged over micro-batches, the loss and the last update's gradient norm."""
+    gradients accumulated over micro-batches; the loss covers every answer token, or with mask_overlong only those of
+    answers that ended (DAPO); `loss_settings` are grpo_loss's (beta, eps_low, eps_high, dual_clip, loss_agg,
+    max_new_tokens, ratio_level). Returns kl / clip fractions / entropy averaged over micro-batches, the loss and the
+    last update's gradient norm."""
     policy.train()
+    loss_mask = rollouts.answer_mask & ~rollouts.truncated[:, None] if mask_overlong else rollouts.answer_mask
     seqs_per_update = len(advantages) // n_updates
     sums = {"kl": 0.0, "clip_frac": 0.0, "clip_frac_low": 0.0, "clip_frac_high": 0.0, "entropy": 0.0, "loss": 0.0}
     n_micro = 0
     for u in range(n_updates):
         update_idx = torch.arange(u * seqs_per_update, (u + 1) * seqs_per_update, device=advantages.device)
-        mask = batch["loss_mask"][update_idx]
+        mask = loss_mask[update_idx]
         # the mini-batch's normalizer over all ranks, so that micro-batching and sharding change nothing;
         # divided by world because FSDP averages the gradients of the ranks
         token_mean = loss_settings["loss_agg"] == "token-mean"
@@ -329,16 +345,15 @@ def policy_update(policy, optimizer, batch, old_logprobs, ref_logprobs, advantag
         # micro-batch (set_requires_gradient_sync(False)) would hold a whole unsharded fp32 gradient per rank
         for start in range(0, seqs_per_update, micro_batch):
             idx = update_idx[start:start + micro_batch]
-            mb = select(batch, idx)
-            logprobs, entropy = token_logprobs(policy, mb, n_prompt, temperature)
-            tis = (old_logprobs[idx] - mb["rollout_logprobs"]).exp().clamp(max=tis_cap) if tis_cap > 0 else None
+            logprobs, entropy = token_logprobs(policy, rollouts.rows(idx), temperature)
+            tis = (old_logprobs[idx] - rollouts.sampled_logprobs[idx]).exp().clamp(max=tis_cap) if tis_cap > 0 else None
             loss, stats = grpo_loss(logprobs, old_logprobs[idx], None if ref_logprobs is None else ref_logprobs[idx],
-                                    advantages[idx], mb["loss_mask"], normalizer=norm, tis_weights=tis,
+                                    advantages[idx], loss_mask[idx], normalizer=norm, tis_weights=tis,
                                     **loss_settings)
             if not torch.isfinite(loss) or not torch.isfinite(stats["kl"]):
                 raise SystemExit(f"non-finite loss or KL in update {u + 1} (kl {stats['kl'].item()})")
             loss.backward()
-            m = mb["loss_mask"].float()
+            m = loss_mask[idx].float()
             for key in ("kl", "clip_frac", "clip_frac_low", "clip_frac_high"):
                 sums[key] += stats[key].item()
             sums["entropy"] += ((entropy * m).sum() / m.sum().clamp(min=1)).item()
@@ -392,30 +407,31 @@ def groups_with_spread(reward_list, group_ids, n_keep, eps=1e-6):
     return [j for g in sorted(keep, key=groups.index) for j in rows[g]], drawn
 
 
-def health(batch, old_logprobs, prompts_drawn):
+def health(rollouts, old_logprobs, prompts_drawn):
     """Signals that tell a healthy run from a broken one: answers cut at max_new_tokens, how far the log-probs
     generate sampled with are from the training forward's (k3 estimate of KL(pi_rollout || pi_old), per token),
     and the prompts drawn to fill the step (all ranks)."""
-    mask = batch["completion_mask"].float()
-    mismatch = kl_k3(batch["rollout_logprobs"], old_logprobs)
-    return {"truncated_frac": batch["truncated"].float().mean().item(),
+    mask = rollouts.answer_mask.float()
+    mismatch = kl_k3(rollouts.sampled_logprobs, old_logprobs)
+    return {"truncated_frac": rollouts.truncated.float().mean().item(),
             "mismatch_kl": ((mismatch * mask).sum() / mask.sum().clamp(min=1)).item(), "prompts_drawn": prompts_drawn}
 
 
-def step_log(step_task, records, reward_list, components, batch, stats, times, record_tasks, world):
+def step_log(step_task, records, reward_list, components, rollouts, stats, times, record_tasks, world):
     """One log.jsonl line's values, averaged over ranks: rewards (per record task too), their spread, lengths,
     the update's statistics and times."""
     reward_t = torch.tensor(reward_list, dtype=torch.float32)
-    group_std = torch.stack([reward_t[batch["group_ids"].cpu() == g].std() for g in batch["group_ids"].unique().cpu()])
+    group_ids = rollouts.group_ids.cpu()
+    group_std = torch.stack([reward_t[group_ids == g].std() for g in group_ids.unique()])
     log = {f"reward_{step_task}": reward_t.mean().item(), "reward_mean": reward_t.mean().item(),
            "reward_std": reward_t.std().item(), "zero_var_frac": (group_std < 1e-6).float().mean().item(),
-           "response_length": batch["completion_mask"].sum(1).float().mean().item(), **stats,
+           "response_length": rollouts.answer_mask.sum(1).float().mean().item(), **stats,
            **{f"{step_task}_{k}": sum(v) / len(v) for k, v in components.items() if k != step_task},
            **{f"time_{k}": v for k, v in times.items()}}
     log = all_reduce_mean(log)
     if len(record_tasks) > 1:  # the mean reward of each record task: sums and counts over all ranks
         sums, counts = [0.0] * len(record_tasks), [0.0] * len(record_tasks)
-        for r, g in zip(reward_list, batch["group_ids"].tolist()):
+        for r, g in zip(reward_list, group_ids.tolist()):
             k = record_tasks.index(task_of(records[g]))
             sums[k], counts[k] = sums[k] + r, counts[k] + 1
         totals = torch.tensor([sums, counts], dtype=torch.float64)
@@ -425,13 +441,13 @@ def step_log(step_task, records, reward_list, components, batch, stats, times, r
     return log
 
 
-def rollout_lines(step, records, completions, reward_list, components, advantages, batch, n_groups, image_size):
+def rollout_lines(step, records, completions, reward_list, components, advantages, rollouts, n_groups, image_size):
     """rollouts.jsonl's lines of the first `n_groups` groups of this rank's batch: each prompt (id, task, question,
     gold answer, image: a file's path, and for a synthetic study made in memory its seed and size) with its G answers,
     their rewards and the reward's components, advantages, lengths in tokens (the EOS included) and whether they ran
     out of tokens."""
-    group_ids, advantages = batch["group_ids"].tolist(), advantages.tolist()
-    lengths, truncated = batch["completion_mask"].sum(1).tolist(), batch["truncated"].tolist()
+    group_ids, advantages = rollouts.group_ids.tolist(), advantages.tolist()
+    lengths, truncated = rollouts.answer_mask.sum(1).tolist(), rollouts.truncated.tolist()
     lines = []
     for g in list(dict.fromkeys(group_ids))[:n_groups]:
         record = records[g]
@@ -453,10 +469,8 @@ def load_policy_and_reference(init_from, beta, grad_checkpointing, device, world
     both sharded over the ranks, and the processor. On N ranks only rank 0 reads the weights (model.wrap_fsdp).
     With freeze_vision the policy's vision tower requires no gradient (set before sharding, as in sft.py)."""
     def load(dtype):
-        if init_from == "tiny":
-            return build_tiny(texts=tiny_corpus(), seed=seed, min_pixels=min_pixels, max_pixels=max_pixels)
         return load_model(init_from, dtype=dtype, device=device, min_pixels=min_pixels, max_pixels=max_pixels,
-                          rank0_only=world > 1)
+                          rank0_only=world > 1, seed=seed)
     try:
         policy, processor = load(torch.float32)
     except (OSError, RuntimeError) as e:
@@ -494,7 +508,8 @@ def main():
     loss_settings = dict(beta=beta, eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip, loss_agg=loss_agg,
                          max_new_tokens=max_new_tokens, ratio_level=ratio_level)
     # the same held-out prompts at every evaluation, this rank's share of them
-    eval_sets = held_out_prompts(val_data, n_eval, image_size, step_tasks, rank, world) if eval_every and val_data else {}
+    eval_sets = (held_out_prompts(val_data, n_eval, image_size, step_tasks, rank, world) if eval_every and val_data
+                 else {})
 
     step = 0
     resumed_from, state = resume_training_checkpoint(out_dir, policy, optimizer) if resume else (None, None)
@@ -527,41 +542,40 @@ def main():
 
         t0 = time.time()  # G answers per prompt from the current policy
         policy.eval()
-        batch, completions, n_prompt = sample_rollouts(policy, processor, records, group_size, thinking, device,
-                                                       temperature, top_p, max_new_tokens, generate_batch)
+        rollouts, completions = sample_rollouts(policy, processor, records, group_size, thinking, device, temperature,
+                                                top_p, max_new_tokens, generate_batch)
         times["generate"] = time.time() - t0
 
         t0 = time.time()  # rewards, and each answer's advantage over its own group
-        answers = [reference_answer(r) for r in records for _ in range(group_size)]
-        reward_list, components = rewards.score(step_task, completions, answers, reward=report_reward,
+        gold_answers = [reference_answer(r) for r in records for _ in range(group_size)]
+        reward_list, components = rewards.score(step_task, completions, gold_answers, reward=report_reward,
                                                 thinking=thinking, metric_weights=metric_weights)
         drawn = len(records)
         if filter_groups:  # this rank's share of the groups whose rewards spread: the others teach nothing
-            rows, drawn = groups_with_spread(reward_list, batch["group_ids"].tolist(), prompts_per_step // world)
-            batch = {k: v for k, v in select(batch, torch.tensor(rows, device=device)).items() if k != "pixel_values"}
+            rows, drawn = groups_with_spread(reward_list, rollouts.group_ids.tolist(), prompts_per_step // world)
+            rollouts = rollouts.rows(torch.tensor(rows, device=device))
             reward_list, completions = [reward_list[j] for j in rows], [completions[j] for j in rows]
             components = {k: [v[j] for j in rows] for k, v in components.items()}
-        if overlong == "mask":
-            batch["loss_mask"] = batch["completion_mask"] & ~batch["truncated"][:, None]
-        advantages = group_advantages(reward_list, batch["group_ids"].cpu(), scale_std=scale_std).to(device)
+        advantages = group_advantages(reward_list, rollouts.group_ids.cpu(), scale_std=scale_std).to(device)
         times["reward"] = time.time() - t0
 
         t0 = time.time()  # old and reference log-probs, once for all the updates of this step
-        old_logprobs = rollout_logprobs(policy, batch, n_prompt, micro_batch, temperature)
-        ref_logprobs = (rollout_logprobs(reference, batch, n_prompt, micro_batch, temperature)
-                        if reference is not None else None)
+        old_logprobs = answer_logprobs(policy, rollouts, micro_batch, temperature)
+        ref_logprobs = answer_logprobs(reference, rollouts, micro_batch, temperature) if reference is not None else None
         times["reference"] = time.time() - t0
 
         t0 = time.time()  # P / mini_batch optimizer updates over the rollouts
-        stats = policy_update(policy, optimizer, batch, old_logprobs, ref_logprobs, advantages, n_prompt, world,
-                              prompts_per_step // mini_batch, micro_batch, grad_clip or float("inf"), loss_settings,
-                              tis_cap, temperature)
+        stats = policy_update(policy, optimizer, rollouts, old_logprobs, ref_logprobs, advantages, world=world,
+                              n_updates=prompts_per_step // mini_batch, micro_batch=micro_batch,
+                              grad_clip=grad_clip or float("inf"), loss_settings=loss_settings,
+                              mask_overlong=overlong == "mask", tis_cap=tis_cap, temperature=temperature)
         times["train"] = time.time() - t0
         step += 1
 
         times["step"] = time.time() - step_start
-        stats.update(health(batch, old_logprobs, drawn * world))
-        log = step_log(step_task, records, reward_list, components, batch, stats, times, list(pools[step_task]), world)
+        stats.update(health(rollouts, old_logprobs, drawn * world))
+        log = step_log(step_task, records, reward_list, components, rollouts, stats, times, list(pools[step_task]),
+                       world)
         if eval_sets and (step % eval_every == 0 or step == max_steps):
             log.update(held_out())
         if master:
@@ -569,7 +583,8 @@ def main():
             log_file.flush()
             if rollouts_file:
                 rollouts_file.write("".join(json.dumps(line) + "\n" for line in rollout_lines(
-                    step, records, completions, reward_list, components, advantages, batch, log_rollouts, image_size)))
+                    step, records, completions, reward_list, components, advantages, rollouts, log_rollouts,
+                    image_size)))
                 rollouts_file.flush()
             bar.set_postfix(reward=f"{log['reward_mean']:.3f}", kl=f"{log['kl']:.4f}",
                             len=f"{log['response_length']:.0f}")

@@ -314,9 +314,19 @@ def default_device():
     return torch.device("cpu")
 
 
+def tiny_corpus():
+    """The texts the tiny model's tokenizer is trained on: the chest X-ray world's and the general world's, so that
+    one vocabulary serves the general model, the SFT model made from it and every stage after them."""
+    import shapes
+    import synthetic
+    return synthetic.corpus_texts() + shapes.corpus_texts()
+
+
 def load_model(name_or_path, dtype=None, device=None, attn_implementation=None, min_pixels=None,
-               max_pixels=None, rank0_only=False):
-    """(model, processor) from a local checkpoint dir or a hub id (Qwen/Qwen3-VL-8B-Instruct, ...).
+               max_pixels=None, rank0_only=False, seed=0):
+    """(model, processor) from a local checkpoint dir, a training output dir (its newest step), a hub id
+    (Qwen/Qwen3-VL-8B-Instruct, ...), or "tiny": the tiny random Qwen3-VL of `seed` (build_tiny, its tokenizer trained
+    on tiny_corpus()), which every stage can start from offline.
 
     dtype defaults to bfloat16 on GPU and float32 on CPU; attention to flash_attention_2 when it imports.
     rank0_only (torchrun, before wrap_fsdp): only rank 0 reads the weights, into host memory; every other rank
@@ -324,6 +334,13 @@ def load_model(name_or_path, dtype=None, device=None, attn_implementation=None, 
     shards. 8 ranks x a whole fp32 8B model (35 GB each) would not fit a node's host memory.
     """
     from transformers import AutoConfig, AutoModelForImageTextToText
+    device = torch.device(device) if device is not None else default_device()
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name_or_path == "tiny":
+        model, processor = build_tiny(texts=tiny_corpus(), seed=seed, min_pixels=min_pixels or TINY_MIN_PIXELS,
+                                      max_pixels=max_pixels or TINY_MAX_PIXELS)
+        return model.to(device, dtype), processor
     if os.path.isdir(name_or_path) and not os.path.exists(os.path.join(name_or_path, "config.json")):
         if latest_checkpoint(name_or_path) is None:
             raise FileNotFoundError(f"{name_or_path} holds neither a checkpoint (config.json) nor a 'latest' step")
@@ -339,9 +356,6 @@ def load_model(name_or_path, dtype=None, device=None, attn_implementation=None, 
             raise RuntimeError(
                 f"cannot get {name_or_path!r} from the Hugging Face hub ({type(e).__name__}); on an offline "
                 f"machine download it elsewhere and pass the local directory instead") from None
-    device = torch.device(device) if device is not None else default_device()
-    if dtype is None:
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     attn_implementation = attn_implementation or attention_implementation()
     if rank0_only and dist.get_rank() != 0:
         with torch.device("meta"):

@@ -25,9 +25,9 @@ import torch
 
 import rewards
 from configurator import configure
-from data import load_image, tiny_corpus
+from data import load_image
 from grpo import group_advantages, sample_rollouts
-from model import build_tiny, default_device, load_model
+from model import default_device, load_model
 from pictures import contact_sheet
 from records import PROMPTS, make_record, parse_boxes, question, reference_answer
 
@@ -92,23 +92,19 @@ print(f"gold: {gold or '(none given)'}\n")
 
 scores = advantages = None
 if rollouts:  # what the step sampled, and the rewards and advantages it trained on
-    answers, scores, advantages = ([answer[key] for answer in logged] for key in ("text", "reward", "advantage"))
+    completions, scores, advantages = ([c[key] for c in logged] for key in ("text", "reward", "advantage"))
 else:
     device = default_device()
-    if init_from == "tiny":
-        model, processor = build_tiny(texts=tiny_corpus(), seed=seed,
-                                      min_pixels=min_pixels, max_pixels=max_pixels)
-    else:
-        model, processor = load_model(init_from, device=device, min_pixels=min_pixels, max_pixels=max_pixels)
+    model, processor = load_model(init_from, device=device, min_pixels=min_pixels, max_pixels=max_pixels, seed=seed)
     model.to(device).eval()
-    _, answers, _ = sample_rollouts(model, processor, [record], num_samples, thinking, device, temperature, top_p,
-                                    max_new_tokens)
+    _, completions = sample_rollouts(model, processor, [record], num_samples, thinking, device, temperature, top_p,
+                                     max_new_tokens)
     if gold:
-        scores, _ = rewards.score(task, answers, [gold] * num_samples, reward=report_reward, thinking=thinking,
+        scores, _ = rewards.score(task, completions, [gold] * num_samples, reward=report_reward, thinking=thinking,
                                   metric_weights=metric_weights)
         advantages = group_advantages(scores, [0] * num_samples).tolist()
 tiles, picture = [], load_image(record)
-for k, text in enumerate(answers):
+for k, text in enumerate(completions):
     head = f"sample {k}" + (f": reward {scores[k]:.3f}, advantage {advantages[k]:+.2f}" if gold else "")
     print(f"--- {head}\n{text}\n")
     tiles.append({"image": picture, "boxes": [(box, "#30ff30", "") for box in parse_boxes(gold)]

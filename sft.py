@@ -32,9 +32,9 @@ import torch
 from tqdm import tqdm
 
 from configurator import configure
-from data import N_NAMED, PackedWindows, model_inputs, open_records, pack_samples, tiny_corpus, tokenize_window
+from data import N_NAMED, PackedWindows, model_inputs, open_records, pack_samples, tokenize_window
 from evaluate import held_out_prompts, held_out_rewards
-from model import (autocast, build_tiny, compute_dtype, export_model, init_distributed, latest_checkpoint, load_model,
+from model import (autocast, compute_dtype, export_model, init_distributed, latest_checkpoint, load_model,
                    next_token_logprobs, open_training_log, print0, resume_training_checkpoint,
                    save_training_checkpoint, wrap_fsdp)
 
@@ -85,14 +85,10 @@ val_records = open_records(val_data, "val", n_val, image_size, strict=strict) if
 val_prompts = held_out_prompts(val_data, n_eval, image_size, rank=rank, world=world) \
     if val_data and eval_every and n_eval else {}
 torch.manual_seed(seed)
-if init_from == "tiny":
-    model, processor = build_tiny(texts=tiny_corpus(), seed=seed,
-                                  min_pixels=min_pixels, max_pixels=max_pixels)
-else:
-    # fp32 master weights, bf16 compute on GPU: a bf16 weight would not move under updates of lr 1e-5 x its size;
-    # on N ranks only rank 0 reads them, and wrap_fsdp broadcasts them into the shards
-    model, processor = load_model(init_from, dtype=torch.float32, device=device, min_pixels=min_pixels,
-                                  max_pixels=max_pixels, rank0_only=world > 1)
+# fp32 master weights, bf16 compute on GPU: a bf16 weight would not move under updates of lr 1e-5 x its size;
+# on N ranks only rank 0 reads them, and wrap_fsdp broadcasts them into the shards
+model, processor = load_model(init_from, dtype=torch.float32, device=device, min_pixels=min_pixels,
+                              max_pixels=max_pixels, rank0_only=world > 1, seed=seed)
 model.config.use_cache = False
 if grad_checkpointing:
     model.gradient_checkpointing_enable()

@@ -102,10 +102,11 @@ def gap_closed(out):
     fraction of the gap closed, (general + RL - general) / (SFT - general), on each task, with a bootstrap interval
     of grounding's fraction minus the reports' (each task's records resampled on their own)."""
     general, sft = os.path.join(out, "eval_general"), os.path.join(out, "eval_sft")
-    if not ran(out, [general, sft] + seeds_of(out, "eval_general_rl"), "RL on the general model closes more of the gap"):
+    rl_runs = seeds_of(out, "eval_general_rl")
+    if not ran(out, [general, sft] + rl_runs, "RL on the general model closes more of the gap"):
         return
     intervals, shown = [], []
-    for rl in seeds_of(out, "eval_general_rl"):
+    for rl in rl_runs:
         data = {}
         for kind in ("grounding", "report"):
             g, r, s = per_record(general, kind), per_record(rl, kind), per_record(sft, kind)

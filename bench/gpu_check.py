@@ -29,9 +29,8 @@ from torch.distributed.fsdp._fully_shard._fsdp_param_group import FSDPParamGroup
 
 import synthetic  # noqa: E402
 from configurator import configure  # noqa: E402
-from data import (generation_kwargs, model_inputs, pack_samples, prompt_batch, tiny_corpus,  # noqa: E402
-                  tokenize_window)
-from model import autocast, build_random, build_tiny, default_device, gathered, wrap_fsdp  # noqa: E402
+from data import generation_kwargs, model_inputs, pack_samples, prompt_batch, tokenize_window  # noqa: E402
+from model import autocast, build_random, build_tiny, default_device, gathered, tiny_corpus, wrap_fsdp  # noqa: E402
 
 shape = "2b"              # "2b" / "4b" / "8b", or "tiny" for a CPU dry run
 image_size = 512          # synthetic image side

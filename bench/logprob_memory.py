@@ -44,21 +44,22 @@ def micro_step(path):
     record = open_records("synthetic", "train", 1, 128, tasks=("report",))[0]
     prompt = prompt_batch([record] * sequences, build_processor(tokenizer))
     answers = torch.randint(0, QWEN3_VL_VOCAB, (sequences, answer_tokens))
-    batch = {"input_ids": torch.cat([prompt["input_ids"], answers], 1),
-             "attention_mask": torch.cat([prompt["attention_mask"], torch.ones_like(answers)], 1),
-             "mm_token_type_ids": torch.cat([prompt["mm_token_type_ids"], torch.zeros_like(answers)], 1),
-             "pixel_values": prompt["pixel_values"], "image_grid_thw": prompt["image_grid_thw"]}
-    n_prompt = prompt["input_ids"].shape[1]
+    rollouts = grpo.Rollouts(input_ids=torch.cat([prompt["input_ids"], answers], 1),
+                             attention_mask=torch.cat([prompt["attention_mask"], torch.ones_like(answers)], 1),
+                             mm_token_type_ids=torch.cat([prompt["mm_token_type_ids"], torch.zeros_like(answers)], 1),
+                             image_grid_thw=prompt["image_grid_thw"], pixel_chunks=[prompt["pixel_values"]],
+                             answer_mask=torch.ones_like(answers, dtype=torch.bool), group_ids=None,
+                             sampled_logprobs=None, truncated=None, prompt_len=prompt["input_ids"].shape[1])
     before = peak_rss_gib()
     if path == "full":  # grpo.py's token_logprobs before: the logits of every answer position at once
-        inputs = {k: v for k, v in batch.items()}
-        logits = model(**inputs, use_cache=False, logits_to_keep=answer_tokens + 1).logits[:, :-1].float()
+        logits = model(**rollouts.model_inputs(), use_cache=False, logits_to_keep=answer_tokens + 1).logits[:, :-1]
+        logits = logits.float()
         logprobs = torch.log_softmax(logits, -1)
         chosen = logprobs.gather(-1, answers[:, :, None]).squeeze(-1)
         with torch.no_grad():
             entropy = -(logprobs.exp() * logprobs).sum(-1)
     else:
-        chosen, entropy = grpo.token_logprobs(model, batch, n_prompt)
+        chosen, entropy = grpo.token_logprobs(model, rollouts)
     (chosen.sum() + 0 * entropy.sum()).backward()
     return peak_rss_gib() - before
 

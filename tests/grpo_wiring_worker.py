@@ -16,21 +16,21 @@ sample_rollouts, policy_update = grpo.sample_rollouts, grpo.policy_update
 
 
 def sample(model, processor, records, *args, **kwargs):
-    batch, texts, n_prompt = sample_rollouts(model, processor, records, *args, **kwargs)
+    rollouts, texts = sample_rollouts(model, processor, records, *args, **kwargs)
     steps.append({"golds": [reference_answer(r) for r in records], "tasks": [task_of(r) for r in records],
-                  "texts": texts, "group_ids": batch["group_ids"].tolist()})
-    return batch, texts, n_prompt
+                  "texts": texts, "group_ids": rollouts.group_ids.tolist()})
+    return rollouts, texts
 
 
-def score(task, completions, answers, reward=None, thinking=False, metric_weights=""):
-    values = [-abs(len(c.split()) - len(a.split())) / 10 for c, a in zip(completions, answers)]
-    steps[-1].update(completions=completions, answers=answers, rewards=values)
+def score(task, completions, gold_answers, reward=None, thinking=False, metric_weights=""):
+    values = [-abs(len(c.split()) - len(a.split())) / 10 for c, a in zip(completions, gold_answers)]
+    steps[-1].update(completions=completions, answers=gold_answers, rewards=values)
     return values, {"words": [float(len(c.split())) for c in completions]}  # a component, as rewards.score gives
 
 
-def update(policy, optimizer, batch, old_logprobs, ref_logprobs, advantages, *args, **kwargs):
+def update(policy, optimizer, rollouts, old_logprobs, ref_logprobs, advantages, **kwargs):
     steps[-1]["advantages"] = advantages.tolist()
-    return policy_update(policy, optimizer, batch, old_logprobs, ref_logprobs, advantages, *args, **kwargs)
+    return policy_update(policy, optimizer, rollouts, old_logprobs, ref_logprobs, advantages, **kwargs)
 
 
 grpo.sample_rollouts, grpo.policy_update, grpo.rewards.score = sample, update, score

@@ -34,12 +34,12 @@ policy.eval()
 eos = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")  # a bias towards EOS while sampling: answers of
 hook = policy.lm_head.register_forward_hook(  # several lengths, so that the three loss aggregations differ
     lambda module, inputs, logits: logits + 4.0 * torch.nn.functional.one_hot(torch.tensor(eos), logits.shape[-1]))
-batch, texts, n_prompt = grpo.sample_rollouts(policy, processor, records, 3, False, device, max_new_tokens=10)
+rollouts, texts = grpo.sample_rollouts(policy, processor, records, 3, False, device, max_new_tokens=10)
 hook.remove()
 rewards = torch.tensor([len(t) % 5 / 4 for t in texts])
-advantages = grpo.group_advantages(rewards, batch["group_ids"])
-old = grpo.rollout_logprobs(policy, batch, n_prompt, micro_batch=2)
-ref = grpo.rollout_logprobs(reference, batch, n_prompt, micro_batch=2)
+advantages = grpo.group_advantages(rewards, rollouts.group_ids)
+old = grpo.answer_logprobs(policy, rollouts, micro_batch=2)
+ref = grpo.answer_logprobs(reference, rollouts, micro_batch=2)
 mine = torch.tensor([p * 3 + g for p in range(rank, 4, world) for g in range(3)])
 
 # before each training forward: do the trainable parameters hold gradients from the micro-batches before it?
@@ -56,8 +56,8 @@ def watching(model, *args, **kwargs):
 
 
 grpo.token_logprobs = watching
-stats = grpo.policy_update(policy, optimizer, grpo.select(batch, mine), old[mine], ref[mine], advantages[mine],
-                           n_prompt, world, n_updates=2, micro_batch=2, grad_clip=1.0, loss_settings=loss_settings)
+stats = grpo.policy_update(policy, optimizer, rollouts.rows(mine), old[mine], ref[mine], advantages[mine], world=world,
+                           n_updates=2, micro_batch=2, grad_clip=1.0, loss_settings=loss_settings)
 grpo.token_logprobs = token_logprobs
 
 # greedy answers of the updated policy, and the all-gathers FSDP2 makes for one generate call of each length
@@ -88,8 +88,8 @@ for loss_agg in ("seq-mean", "constant"):
     if world > 1:
         wrap_fsdp(fresh, device)
     fresh_optimizer = torch.optim.AdamW(fresh.parameters(), lr=1e-3)
-    agg_stats = grpo.policy_update(fresh, fresh_optimizer, grpo.select(batch, mine), old[mine], ref[mine],
-                                   advantages[mine], n_prompt, world, n_updates=2, micro_batch=2, grad_clip=1.0,
+    agg_stats = grpo.policy_update(fresh, fresh_optimizer, rollouts.rows(mine), old[mine], ref[mine],
+                                   advantages[mine], world=world, n_updates=2, micro_batch=2, grad_clip=1.0,
                                    loss_settings={**loss_settings, "loss_agg": loss_agg})
     fresh_state = full_state_dict(fresh)
     others[loss_agg] = {"grad_norm": agg_stats["grad_norm"],
@@ -99,7 +99,7 @@ state = full_state_dict(policy)
 if rank == 0:
     plain, _ = load_model(ckpt, device="cpu")
     json.dump({"loaded_equals_file": all(torch.equal(loaded[k], v) for k, v in plain.state_dict().items()),
-               "rollouts": batch["input_ids"].tolist(), "texts": texts,
+               "rollouts": rollouts.input_ids.tolist(), "texts": texts,
                "param_sum": sum(v.double().sum().item() for v in state.values()),
                "param_abs": sum(v.double().abs().sum().item() for v in state.values()),
                "grad_norm": stats["grad_norm"], "grads_held": grads_held, "answers": answers, "other_losses": others,

@@ -33,15 +33,15 @@ def test_rollouts_keep_eos_in_the_mask_and_groups_aligned(tiny, records_file):
     records = [r for r in load_records(records_file) if r["task"] == "report"][:3]
     torch.manual_seed(0)
     hook = favour_eos(model, processor)
-    batch, texts, n_prompt = grpo.sample_rollouts(model, processor, records, 4, False, torch.device("cpu"),
+    rollouts, texts = grpo.sample_rollouts(model, processor, records, 4, False, torch.device("cpu"),
                                                   max_new_tokens=12)
     hook.remove()
     eos = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
-    completion = batch["input_ids"][:, n_prompt:]
-    assert batch["group_ids"].tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    completion = rollouts.input_ids[:, rollouts.prompt_len:]
+    assert rollouts.group_ids.tolist() == [0] * 4 + [1] * 4 + [2] * 4
     assert processor.tokenizer.pad_token_id != eos
     ended = 0
-    for row, mask in zip(completion, batch["completion_mask"]):
+    for row, mask in zip(completion, rollouts.answer_mask):
         ends = (row == eos).nonzero().flatten()
         if len(ends):  # everything up to and including the first EOS is learned from, nothing after it
             assert mask[:ends[0] + 1].all() and not mask[ends[0] + 1:].any()
@@ -54,8 +54,8 @@ def test_rollouts_keep_eos_in_the_mask_and_groups_aligned(tiny, records_file):
     assert not torch.isin(completion, torch.tensor(image_tokens)).any()
     # each rollout is fed back with its own prompt's image: the forward equals the generation's log-probs
     for j in range(len(texts)):
-        assert torch.equal(batch["pixel_chunks"][j], batch["pixel_chunks"][(j // 4) * 4])
-    assert not torch.equal(batch["pixel_chunks"][0], batch["pixel_chunks"][4])
+        assert torch.equal(rollouts.pixel_chunks[j], rollouts.pixel_chunks[(j // 4) * 4])
+    assert not torch.equal(rollouts.pixel_chunks[0], rollouts.pixel_chunks[4])
 
 
 def test_training_forward_reproduces_the_sampling_distribution(tiny, records_file):
@@ -65,7 +65,7 @@ def test_training_forward_reproduces_the_sampling_distribution(tiny, records_fil
     model, processor = tiny
     records = [r for r in load_records(records_file) if r["task"] == "report"][:3]
     torch.manual_seed(1)
-    batch, _, n_prompt = grpo.sample_rollouts(model, processor, records, 2, False, torch.device("cpu"),
+    rollouts, _ = grpo.sample_rollouts(model, processor, records, 2, False, torch.device("cpu"),
                                               max_new_tokens=12)
     torch.manual_seed(1)
     out = model.generate(**prompt_batch(records, processor), do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
@@ -73,10 +73,10 @@ def test_training_forward_reproduces_the_sampling_distribution(tiny, records_fil
                          **generation_kwargs(processor.tokenizer))
     steps = len(out.logits)
     sampled = torch.log_softmax(torch.stack(out.logits, 1).float(), -1)
-    sampled = sampled.gather(-1, out.sequences[:, n_prompt:, None]).squeeze(-1)
-    forward = grpo.rollout_logprobs(model, batch, n_prompt, micro_batch=16)[:, :steps]
-    mask = batch["completion_mask"][:, :steps]
-    assert torch.equal(out.sequences, batch["input_ids"][:, :out.sequences.shape[1]])
+    sampled = sampled.gather(-1, out.sequences[:, rollouts.prompt_len:, None]).squeeze(-1)
+    forward = grpo.answer_logprobs(model, rollouts, micro_batch=16)[:, :steps]
+    mask = rollouts.answer_mask[:, :steps]
+    assert torch.equal(out.sequences, rollouts.input_ids[:, :out.sequences.shape[1]])
     assert (forward - sampled)[mask].abs().max() < 1e-4
 
 
@@ -88,19 +88,17 @@ def test_rollout_logprobs_are_those_generate_sampled_with(tiny, records_file):
     model, processor = tiny
     records = [r for r in load_records(records_file) if r["task"] == "report"][:2]
     torch.manual_seed(3)
-    batch, _, n_prompt = grpo.sample_rollouts(model, processor, records, 3, False, torch.device("cpu"),
+    rollouts, _ = grpo.sample_rollouts(model, processor, records, 3, False, torch.device("cpu"),
                                               temperature=0.7, max_new_tokens=8)
-    rows = grpo.select(batch, torch.arange(6))
     with torch.no_grad():
-        logits = model(**{k: rows[k] for k in ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values",
-                                                 "image_grid_thw")}, use_cache=False).logits[:, n_prompt - 1:-1] / 0.7
+        logits = model(**rollouts.model_inputs(), use_cache=False).logits[:, rollouts.prompt_len - 1:-1] / 0.7
     logits[..., generation_kwargs(processor.tokenizer)["suppress_tokens"]] = float("-inf")
-    sampled = torch.log_softmax(logits, -1).gather(-1, batch["input_ids"][:, n_prompt:, None]).squeeze(-1)
-    mask = batch["completion_mask"]
-    assert (sampled - batch["rollout_logprobs"])[mask].abs().max() < 1e-4
-    training = grpo.rollout_logprobs(model, batch, n_prompt, micro_batch=6, temperature=0.7)
-    mismatch = grpo.health(batch, training, 6)["mismatch_kl"]
-    assert 0 < mismatch < 0.05 and (training <= batch["rollout_logprobs"] + 1e-6)[mask].all()
+    sampled = torch.log_softmax(logits, -1).gather(-1, rollouts.input_ids[:, rollouts.prompt_len:, None]).squeeze(-1)
+    mask = rollouts.answer_mask
+    assert (sampled - rollouts.sampled_logprobs)[mask].abs().max() < 1e-4
+    training = grpo.answer_logprobs(model, rollouts, micro_batch=6, temperature=0.7)
+    mismatch = grpo.health(rollouts, training, 6)["mismatch_kl"]
+    assert 0 < mismatch < 0.05 and (training <= rollouts.sampled_logprobs + 1e-6)[mask].all()
 
 
 def test_generation_in_chunks_pads_into_one_batch_without_changing_logprobs(tiny, records_file):
@@ -109,19 +107,22 @@ def test_generation_in_chunks_pads_into_one_batch_without_changing_logprobs(tiny
     model, processor = tiny
     records = [r for r in load_records(records_file) if r["task"] == "report"][:2]  # 64x64 and 96x64 images
     torch.manual_seed(2)
-    batch, _, n_prompt = grpo.sample_rollouts(model, processor, records, 2, False, torch.device("cpu"),
+    rollouts, _ = grpo.sample_rollouts(model, processor, records, 2, False, torch.device("cpu"),
                                               max_new_tokens=12, generate_batch=1)
-    assert batch["group_ids"].tolist() == [0, 0, 1, 1]
-    assert (batch["attention_mask"][:, :n_prompt] == 0).any()  # one chunk's prompts were padded on the left
-    padded = grpo.rollout_logprobs(model, batch, n_prompt, micro_batch=16)
+    assert rollouts.group_ids.tolist() == [0, 0, 1, 1]
+    assert (rollouts.attention_mask[:, :rollouts.prompt_len] == 0).any()  # one chunk's prompts were padded on the left
+    padded = grpo.answer_logprobs(model, rollouts, micro_batch=16)
     for j in range(4):
-        keep = batch["attention_mask"][j].bool()
-        alone = {"input_ids": batch["input_ids"][j][keep][None], "attention_mask": torch.ones(1, int(keep.sum())),
-                 "mm_token_type_ids": batch["mm_token_type_ids"][j][keep][None],
-                 "pixel_values": batch["pixel_chunks"][j], "image_grid_thw": batch["image_grid_thw"][j:j + 1]}
+        keep = rollouts.attention_mask[j].bool()
+        alone = grpo.Rollouts(input_ids=rollouts.input_ids[j][keep][None],
+                              attention_mask=torch.ones(1, int(keep.sum()), dtype=torch.long),
+                              mm_token_type_ids=rollouts.mm_token_type_ids[j][keep][None],
+                              image_grid_thw=rollouts.image_grid_thw[j:j + 1], pixel_chunks=[rollouts.pixel_chunks[j]],
+                              answer_mask=None, group_ids=None, sampled_logprobs=None, truncated=None,
+                              prompt_len=int(keep[:rollouts.prompt_len].sum()))
         with torch.no_grad():
-            own, _ = grpo.token_logprobs(model, alone, int(keep[:n_prompt].sum()))
-        assert (padded[j][batch["completion_mask"][j]] - own[0]).abs().max() < 1e-4
+            own, _ = grpo.token_logprobs(model, alone)
+        assert (padded[j][rollouts.answer_mask[j]] - own[0]).abs().max() < 1e-4
 
 
 def _run_worker(cmd, ckpt, weightless, data, out):
@@ -171,14 +172,14 @@ def test_a_few_grpo_steps_raise_a_toy_reward(tiny_checkpoint, records_file):
     torch.manual_seed(0)
     for _ in range(10):
         policy.eval()
-        batch, _, n_prompt = grpo.sample_rollouts(policy, processor, records, 6, False, torch.device("cpu"),
+        rollouts, _ = grpo.sample_rollouts(policy, processor, records, 6, False, torch.device("cpu"),
                                                   max_new_tokens=6)
-        completion, mask = batch["input_ids"][:, n_prompt:].float(), batch["completion_mask"].float()
+        completion, mask = rollouts.input_ids[:, rollouts.prompt_len:].float(), rollouts.answer_mask.float()
         reward = (completion * mask).sum(1) / mask.sum(1) / vocab
         means.append(reward.mean().item())
-        old = grpo.rollout_logprobs(policy, batch, n_prompt, micro_batch=24)
-        grpo.policy_update(policy, optimizer, batch, old, None, grpo.group_advantages(reward, batch["group_ids"]),
-                           n_prompt, world=1, n_updates=1, micro_batch=24, grad_clip=1.0, loss_settings=loss_settings)
+        old = grpo.answer_logprobs(policy, rollouts, micro_batch=24)
+        grpo.policy_update(policy, optimizer, rollouts, old, None, grpo.group_advantages(reward, rollouts.group_ids),
+                           world=1, n_updates=1, micro_batch=24, grad_clip=1.0, loss_settings=loss_settings)
     assert sum(means[-3:]) / 3 > sum(means[:3]) / 3 + 0.05, means
 
 

@@ -59,7 +59,7 @@ def test_a_checkpoints_own_sampling_settings_are_overridden(tmp_path, tiny_check
     for m in (model, loaded):
         torch.manual_seed(0)
         sampled.append(sample_rollouts(m.eval(), processor, records, 4, False, torch.device("cpu"),
-                                       max_new_tokens=12)[0]["input_ids"])
+                                       max_new_tokens=12)[0].input_ids)
     assert torch.equal(*sampled)
     plain = model.generation_config
     assert (plain.top_k is None and plain.repetition_penalty is None

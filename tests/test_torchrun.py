@@ -128,7 +128,8 @@ def test_grpo_ranks_share_out_the_prompts_of_a_step(tiny_checkpoint, records_fil
         assert ranks[0][step]["golds"] == golds[0::2] and ranks[1][step]["golds"] == golds[1::2]
 
 
-def test_coldstart_on_two_ranks_shards_the_traces_and_replays_sft_records_then_sft_fine_tunes_on_them(tiny_checkpoint, tmp_path):
+def test_coldstart_on_two_ranks_shards_the_traces_beside_replayed_records(tiny_checkpoint, tmp_path):
+    """Traces (with SFT records replayed beside them) sharded over 2 ranks equal 1 process's; sft.py fine-tunes on them."""
     for n in (2, 1):
         run("coldstart.py", n, "--n_records=12", "--min_words=5", f"--out_dir={tmp_path / str(n)}")
     traces = {n: [json.loads(line) for line in open(tmp_path / str(n) / "coldstart.jsonl")] for n in (1, 2)}
