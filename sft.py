@@ -22,6 +22,7 @@ Deliberately left out: LoRA, sequence parallelism, dynamic-resolution bucketing,
 (mix your JSONL yourself), and a data loader that skips ahead without re-reading the current window.
 """
 
+import collections
 import itertools
 import json
 import math
@@ -54,7 +55,7 @@ thinking = False          # append the " /think" request to every question (cold
 max_tokens = 1024         # tokens per packed row
 rows_per_step = 4         # packed rows per optimizer step on each rank (gradient accumulation micro-steps)
 epochs = 1                # passes over the data
-max_steps = 500           # stop after this many steps (0: at the end of `epochs`)
+max_steps = 500           # stop after this many steps or at the end of `epochs`, whichever is first (0: `epochs`)
 lr = 2e-3                 # peak learning rate of the language model
 vision_lr = 1e-3          # peak learning rate of the vision tower (with its mergers into the language model)
 freeze_vision = False     # keep the vision tower fixed
@@ -113,18 +114,20 @@ optimizer = torch.optim.AdamW(
 
 model.train()
 
-step, cursor, skipped, tokens_seen, total_steps = 0, (0, 0, 0), 0, 0, max_steps
+# where the next row comes from: the pass over the data, the window in it and the row in that window (0-based)
+Cursor = collections.namedtuple("Cursor", "epoch window row")
+step, cursor, skipped, tokens_seen, total_steps = 0, Cursor(0, 0, 0), 0, 0, 0
 best = {"step": None, "val_reward": -math.inf}  # the evaluation with the highest mean val_reward_*, in out_dir/best
 resumed_from, state = resume_training_checkpoint(out_dir, model, optimizer) if resume else (None, None)
 if state:
-    step, cursor, tokens_seen = state["step"], tuple(state["cursor"]), state["tokens_seen"]
+    step, cursor, tokens_seen = state["step"], Cursor(*state["cursor"]), state["tokens_seen"]
     skipped = state["skipped"] if master else 0  # the count of all ranks, carried on by rank 0
     total_steps = state["total_steps"]  # the schedule of the original run, not a new estimate
     best = state["best"]
     print0(f"resumed from {resumed_from} at step {step}")
 
-stream = PackedWindows(train_records, processor, model, max_tokens, window, rank, world, seed, start=cursor[:2],
-                       strict=strict, thinking=thinking, num_workers=num_workers)
+stream = PackedWindows(train_records, processor, model, max_tokens, window, rank, world, seed,
+                       start=(cursor.epoch, cursor.window), strict=strict, thinking=thinking, num_workers=num_workers)
 windows = iter(stream)
 
 
@@ -148,19 +151,21 @@ def train_rows(windows, skip_in_first_window):
             raise SystemExit(f"[rank {rank}] no usable record in a whole pass over this rank's share of {data}: "
                              f"{n_bad} records skipped, the first: " + "; ".join(first_bad))
         for r in range(skip_in_first_window, n):
-            nxt = (item["epoch"], item["window"], r + 1) if r + 1 < n else (item["epoch"], item["window"] + 1, 0)
-            if nxt[1] == stream.n_windows:
-                nxt = (item["epoch"] + 1, 0, 0)
+            nxt = (Cursor(item["epoch"], item["window"], r + 1) if r + 1 < n
+                   else Cursor(item["epoch"], item["window"] + 1, 0))
+            if nxt.window == stream.n_windows:
+                nxt = Cursor(item["epoch"] + 1, 0, 0)
             yield item["epoch"], nxt, item["rows"][r]
         skip_in_first_window = 0
 
 
-if not total_steps:  # estimate from how many records the first window packs per row
-    first = next(windows)
+if not total_steps:  # the schedule ends where training does: at max_steps or after `epochs`, whichever comes first
+    first = next(windows)  # the epochs' length, estimated from how many records the first window packs per row
     windows = itertools.chain([first], windows)
     per_row = (min(window, len(train_records)) - len(first["problems"])) / max(1, len(first["rows"]))
     total_steps = max(1, math.ceil(epochs * len(train_records) / world / per_row / rows_per_step))
-rows = train_rows(windows, cursor[2])
+    total_steps = min(total_steps, max_steps or total_steps)
+rows = train_rows(windows, cursor.row)
 
 
 def lr_factor(it):

@@ -163,6 +163,18 @@ def test_schedule_and_parameter_groups(tiny_checkpoint, records_file, tmp_path):
     assert sorted(settings["weight_decay"] for settings, _ in groups) == [0.0, 0.0, 0.1, 0.1]  # text, vision
 
 
+def test_the_schedule_ends_with_the_epochs_when_they_end_before_max_steps(tiny_checkpoint, tmp_path):
+    """The cold start's config says 400 steps but its traces last one epoch (~64 steps): the cosine must reach its
+    floor at the last step the data gives, not stop near the peak (which left the cold-start model unconverged)."""
+    data = write_records(str(tmp_path / "data"), 24)
+    out = str(tmp_path / "run")
+    run_sft(out, tiny_checkpoint, data, "--epochs=2", "--max_steps=400", "--warmup=0.1", "--rows_per_step=1",
+            "--window=8", "--eval_every=0", "--save_every=0")
+    log = [row for _, row in sorted(losses(out).items())]
+    assert 4 <= len(log) < 40
+    assert log[-1]["lr"] < 0.2e-3 and max(row["lr"] for row in log) == pytest.approx(1e-3, rel=0.05)
+
+
 def test_freeze_vision_leaves_the_tower_alone(tiny_checkpoint, records_file, tmp_path):
     import torch
     from safetensors.torch import load_file
