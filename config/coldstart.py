@@ -1,11 +1,12 @@
 # Stage 2's SFT ("RadVLM-Thinking"): the SFT model fine-tuned on the reasoning traces that coldstart.py wrote.
-#   python coldstart.py && python sft.py config/coldstart.py        # CPU, the synthetic world, ~3 minutes
+#   python coldstart.py && python sft.py config/coldstart.py        # CPU, the synthetic world, ~9 minutes
 #   torchrun --nproc_per_node=8 sft.py config/coldstart.py --init_from=out/sft_paper --data=out/coldstart/coldstart.jsonl
 init_from = "out/sft"
 data = "out/coldstart/coldstart.jsonl"
 val_data = ""
 out_dir = "out/coldstart/model"
-max_steps = 400               # stops earlier at the end of the traces (one epoch)
+epochs = 4                    # one pass left the tiny model unable to close </think> (docs/results.md)
+max_steps = 250               # or fewer, when the traces end first (reproduce.sh: 4 epochs of 1,000 traces, 243 steps)
 lr = 1e-3
 vision_lr = 5e-4
 warmup = 0.05

@@ -4,7 +4,7 @@ import coldstart
 import synthetic
 from data import prompt_messages, to_messages
 from records import (CHEXPERT_LABELS, GROUNDING_TASKS, THINK_SUFFIX, location_answer, make_record, parse_boxes,
-                     reference_answer)
+                     question, reference_answer)
 
 
 def _records(n=12):
@@ -26,25 +26,25 @@ def test_rule_teacher_reviews_what_the_study_holds():
     for record in records:
         study = synthetic.study_of(record)
         trace = coldstart.rule_trace(record, study)
+        if record["task"] in GROUNDING_TASKS:  # the question and its target, no review (answer_steps says why)
+            assert trace.startswith(f"The question asks: {question(record)} The target is in the")
+            assert trace.count("The target is in the") == len(parse_boxes(reference_answer(record)))
+            continue
         for finding in study["findings"]:
             assert finding["name"] in trace
         if not study["findings"]:
             assert "Lungs: clear." in trace and "Heart: normal size." in trace
-        if record["task"] in GROUNDING_TASKS:
-            assert trace.count("The target is in the") == len(parse_boxes(reference_answer(record)))
 
 
 def test_rule_teacher_traces_of_the_synthetic_world_are_unchanged():
-    """The teacher of converted records came in beside rule_trace; the synthetic world's traces, on which the cold
-    start of reproduce.sh and its recorded results rest, must stay word for word what they were before it."""
+    """The synthetic world's traces, on which the cold start of reproduce.sh and its recorded results rest, word for
+    word (grounding traces lost their review on 2026-12-06: docs/results.md, the thinking model)."""
     records = _records(12)
     assert coldstart.rule_review(records[7], 128) == (
         "Lines and tubes: none. Heart: normal size. Lungs: clear. Pleura: no effusion, no pneumothorax. The report "
         "states each finding with its side and size, and the normal findings.")
     assert coldstart.rule_review(records[0], 128) == (
-        "Lines and tubes: endotracheal tube. Heart: enlarged, severe cardiomegaly. Lungs: left atelectasis in the "
-        "patient's left lower zone, the image's right side; right mass in the patient's right middle zone, the "
-        "image's left side. Pleura: no effusion, no pneumothorax. The target is in the patient's right middle zone, "
+        "The question asks: Locate the mass on this chest radiograph. The target is in the patient's right middle zone, "
         "the image's left side.")
 
 
@@ -99,8 +99,8 @@ def test_restart_skips_records_already_written(tmp_path):
     part = str(tmp_path / "traces.rank0.jsonl")
 
     def write(records):
-        teach = lambda batch: coldstart.teacher_outputs(batch, None, None, None, 128, 0, 20)  # noqa: E731
-        return coldstart.write_traces(records, part, teach, generate_batch=4, min_words=20, min_score=0.5)
+        teach = lambda batch: coldstart.teacher_outputs(batch, None, None, None, 128, 0, 10)  # noqa: E731
+        return coldstart.write_traces(records, part, teach, generate_batch=4, min_words=10, min_score=0.5)
     assert write(records[:6]) == 6
     assert write(records) == 4  # a restart continues where the first run stopped
     lines = [json.loads(line) for line in open(part)]
