@@ -14,6 +14,13 @@ One record format everywhere, the RadVLM/LLaVA one, so the authors' released ins
 Boxes are the paper's text format: normalized 0-1 `[x_min, y_min, x_max, y_max]`, 2 decimals, trailing
 zeros dropped, several joined "[..], [..] and [..]". `format_boxes` / `parse_boxes` below are the only box
 formatter and parser of the project; the prompts of every task live here too.
+
+Words, one meaning each, in every file:
+- record task: a record's own `task`, one of TASKS (or GENERAL_TASKS in the general world);
+- step task: what one GRPO step trains, "report" or "grounding" (TASK_GROUPS maps it to its record tasks);
+- the `task` setting of grpo.py: "report", "grounding" or "both" (steps alternate);
+- reward kind (`rewards.task_kind`): how an answer is scored, "report", "classification" or "grounding";
+- gold answer: the record's own answer (its last gpt turn); completion: what a model wrote for its prompt.
 """
 
 import json
