@@ -15,8 +15,10 @@ Terms, per GPU, with N GPUs under FSDP2 (full sharding), as sft.py / grpo.py tra
               reduce-scatter every micro-step; deferring that to the last one (set_requires_gradient_sync(False))
               would instead hold a whole unsharded fp32 gradient, 4 bytes x params (35 GB at 8B)
   activations gradient checkpointing on: each decoder layer's bf16 input, plus one layer recomputed
-  logits     tokens x vocab x 14 bytes (SFT: every position of the row; GRPO: answer positions only, 16 bytes
-             with the entropy's temporaries): bf16 logits, fp32 copy, log-softmax saved for backward, gradients
+  logits     one chunk of model.LOGPROB_CHUNK positions x vocab x 10 bytes (bf16 projection, its fp32 copy turned
+             into log-probs in place, and exp's fp32 temporary for the entropy; the backward recomputes a chunk the
+             same way): sft.py and grpo.py never hold tokens x vocab (model.next_token_logprobs). Before that
+             it was tokens x vocab x 14-16 bytes: 16.2 GiB for SFT's row, 18.5 GiB for GRPO's micro-batches
   KV cache   grpo.py generation: sequences in flight x length x layers x 2 x kv heads x head dim x 2 bytes
   generating grpo.py: the whole policy in bf16 (2 bytes x params), all-gathered once per rollout batch by
              model.gathered instead of layer by layer at every generated token (one GPU: autocast's copies)
@@ -33,7 +35,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configurator import configure  # noqa: E402
-from model import QWEN3_VL_SHAPES, QWEN3_VL_VOCAB, build_random  # noqa: E402
+from model import LOGPROB_CHUNK, QWEN3_VL_SHAPES, QWEN3_VL_VOCAB, build_random  # noqa: E402
 
 gpus = [8, 1]
 configure(globals())
@@ -43,7 +45,7 @@ GiB = 2 ** 30
 # the question), answers, prompts per rank, samples per prompt, micro-batch and generate_batch
 SFT_ROW = 8192
 RUNS = {"GRPO report": dict(prompt=500, answer=1024, chunk=8, micro=8),
-        "GRPO grounding": dict(prompt=500, answer=4096, chunk=4, micro=2)}
+        "GRPO grounding": dict(prompt=500, answer=4096, chunk=4, micro=8)}
 GROUP = 8
 
 
@@ -65,7 +67,7 @@ def parts(shape, params, layer, root, vision, vision_root, n_gpus):
     gathered = 2 * (root + 2 * layer) if n_gpus > 1 else 2 * params
     one_layer = lambda tokens: tokens * (6 * h + 4 * kv + 3 * inter) * 2  # noqa: E731  recomputed layer, bf16
     checkpointed = lambda tokens: n_layers * tokens * h * 2 + one_layer(tokens)  # noqa: E731
-    logits = lambda tokens, bytes_per=14: tokens * QWEN3_VL_VOCAB * bytes_per  # noqa: E731
+    logits = lambda tokens: min(tokens, LOGPROB_CHUNK) * QWEN3_VL_VOCAB * 10  # noqa: E731
     states = 16 * params / n_gpus
     grads = 6 * root if n_gpus > 1 else 0  # one GPU trains the plain model: its fp32 gradients are in `states`
     rows = {"SFT": {"states": states, "gathered": gathered, "grads": grads, "activations": checkpointed(SFT_ROW),
@@ -73,7 +75,7 @@ def parts(shape, params, layer, root, vision, vision_root, n_gpus):
     for run, c in RUNS.items():
         length = c["prompt"] + c["answer"]
         rows[run] = {"states": states, "reference": 2 * params / n_gpus, "gathered": gathered, "grads": grads,
-                     "activations": checkpointed(c["micro"] * length), "logits": logits(c["micro"] * c["answer"], 16),
+                     "activations": checkpointed(c["micro"] * length), "logits": logits(c["micro"] * c["answer"]),
                      "kv_cache": c["chunk"] * GROUP * length * n_layers * 2 * kv * 2,
                      "generating": 2 * params}
     rows["GRPO report, frozen vision"] = {**rows["GRPO report"],

@@ -5,7 +5,8 @@ exec(open("config/grpo_report_paper.py").read())
 task = "grounding"
 data = "data/grounding_train.jsonl"
 max_new_tokens = 4096
-micro_batch = 2               # B x 4096 x 151,936 fp32 log-probs are the largest tensor
-generate_batch = 4
+# micro_batch stays 8: without full logits (chunked log-probs) the training phase peaks below generation's
+# (bench/memory_table.py: 8B on 8 GPUs, 56 GiB either way; it was 2 while B x 4096 x vocab logits were held)
+generate_batch = 4            # prompts per generate call per GPU: 4,096-token answers' KV cache
 max_steps = 600               # the paper trains 10 epochs of its grounding prompts; set from your data size
 out_dir = "out/paper/grpo_grounding"

@@ -141,9 +141,9 @@ train "$THINKING" "${LAUNCH[@]}" sft.py config/coldstart_paper.py $EXTRA_SFT --i
 stage "5. GRPO for reports and for grounding, from RadVLM and, with thinking, from RadVLM-Thinking"
 grpo config/grpo_report_paper.py "$MIMIC_TRAIN" "$SFT" "$GRPO_REPORT"
 grpo config/grpo_grounding_paper.py "$GROUNDING_TRAIN" "$SFT" "$GRPO_GROUNDING"
-# reports with thinking: 4096-token answers, so the grounding config's batch sizes for them
+# reports with thinking: 4096-token answers, so the grounding config's generate_batch for them
 grpo config/grpo_report_paper.py "$MIMIC_TRAIN" "$THINKING" "$GRPO_REPORT_THINKING" --thinking=True \
-    --max_new_tokens=4096 --micro_batch=2 --generate_batch=4
+    --max_new_tokens=4096 --generate_batch=4
 grpo config/grpo_grounding_paper.py "$GROUNDING_TRAIN" "$THINKING" "$GRPO_GROUNDING_THINKING" --thinking=True
 
 stage "6. evaluate every model on the test files"

@@ -40,3 +40,12 @@ def test_sft_benchmark_counts_every_real_token_once():
             or line.startswith("| padd")}
     real = int(text.split(" real tokens")[0].split()[-1])
     assert int(rows["packed"][3]) == real < int(rows["padded"][3])  # packing computes no padding
+
+
+def test_generation_benchmark_times_both_paths_on_the_same_image_tokens():
+    text = run("bench/generation_prefill.py", "--image_size=64", "--max_pixels=4096", "--prompts=2", "--group_size=2",
+               "--max_new_tokens=2", "--repeats=1")
+    assert "4 visual tokens per image" in text
+    seconds = [float(line.split("|")[2]) for line in text.splitlines() if line.startswith("| generate")
+               or line.startswith("| grpo.sample_groups")]
+    assert len(seconds) == 2 and all(s > 0 for s in seconds)
