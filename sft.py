@@ -163,8 +163,9 @@ if not total_steps:  # the schedule ends where training does: at max_steps or af
     first = next(windows)  # the epochs' length, estimated from how many records the first window packs per row
     windows = itertools.chain([first], windows)
     per_row = (min(window, len(train_records)) - len(first["problems"])) / max(1, len(first["rows"]))
-    total_steps = max(1, math.ceil(epochs * len(train_records) / world / per_row / rows_per_step))
-    total_steps = min(total_steps, max_steps or total_steps)
+    # a first window without a usable record gives no estimate: train_rows then stops the run with the reasons
+    epoch_steps = math.ceil(epochs * len(train_records) / world / per_row / rows_per_step) if per_row else max_steps
+    total_steps = max(1, min(epoch_steps, max_steps or epoch_steps))
 rows = train_rows(windows, cursor.row)
 
 
