@@ -2,7 +2,7 @@
 Packing efficiency of the synthetic SFT mix: real tokens / row capacity, as sft.py packs them (windows of
 `window` records, best-fit decreasing into rows of `max_tokens`, an image filler where a row has no image).
 
-    python bench/bench_packing.py                    # the table in the README
+    python bench/bench_packing.py                    # the table in docs/data.md
     python bench/bench_packing.py --records=2048
 """
 import os

@@ -1,6 +1,6 @@
 """Faults a lab meets, each tried on the stage scripts as a user would meet it: data that is all bad, too small or with
 gold answers that cannot be scored, a setting of 0, a corrupt checkpoint, a rank killed mid-run, a kill -9 while a
-checkpoint is written. The README's "Faults" table lists them."""
+checkpoint is written. The "Faults" table of docs/training.md lists them."""
 import glob
 import json
 import os
@@ -20,8 +20,8 @@ TIMING_KEYS = ("tokens_per_s", "mfu")  # log values that measure the machine, no
 
 def launch(script, *args, nproc=1, max_restarts=0):
     """A stage script as its own process group (1 process, or torchrun with nproc workers), output to pipes. Restarts
-    need the README's TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (torchrun's store otherwise hands the restarted ranks the
-    killed ones' addresses, and they hang or fail connecting: pytorch/pytorch#135712)."""
+    need TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, as docs/training.md says (torchrun's store otherwise hands the
+    restarted ranks the killed ones' addresses, and they hang or fail connecting: pytorch/pytorch#135712)."""
     cmd = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                 f"--nproc_per_node={nproc}", f"--max-restarts={max_restarts}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
@@ -268,8 +268,8 @@ def assert_same_run(killed, uninterrupted, final):
 @pytest.mark.parametrize("script", ["sft.py", "grpo.py"])
 def test_a_rank_killed_mid_run_is_restarted_by_torchrun_and_ends_as_an_uninterrupted_run(script, tiny_checkpoint,
                                                                                           records_file, tmp_path):
-    """Fault: a node lost or a worker preempted. `torchrun --max-restarts=1 ... --resume=True` (the README's
-    command) must restart both ranks when one is SIGKILLed after a step past the checkpoint of step 2 was logged,
+    """Fault: a node lost or a worker preempted. `torchrun --max-restarts=1 ... --resume=True` (docs/training.md)
+    must restart both ranks when one is SIGKILLed after a step past the checkpoint of step 2 was logged,
     resume from that checkpoint by itself, and end with the weights and log.jsonl of a run never interrupted (the
     step trained again logged once)."""
     steps = 5 if script == "sft.py" else 4
