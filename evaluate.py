@@ -53,8 +53,7 @@ import rewards
 import scorers
 from configurator import configure
 from data import generation_kwargs, load_image, open_records, prompt_batch
-from model import (all_reduce_mean, autocast, gathered, init_distributed, latest_checkpoint,
-                   load_model, print0)
+from model import all_reduce_mean, autocast, gathered, init_distributed, load_model, print0
 from pictures import contact_sheet, draw_curves
 from records import (GROUNDING_TASKS, TASK_GROUPS, RecordError, box_iou, has_image, parse_boxes, record_id,
                      reference_answer, task_of)
@@ -452,11 +451,12 @@ def main():
     if predictions:
         completions = read_predictions(predictions, ids)
     else:
-        path = latest_checkpoint(init_from) or init_from
-        if init_from != "tiny" and not os.path.isfile(os.path.join(path, "config.json")) and (
-                os.path.isdir(path) or "/" not in path):
-            raise SystemExit(f"no checkpoint at {init_from!r}: run `python sft.py` first (or pass --init_from=...)")
-        model, processor = load_model(path, device=device, min_pixels=min_pixels, max_pixels=max_pixels, seed=seed)
+        try:  # as grpo.py: load_model resolves a training output dir to its newest step, or says why it cannot
+            model, processor = load_model(init_from, device=device, min_pixels=min_pixels, max_pixels=max_pixels,
+                                          seed=seed)
+        except (OSError, RuntimeError) as e:
+            raise SystemExit(f"no checkpoint at {init_from!r} ({e}): run `python sft.py` first "
+                             f"(or pass --init_from=...)")
         # each rank answers every world-th record with its own whole model: no collective until the gather
         mine = list(range(rank, len(records), world))
         answers = generate_answers(model.to(device).eval(), processor, [records[i] for i in mine], generate_batch,
