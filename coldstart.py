@@ -34,7 +34,7 @@ from PIL import Image
 from configurator import configure
 from data import generation_kwargs, open_records, prompt_batch
 import rewards
-from model import barrier, init_distributed, load_model, print0
+from model import barrier, end_distributed, init_distributed, load_model, print0
 from records import GROUNDING_TASKS, THINK_SUFFIX, parse_boxes, question, reference_answer, save_records, task_of
 
 teacher = "rule"          # "rule" (ground truth: the synthetic world's, a record's annotations) or a local VLM dir
@@ -256,9 +256,8 @@ def main():
                f"replayed -> {data_file}")
     barrier()
     print0(f"next, the cold-start SFT on them: python sft.py config/coldstart.py --data={data_file}")
-    if world > 1:
-        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
     main()
+    end_distributed()

@@ -53,7 +53,7 @@ import rewards
 import scorers
 from configurator import configure
 from data import generation_kwargs, load_image, open_records, prompt_batch
-from model import all_reduce_mean, autocast, gathered, init_distributed, load_model, print0
+from model import all_reduce_mean, autocast, end_distributed, gathered, init_distributed, load_model, print0
 from pictures import contact_sheet, draw_curves
 from records import (GROUNDING_TASKS, TASK_GROUPS, RecordError, box_iou, has_image, parse_boxes, record_id,
                      reference_answer, task_of)
@@ -495,9 +495,8 @@ def main():
         print(table)
         print(f"wrote {out_dir}/results.json, table.md, predictions.jsonl" + (", contact_sheet.png" if shown else "")
               + (", curves.png" if drew else ""))
-    if world > 1:
-        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
     main()
+    end_distributed()

@@ -56,8 +56,8 @@ from transformers import TopPLogitsWarper
 from configurator import configure
 from data import epoch_order, generation_kwargs, open_records, prompt_batch
 from evaluate import held_out_prompts, held_out_rewards
-from model import (all_reduce_mean, autocast, barrier, compute_dtype, gathered, init_distributed,
-                   latest_checkpoint, load_model, next_token_logprobs, open_training_log, print0,
+from model import (all_reduce_mean, autocast, compute_dtype, end_distributed, gathered,
+                   init_distributed, latest_checkpoint, load_model, next_token_logprobs, open_training_log, print0,
                    resume_training_checkpoint, save_training_checkpoint, wrap_fsdp)
 from records import TASK_GROUPS, question, record_id, reference_answer, task_of
 import rewards
@@ -594,10 +594,8 @@ def main():
                                      train_state={"step": step, "settings": settings}, dtype=compute_dtype(device))
     bar.close()
     print0(f"done: {step} steps" + (f"; policy in {latest_checkpoint(out_dir)}" if save_every else ""))
-    barrier()
-    if world > 1:
-        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
     main()
+    end_distributed()

@@ -35,8 +35,8 @@ from tqdm import tqdm
 from configurator import configure
 from data import N_NAMED, PackedWindows, model_inputs, open_records, pack_samples, tokenize_window
 from evaluate import held_out_prompts, held_out_rewards
-from model import (autocast, compute_dtype, export_model, init_distributed, latest_checkpoint, load_model,
-                   next_token_logprobs, open_training_log, print0, resume_training_checkpoint,
+from model import (autocast, compute_dtype, end_distributed, export_model, init_distributed, latest_checkpoint,
+                   load_model, next_token_logprobs, open_training_log, print0, resume_training_checkpoint,
                    save_training_checkpoint, wrap_fsdp)
 
 # model and data
@@ -325,5 +325,4 @@ print0(f"done: {step} steps, {tokens_seen} tokens, {skipped} records skipped; "
        + (f"model in {latest_checkpoint(out_dir)}" if save_every else "no checkpoint saved (--save_every=0)")
        + (f"; the best by mean val reward ({best['val_reward']:.4f}, step {best['step']}) in {out_dir}/best"
           if best["step"] is not None else ""))
-if world > 1:
-    torch.distributed.destroy_process_group()
+end_distributed()

@@ -8,7 +8,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from conftest import gray_image  # noqa: E402
-from model import build_tiny, full_state_dict, init_distributed, wrap_fsdp  # noqa: E402
+from model import build_tiny, end_distributed, full_state_dict, init_distributed, wrap_fsdp  # noqa: E402
 
 torch.set_num_threads(1)
 rank, _, world, _ = init_distributed()
@@ -44,5 +44,4 @@ state = full_state_dict(model)
 if rank == 0:
     json.dump({"losses": losses, "param_sum": sum(v.double().sum().item() for v in state.values())},
               open(sys.argv[1], "w"))
-if world > 1:
-    torch.distributed.destroy_process_group()
+end_distributed()

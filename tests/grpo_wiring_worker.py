@@ -8,6 +8,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import grpo  # noqa: E402
+from model import end_distributed  # noqa: E402
 from records import reference_answer, task_of  # noqa: E402
 
 out = sys.argv.pop(1)
@@ -36,3 +37,4 @@ def update(policy, optimizer, rollouts, old_logprobs, ref_logprobs, advantages, 
 grpo.sample_rollouts, grpo.policy_update, grpo.rewards.score = sample, update, score
 grpo.main()
 json.dump(steps, open(out + (f".rank{os.environ['RANK']}" if "RANK" in os.environ else ""), "w"))
+end_distributed()

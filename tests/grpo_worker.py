@@ -12,7 +12,7 @@ import torch.distributed as dist
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import grpo  # noqa: E402
 from data import generation_kwargs, prompt_batch  # noqa: E402
-from model import full_state_dict, gathered, init_distributed, load_model, wrap_fsdp  # noqa: E402
+from model import end_distributed, full_state_dict, gathered, init_distributed, load_model, wrap_fsdp  # noqa: E402
 from records import load_records  # noqa: E402
 
 torch.set_num_threads(1)
@@ -106,5 +106,4 @@ if rank == 0:
                "all_gathers": counts, "n_fsdp_modules": sum(hasattr(m, "unshard") for m in policy.modules()),
                "timeout_s": dist.distributed_c10d._get_default_group()._get_backend(torch.device("cpu"))
                .options._timeout.total_seconds() if world > 1 else None}, open(out, "w"))
-if world > 1:
-    dist.destroy_process_group()
+end_distributed()

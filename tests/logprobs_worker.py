@@ -10,7 +10,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data import model_inputs, pack_samples, prompt_batch, tokenize_sample  # noqa: E402
-from model import build_tiny, init_distributed, next_token_logprobs, wrap_fsdp  # noqa: E402
+from model import build_tiny, end_distributed, init_distributed, next_token_logprobs, wrap_fsdp  # noqa: E402
 from records import load_records  # noqa: E402
 
 torch.set_num_threads(1)
@@ -67,5 +67,4 @@ for name, inputs, wanted, temperature in (("grpo", grpo_inputs, grpo_wanted, 0.7
                      "grad_scale": max(g.abs().max().item() for g in full[2].values())}
 if rank == 0:
     json.dump(results, open(out, "w"))
-if world > 1:
-    torch.distributed.destroy_process_group()
+end_distributed()
