@@ -37,10 +37,10 @@ def test_chunked_logprobs_and_gradients_equal_the_full_logits_path(tmp_path, npr
 
 
 def test_one_grpo_micro_step_no_longer_holds_the_vocabulary_logits(tmp_path):
-    """Peak memory (RSS) of one GRPO micro-step (forward and backward of 8 answers of 256 tokens) of a narrow model
-    with Qwen's 151,936-token vocabulary: the full-logits path holds several 8 x 256 x 151,936 fp32 tensors (1.2 GiB
+    """Peak memory (RSS) of one GRPO micro-step (forward and backward of 8 answers of 128 tokens) of a narrow model
+    with Qwen's 151,936-token vocabulary: the full-logits path holds several 8 x 128 x 151,936 fp32 tensors (0.6 GiB
     each), the chunked one none of them."""
-    proc = run([sys.executable, os.path.join(ROOT, "bench", "logprob_memory.py"), "--answer_tokens=256"])
+    proc = run([sys.executable, os.path.join(ROOT, "bench", "logprob_memory.py"), "--answer_tokens=128"])
     peaks = json.loads(proc.stdout.strip().splitlines()[-1])
-    logits_gib = 8 * 256 * 151936 * 4 / 2 ** 30
+    logits_gib = 8 * 128 * 151936 * 4 / 2 ** 30
     assert peaks["full"] - peaks["chunked"] > 1.5 * logits_gib, peaks
