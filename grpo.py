@@ -13,7 +13,8 @@ grounding: soft-F1 of Hungarian-matched IoU), and pushes up the answers that bea
 
 with the paper's settings: eps_low 0.2 / eps_high 0.28 ("clip-higher"), dual clip c = 3 for negative
 advantages, beta 0.01 against the frozen starting model, token-mean over the mini-batch, several optimizer
-updates per rollout batch (so old log-probs are computed once, right after generation). The variants people bring
+updates per rollout batch (so old log-probs are computed once, right after generation, for all but the first update,
+whose own forward gives them: the policy has not moved yet). The variants people bring
 from TRL, verl and EasyR1, each a setting of the same name, off by default:
 
     ratio_level=sequence  GSPO: rho_i,t = exp(1/|o_i| sum_t' log rho_i,t'), one length-normalized ratio per answer
@@ -46,12 +47,13 @@ reward shaping (only masking), entropy bonus (0 in the paper), a value model (th
 import json
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
-from transformers import TopPLogitsWarper
+from transformers import DynamicCache, TopPLogitsWarper
 
 from configurator import configure
 from data import epoch_order, generation_kwargs, open_records, prompt_batch
@@ -211,16 +213,93 @@ class Rollouts:
                 "pixel_values": torch.cat(self.pixel_chunks)}
 
 
+def prompt_positions(model, prompt):
+    """The position ids of left-padded prompts as generate passes them: [4, B, L], a text row, then the 3 M-RoPE rows
+    (an image's tokens take 2-D positions)."""
+    mask = prompt["attention_mask"]
+    rope, _ = model.model.get_rope_index(prompt["input_ids"], prompt["mm_token_type_ids"],
+                                         image_grid_thw=prompt["image_grid_thw"], attention_mask=mask)
+    text = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    return torch.cat([text[None], rope])
+
+
+@contextmanager
+def each_image_once(model, owners, grids):
+    """Within it, a forward given the distinct images' patches and every row's grid encodes each image once: the
+    vision tower sees only the distinct grids, and its outputs are copied back to the rows that own each image
+    (owners[row]: its image's number). The copies' gradients add up, as they would from one tower pass per row."""
+    visual = model.model.visual
+    _, distinct, counts = torch.unique_consecutive(owners, return_inverse=True, return_counts=True)
+    firsts = counts.cumsum(0) - counts
+
+    def rows_of(tokens_per_image):  # each row's token indices in the tower's output
+        offsets = tokens_per_image.cumsum(0) - tokens_per_image
+        return torch.cat([offsets[i] + torch.arange(int(tokens_per_image[i]), device=owners.device)
+                          for i in distinct.tolist()])
+
+    patches = rows_of(grids[firsts].prod(-1))
+    merged = rows_of(grids[firsts].prod(-1) // visual.spatial_merge_size ** 2)
+
+    def copy_back(module, args, kwargs, out):
+        out.last_hidden_state, out.pooler_output = out.last_hidden_state[patches], out.pooler_output[merged]
+        out.deepstack_features = [feature[merged] for feature in out.deepstack_features]
+        return out
+    hooks = [visual.register_forward_pre_hook(lambda m, args, kwargs: (args, {**kwargs, "grid_thw": grids[firsts]}),
+                                              with_kwargs=True),
+             visual.register_forward_hook(copy_back, with_kwargs=True)]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
 def token_logprobs(model, rollouts, temperature=1.0):
-    """(log pi(token), the policy's entropy there) of every answer token ([N, A] each) at the sampling temperature,
-    computed chunk by chunk from the final hidden states (model.next_token_logprobs): the N x T x vocab logits are
-    never held."""
-    answer = torch.zeros_like(rollouts.input_ids, dtype=torch.bool)
-    answer[:, rollouts.prompt_len:] = True
-    with autocast(answer.device):
-        chosen, entropy = next_token_logprobs(model, {**rollouts.model_inputs(), "use_cache": False}, answer,
-                                              temperature)
-    return chosen.view(len(answer), -1), entropy.view(len(answer), -1)
+    """(log pi(token), the policy's entropy there) of every answer token ([N, A] each, 0 past the rows' longest answer)
+    at the sampling temperature, computed chunk by chunk from the final hidden states (model.next_token_logprobs): the
+    N x T x vocab logits are never held.
+
+    The G answers of a prompt share its image and its tokens, and neither is worked on G times. Without gradients
+    (old and reference log-probs), each prompt runs once, as in sampling, and its answers continue from copies of its
+    KV cache. With them, each row runs whole (under FSDP2 a gradient through a cache copy would reach a layer that
+    resharded after the prompt's forward), but the vision tower encodes each image once (each_image_once). Columns
+    that are padding in every row (the prompts' common left padding, the answers' common tail) are cut first. None of
+    this changes a value: positions count from the attention mask and attention is causal."""
+    mask, n_prompt = rollouts.attention_mask, rollouts.prompt_len
+    used = mask.any(0).nonzero()
+    first, end = int(used[0]), int(used[-1]) + 1
+    _, counts = torch.unique_consecutive(rollouts.group_ids, return_counts=True)
+    heads = counts.cumsum(0) - counts  # each group's first row
+    images = torch.cat([rollouts.pixel_chunks[i] for i in heads.tolist()])
+    if torch.is_grad_enabled():
+        inputs = {"input_ids": rollouts.input_ids[:, first:end], "attention_mask": mask[:, first:end],
+                  "mm_token_type_ids": rollouts.mm_token_type_ids[:, first:end],
+                  "image_grid_thw": rollouts.image_grid_thw, "pixel_values": images, "use_cache": False}
+        wanted = torch.zeros_like(inputs["input_ids"], dtype=torch.bool)
+        wanted[:, n_prompt - first:] = True
+        with autocast(mask.device), each_image_once(model, rollouts.group_ids, rollouts.image_grid_thw):
+            chosen, entropy = next_token_logprobs(model, inputs, wanted, temperature)
+    else:
+        prompt = {"input_ids": rollouts.input_ids[heads, first:n_prompt], "attention_mask": mask[heads, first:n_prompt],
+                  "mm_token_type_ids": rollouts.mm_token_type_ids[heads, first:n_prompt],
+                  "image_grid_thw": rollouts.image_grid_thw[heads], "pixel_values": images}
+        tokens = ("input_ids", "attention_mask", "mm_token_type_ids")
+        with autocast(mask.device):
+            positions = prompt_positions(model, prompt)
+            cache = DynamicCache(config=model.config)
+            model(**{k: v[:, :-1] if k in tokens else v for k, v in prompt.items()}, position_ids=positions[..., :-1],
+                  cache=cache, use_cache=True, logits_to_keep=torch.zeros(0, dtype=torch.long, device=mask.device))
+            cache.batch_select_indices(torch.repeat_interleave(torch.arange(len(counts), device=mask.device), counts))
+            answer_ids = rollouts.input_ids[:, n_prompt:end]
+            inputs = {"input_ids": torch.cat([prompt["input_ids"][:, -1:].repeat_interleave(counts, 0), answer_ids], 1),
+                      "attention_mask": torch.cat([prompt["attention_mask"].repeat_interleave(counts, 0),
+                                                   mask[:, n_prompt:end]], 1),
+                      "position_ids": positions[..., -1:].repeat_interleave(counts, 1)
+                      + torch.arange(answer_ids.shape[1] + 1, device=mask.device), "cache": cache, "use_cache": True}
+            wanted = torch.ones_like(inputs["input_ids"], dtype=torch.bool)
+            chosen, entropy = next_token_logprobs(model, inputs, wanted, temperature)
+    cut = rollouts.input_ids.shape[1] - end
+    return F.pad(chosen.view(len(mask), -1), (0, cut)), F.pad(entropy.view(len(mask), -1), (0, cut))
 
 
 def sample_groups(model, prompt, group_size, max_new_tokens, stop, temperature=1.0, top_p=1.0):
@@ -232,12 +311,8 @@ def sample_groups(model, prompt, group_size, max_new_tokens, stop, temperature=1
     from G copies of that KV cache: generate(num_return_sequences=G) would encode the image and prefill the prompt G
     times. Each step samples from softmax(logits / temperature) (top-p if < 1) with generate's stop rules: the special
     tokens of stop["suppress_tokens"] are never drawn, a row ends at its first stop["eos_token_id"]."""
-    from transformers import DynamicCache
     mask = prompt["attention_mask"]
-    rope, _ = model.model.get_rope_index(prompt["input_ids"], prompt["mm_token_type_ids"],
-                                         image_grid_thw=prompt["image_grid_thw"], attention_mask=mask)
-    text = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
-    positions = torch.cat([text[None], rope])  # what generate passes: a text row, then the 3 M-RoPE rows
+    positions = prompt_positions(model, prompt)
     cache = DynamicCache(config=model.config)
     logits = model(**prompt, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
     cache.batch_repeat_interleave(group_size)
@@ -309,11 +384,12 @@ def sample_rollouts(model, processor, records, group_size, thinking, device, tem
     return rollouts, [tok.decode(a[m], skip_special_tokens=True) for a, m in zip(answer, answer_mask)]
 
 
-def answer_logprobs(model, rollouts, micro_batch, temperature=1.0):
-    """log-probs of every answer token under `model`, micro-batch by micro-batch, without gradients."""
+def answer_logprobs(model, rollouts, micro_batch, temperature=1.0, skip=0):
+    """log-probs of every answer token under `model`, micro-batch by micro-batch, without gradients; the first `skip`
+    rows are left at 0 (policy_update fills in the first update's old log-probs from its own forward)."""
     out = torch.zeros_like(rollouts.answer_mask, dtype=torch.float32)
     with torch.no_grad():
-        for start in range(0, len(out), micro_batch):
+        for start in range(skip, len(out), micro_batch):
             idx = torch.arange(start, min(len(out), start + micro_batch), device=out.device)
             out[idx] = token_logprobs(model, rollouts.rows(idx), temperature)[0]
     return out
@@ -325,7 +401,10 @@ def policy_update(policy, optimizer, rollouts, old_logprobs, ref_logprobs, advan
     gradients accumulated over micro-batches; the loss covers every answer token, or with mask_overlong only those of
     answers that ended (DAPO); `loss_settings` are grpo_loss's (beta, eps_low, eps_high, dual_clip, loss_agg,
     max_new_tokens, ratio_level). Returns kl / clip fractions / entropy averaged over micro-batches, the loss and the
-    last update's gradient norm."""
+    last update's gradient norm.
+
+    The first update runs before the policy has moved, so its old log-probs are its own forward's, detached: they are
+    written into `old_logprobs` here, and main() computes only the later updates' (as TRL does with one update)."""
     policy.train()
     loss_mask = rollouts.answer_mask & ~rollouts.truncated[:, None] if mask_overlong else rollouts.answer_mask
     seqs_per_update = len(advantages) // n_updates
@@ -346,6 +425,8 @@ def policy_update(policy, optimizer, rollouts, old_logprobs, ref_logprobs, advan
         for start in range(0, seqs_per_update, micro_batch):
             idx = update_idx[start:start + micro_batch]
             logprobs, entropy = token_logprobs(policy, rollouts.rows(idx), temperature)
+            if u == 0:
+                old_logprobs[idx] = logprobs.detach()
             tis = (old_logprobs[idx] - rollouts.sampled_logprobs[idx]).exp().clamp(max=tis_cap) if tis_cap > 0 else None
             loss, stats = grpo_loss(logprobs, old_logprobs[idx], None if ref_logprobs is None else ref_logprobs[idx],
                                     advantages[idx], loss_mask[idx], normalizer=norm, tis_weights=tis,
@@ -560,13 +641,14 @@ def main():
         times["reward"] = time.time() - t0
 
         t0 = time.time()  # old and reference log-probs, once for all the updates of this step
-        old_logprobs = answer_logprobs(policy, rollouts, micro_batch, temperature)
+        n_updates = prompts_per_step // mini_batch
+        old_logprobs = answer_logprobs(policy, rollouts, micro_batch, temperature, skip=len(advantages) // n_updates)
         ref_logprobs = answer_logprobs(reference, rollouts, micro_batch, temperature) if reference is not None else None
         times["reference"] = time.time() - t0
 
         t0 = time.time()  # P / mini_batch optimizer updates over the rollouts
         stats = policy_update(policy, optimizer, rollouts, old_logprobs, ref_logprobs, advantages, world=world,
-                              n_updates=prompts_per_step // mini_batch, micro_batch=micro_batch,
+                              n_updates=n_updates, micro_batch=micro_batch,
                               grad_clip=grad_clip or float("inf"), loss_settings=loss_settings,
                               mask_overlong=overlong == "mask", tis_cap=tis_cap, temperature=temperature)
         times["train"] = time.time() - t0

@@ -44,11 +44,14 @@ def micro_step(path):
     record = open_records("synthetic", "train", 1, 128, tasks=("report",))[0]
     prompt = prompt_batch([record] * sequences, build_processor(tokenizer))
     answers = torch.randint(0, QWEN3_VL_VOCAB, (sequences, answer_tokens))
+    one_image = prompt["pixel_values"][:len(prompt["pixel_values"]) // sequences]  # the rows share one record's image
     rollouts = grpo.Rollouts(input_ids=torch.cat([prompt["input_ids"], answers], 1),
                              attention_mask=torch.cat([prompt["attention_mask"], torch.ones_like(answers)], 1),
                              mm_token_type_ids=torch.cat([prompt["mm_token_type_ids"], torch.zeros_like(answers)], 1),
-                             image_grid_thw=prompt["image_grid_thw"], pixel_chunks=[prompt["pixel_values"]],
-                             answer_mask=torch.ones_like(answers, dtype=torch.bool), group_ids=None,
+                             image_grid_thw=prompt["image_grid_thw"],
+                             pixel_chunks=[one_image] * sequences,
+                             answer_mask=torch.ones_like(answers, dtype=torch.bool),
+                             group_ids=torch.zeros(sequences, dtype=torch.long),
                              sampled_logprobs=None, truncated=None, prompt_len=prompt["input_ids"].shape[1])
     before = peak_rss_gib()
     if path == "full":  # grpo.py's token_logprobs before: the logits of every answer position at once

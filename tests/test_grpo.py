@@ -1,3 +1,4 @@
+import copy
 import json
 import os
 import shutil
@@ -101,6 +102,33 @@ def test_rollout_logprobs_are_those_generate_sampled_with(tiny, records_file):
     assert 0 < mismatch < 0.05 and (training <= rollouts.sampled_logprobs + 1e-6)[mask].all()
 
 
+def test_micro_batches_cut_to_their_own_length_and_the_first_update_reuses_its_forward(tiny, records_file):
+    """token_logprobs cuts the columns that are padding in every row of its micro-batch: one row at a time (each cut
+    to its own answer) gives the same log-probs as all rows at the step's longest. policy_update takes the first
+    update's old log-probs from that update's own forward: they equal a no-gradient pass before it, and the later
+    update's rows, computed before, are left as they were."""
+    model, processor = tiny
+    records = [r for r in load_records(records_file) if r["task"] == "report"][:2]
+    torch.manual_seed(0)
+    hook = favour_eos(model, processor)
+    rollouts, _ = grpo.sample_rollouts(model, processor, records, 3, False, torch.device("cpu"), max_new_tokens=12)
+    hook.remove()
+    lengths = rollouts.answer_mask.sum(1)
+    assert lengths.min() < lengths.max()  # some micro-batches of one row are cut
+    mask = rollouts.answer_mask
+    together = grpo.answer_logprobs(model, rollouts, micro_batch=6)
+    alone = grpo.answer_logprobs(model, rollouts, micro_batch=1)
+    assert (together - alone)[mask].abs().max() < 1e-5 and (alone[~mask] == 0).all()
+    old = grpo.answer_logprobs(model, rollouts, micro_batch=6, skip=3)
+    assert (old[:3] == 0).all() and torch.equal(old[3:], together[3:])
+    settings = dict(beta=0.0, eps_low=0.2, eps_high=0.28, dual_clip=3.0, loss_agg="token-mean", max_new_tokens=12)
+    policy = copy.deepcopy(model)
+    grpo.policy_update(policy, torch.optim.AdamW(policy.parameters(), lr=1e-3), rollouts, old, None,
+                       torch.tensor([1.0, -1.0, 0.5, -0.5, 1.0, -1.0]), world=1, n_updates=2, micro_batch=3,
+                       grad_clip=1.0, loss_settings=settings)
+    assert (old - together)[mask].abs().max() < 1e-5 and torch.equal(old[3:], together[3:])
+
+
 def test_generation_in_chunks_pads_into_one_batch_without_changing_logprobs(tiny, records_file):
     """With generate_chunk, each chunk's prompts and answers have their own lengths; padded into one batch,
     every rollout's log-probs still equal those of the rollout alone, with no padding at all."""
@@ -118,7 +146,7 @@ def test_generation_in_chunks_pads_into_one_batch_without_changing_logprobs(tiny
                               attention_mask=torch.ones(1, int(keep.sum()), dtype=torch.long),
                               mm_token_type_ids=rollouts.mm_token_type_ids[j][keep][None],
                               image_grid_thw=rollouts.image_grid_thw[j:j + 1], pixel_chunks=[rollouts.pixel_chunks[j]],
-                              answer_mask=None, group_ids=None, sampled_logprobs=None, truncated=None,
+                              answer_mask=None, group_ids=torch.tensor([0]), sampled_logprobs=None, truncated=None,
                               prompt_len=int(keep[:rollouts.prompt_len].sum()))
         with torch.no_grad():
             own, _ = grpo.token_logprobs(model, alone)
