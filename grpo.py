@@ -310,7 +310,8 @@ def sample_groups(model, prompt, group_size, max_new_tokens, stop, temperature=1
     Each prompt is prefilled once (its image through the vision tower, then its tokens) and its G samples continue
     from G copies of that KV cache: generate(num_return_sequences=G) would encode the image and prefill the prompt G
     times. Each step samples from softmax(logits / temperature) (top-p if < 1) with generate's stop rules: the special
-    tokens of stop["suppress_tokens"] are never drawn, a row ends at its first stop["eos_token_id"]."""
+    tokens of stop["suppress_tokens"] are never drawn, a row ends at its first stop["eos_token_id"]. Ended rows leave
+    the model's batch (and the cache) once they are a quarter of it; the samples stay exactly generate's."""
     mask = prompt["attention_mask"]
     positions = prompt_positions(model, prompt)
     cache = DynamicCache(config=model.config)
@@ -320,6 +321,7 @@ def sample_groups(model, prompt, group_size, max_new_tokens, stop, temperature=1
     mask, last = mask.repeat_interleave(group_size, 0), positions[:, :, -1:].repeat_interleave(group_size, 1)
     eos = torch.tensor(stop["eos_token_id"], device=logits.device)
     finished = torch.zeros(len(logits), dtype=torch.bool, device=logits.device)
+    running = torch.arange(len(logits), device=logits.device)  # the rows the model still computes, as cached
     tokens, logprobs = [], []
     for step in range(max_new_tokens):
         logits[:, stop["suppress_tokens"]] = float("-inf")
@@ -334,9 +336,15 @@ def sample_groups(model, prompt, group_size, max_new_tokens, stop, temperature=1
         finished |= torch.isin(token, eos)
         if finished.all() or step == max_new_tokens - 1:
             break
+        if finished[running].sum() * 4 >= len(running):  # dropping rows copies the cache: once a quarter are done
+            keep = (~finished[running]).nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            running, mask, last = running[keep], mask[keep], last[:, keep]
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-        logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=last + step + 1, cache=cache,
-                       use_cache=True).logits[:, -1].float()
+        # a finished row keeps its last logits: it is still drawn for (and padded), so every row takes the random
+        # numbers it would take in generate, which computes finished rows to the end
+        logits[running] = model(input_ids=token[running, None], attention_mask=mask, position_ids=last + step + 1,
+                                cache=cache, use_cache=True).logits[:, -1].float()
     return torch.stack(tokens, 1), torch.stack(logprobs, 1)
 
 

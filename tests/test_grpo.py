@@ -81,6 +81,24 @@ def test_training_forward_reproduces_the_sampling_distribution(tiny, records_fil
     assert (forward - sampled)[mask].abs().max() < 1e-4
 
 
+def test_answers_that_end_leave_the_batch_and_the_samples_stay_generates(tiny, records_file):
+    """sample_groups stops computing rows that have ended once they are a quarter of its batch: with answers that end
+    at different steps, the tokens are still exactly generate's (which computes every row to the end) for one seed."""
+    from data import generation_kwargs, prompt_batch
+    model, processor = tiny
+    records = [r for r in load_records(records_file) if r["task"] == "report"][:3]
+    hook = favour_eos(model, processor, bias=3.0)
+    torch.manual_seed(5)
+    rollouts, _ = grpo.sample_rollouts(model, processor, records, 4, False, torch.device("cpu"), max_new_tokens=16)
+    torch.manual_seed(5)
+    out = model.generate(**prompt_batch(records, processor), do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+                         max_new_tokens=16, num_return_sequences=4, **generation_kwargs(processor.tokenizer))
+    hook.remove()
+    lengths = rollouts.answer_mask.sum(1)
+    assert (lengths <= lengths.max() // 2).float().mean() >= 0.25 and (lengths == lengths.max()).any(), lengths
+    assert torch.equal(out, rollouts.input_ids[:, :out.shape[1]])
+
+
 def test_rollout_logprobs_are_those_generate_sampled_with(tiny, records_file):
     """At temperature 0.7, the log-probs kept while sampling equal a forward pass's log-softmax of logits / 0.7 with
     the special tokens that generate suppresses at -inf; the training forward, which does not suppress them, differs
