@@ -25,11 +25,11 @@ SEEDS=${SEEDS:-"0 1 2"}
 GENERAL_SEEDS=${GENERAL_SEEDS:-$SEEDS}    # GRPO from the general model
 THINKING_SEEDS=${THINKING_SEEDS:-$SEEDS}  # GRPO from the cold-start model
 N_TRAIN=${N_TRAIN:-1000}          # the training set: studies that SFT, GRPO and the control all draw from
-SFT_STEPS=${SFT_STEPS:-300}       # SFT: about 12 epochs of N_TRAIN; the best validation step is kept
+SFT_STEPS=${SFT_STEPS:-600}       # SFT: about 24 epochs of N_TRAIN, past its best validation step, which is kept
 GRPO_STEPS=${GRPO_STEPS:-60}
 GRPO_LRS=${GRPO_LRS:-"5e-5 1.5e-4"}      # the candidates of the tune stage
 CONTROL_LRS=${CONTROL_LRS:-"2e-4 6e-4"}
-CONTROL_STEPS=${CONTROL_STEPS:-220}      # continued SFT for as long as a GRPO run of GRPO_STEPS (docs/results.md)
+CONTROL_STEPS=${CONTROL_STEPS:-190}      # continued SFT for as long as a GRPO run of GRPO_STEPS (docs/results.md)
 export OMP_NUM_THREADS=1
 mkdir -p "$OUT"
 STAGES=${*:-general sft tune rl thinking tables}
