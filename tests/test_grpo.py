@@ -81,6 +81,31 @@ def test_training_forward_reproduces_the_sampling_distribution(tiny, records_fil
     assert (forward - sampled)[mask].abs().max() < 1e-4
 
 
+def test_the_update_encoding_each_image_once_has_the_gradients_of_one_tower_pass_per_row(tiny, records_file):
+    """token_logprobs with gradients hands the vision tower each group's image once (each_image_once) and copies its
+    output to the G rows: values and every parameter's gradient, the vision tower's included, equal a plain forward
+    that encodes the image for every row. Guards a copy to the wrong rows, or a tower gradient counted once."""
+    model, processor = tiny
+    records = [r for r in load_records(records_file) if r["task"] == "report"][:2]  # two images of unequal size
+    torch.manual_seed(0)
+    rollouts, _ = grpo.sample_rollouts(model, processor, records, 3, False, torch.device("cpu"), max_new_tokens=6)
+    policy = copy.deepcopy(model).train()
+    mask = rollouts.answer_mask
+
+    def values_and_grads(logprobs):
+        policy.zero_grad()
+        (logprobs * mask).sum().backward()
+        return logprobs.detach(), {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
+    once, once_grads = values_and_grads(grpo.token_logprobs(policy, rollouts)[0])
+    logits = policy(**rollouts.model_inputs(), use_cache=False).logits[:, rollouts.prompt_len - 1:-1]
+    plain, plain_grads = values_and_grads(torch.log_softmax(logits.float(), -1).gather(
+        -1, rollouts.input_ids[:, rollouts.prompt_len:, None]).squeeze(-1))
+    assert (once - plain)[mask].abs().max() < 1e-5
+    assert once_grads.keys() == plain_grads.keys() and any("visual" in n for n in once_grads)
+    for name, grad in plain_grads.items():
+        assert (once_grads[name] - grad).abs().max() < 1e-4 * max(1.0, grad.abs().max().item()), name
+
+
 def test_answers_that_end_leave_the_batch_and_the_samples_stay_generates(tiny, records_file):
     """sample_groups stops computing rows that have ended once they are a quarter of its batch: with answers that end
     at different steps, the tokens are still exactly generate's (which computes every row to the end) for one seed."""
