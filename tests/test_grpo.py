@@ -108,14 +108,16 @@ def test_the_update_encoding_each_image_once_has_the_gradients_of_one_tower_pass
 
 def test_answers_that_end_leave_the_batch_and_the_samples_stay_generates(tiny, records_file):
     """sample_groups stops computing rows that have ended once they are a quarter of its batch: with answers that end
-    at different steps, the tokens are still exactly generate's (which computes every row to the end) for one seed."""
+    at different steps, the tokens are still exactly generate's (which computes every row to the end) for one seed.
+    With this seed an early group's rows end first, so rows that keep running move up: positions taken from the wrong
+    rows after the drop fail it."""
     from data import generation_kwargs, prompt_batch
     model, processor = tiny
     records = [r for r in load_records(records_file) if r["task"] == "report"][:3]
     hook = favour_eos(model, processor, bias=3.0)
-    torch.manual_seed(5)
+    torch.manual_seed(4)
     rollouts, _ = grpo.sample_rollouts(model, processor, records, 4, False, torch.device("cpu"), max_new_tokens=16)
-    torch.manual_seed(5)
+    torch.manual_seed(4)
     out = model.generate(**prompt_batch(records, processor), do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
                          max_new_tokens=16, num_return_sequences=4, **generation_kwargs(processor.tokenizer))
     hook.remove()
