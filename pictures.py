@@ -67,16 +67,16 @@ def clip_box(box):
     return float(x0), float(y0), float(x1), float(y1)
 
 
-def draw_curves(log_paths, path, width=720, height=300):
+def draw_curves(log_paths, path, width=720, height=300, panels=PANELS):
     """Curves against step from log.jsonl files (a run is named by its folder: out/sft/log.jsonl -> "sft"), one
-    panel of `height` px for each of PANELS that some log has: the sampled reward, the greedy reward on held-out
+    panel of `height` px for each of `panels` (title, log keys, log y-axis) that some log has; by default PANELS: the sampled reward, the greedy reward on held-out
     prompts, and the loss on a log axis (linear if a value is <= 0, as GRPO's loss can be). Each series is its raw
     values as a faint line under a centred moving average of them (see smooth); a series of under FEW_POINTS
     points is its points joined, with dots. The legend sits in a column right of the plot, covering no data.
     NaN, inf and non-numeric values are skipped. Returns whether it drew anything (if not, it writes nothing)."""
-    series = read_series(log_paths)
+    series = read_series(log_paths, [key for _, keys, _ in panels for key in keys])
     panels = [(title, [(f"{run} {key}", points) for (run, key), points in series.items() if key in keys], log_axis)
-              for title, keys, log_axis in PANELS]
+              for title, keys, log_axis in panels]
     panels = [panel for panel in panels if panel[1]]
     if not panels:
         return False
@@ -91,9 +91,8 @@ def draw_curves(log_paths, path, width=720, height=300):
     return True
 
 
-def read_series(log_paths):
-    """{(run, key): [(step, value)] sorted by step} for every key of PANELS with a finite number in some line."""
-    wanted = [key for _, keys, _ in PANELS for key in keys]
+def read_series(log_paths, wanted):
+    """{(run, key): [(step, value)] sorted by step} for every key in `wanted` with a finite number in some line."""
     series = {}
     for log_path in log_paths:
         run = os.path.basename(os.path.dirname(os.path.abspath(log_path)))

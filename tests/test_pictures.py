@@ -110,11 +110,21 @@ def test_draw_curves_three_panels_from_two_runs(tmp_path):
     path = tmp_path / "out" / "curves.png"
     assert pictures.draw_curves([sft, grpo], str(path), width=600, height=250) is True
     assert Image.open(path).size == (600, 3 * 250)
-    series = pictures.read_series([sft, grpo])
+    series = pictures.read_series([sft, grpo], [key for _, keys, _ in pictures.PANELS for key in keys])
     assert sorted(series) == [("grpo", "loss"), ("grpo", "reward_grounding"), ("grpo", "reward_report"),
                               ("grpo", "val_reward_report"), ("sft", "loss"), ("sft", "val_loss")]
     assert [step for step, _ in series[("sft", "loss")]] == list(range(1, 100))  # NaN, text and a bool skipped
     assert [step for step, _ in series[("grpo", "val_reward_report")]] == [0, 25, 50]
+
+
+def test_draw_curves_draws_the_panels_it_is_given(tmp_path):
+    """A lesson's own panels (keys outside PANELS) are drawn, one panel each, and PANELS' keys are then not."""
+    log = write_log(tmp_path / "no_clip_s0" / "log.jsonl",
+                    [{"step": s, "ratio_max": 1 + s, "reward_report": 0.3} for s in range(1, 40)])
+    path = tmp_path / "lesson.png"
+    assert pictures.draw_curves([log], str(path), height=200, panels=[("largest ratio", ("ratio_max",), True)])
+    assert Image.open(path).size == (720, 200)
+    assert not pictures.draw_curves([log], str(tmp_path / "none.png"), panels=[("kl", ("kl",), True)])
 
 
 def test_draw_curves_without_any_panel_key_writes_nothing(tmp_path):
