@@ -69,8 +69,9 @@ def clip_box(box):
 
 def draw_curves(log_paths, path, width=720, height=300, panels=PANELS):
     """Curves against step from log.jsonl files (a run is named by its folder: out/sft/log.jsonl -> "sft"), one
-    panel of `height` px for each of `panels` (title, log keys, log y-axis) that some log has; by default PANELS: the sampled reward, the greedy reward on held-out
-    prompts, and the loss on a log axis (linear if a value is <= 0, as GRPO's loss can be). Each series is its raw
+    panel of `height` px for each of `panels` (title, log keys, log y-axis) that some log has; by default PANELS:
+    the sampled reward, the greedy reward on held-out prompts, the loss on a log axis (linear if a value is <= 0, as
+    GRPO's loss can be), GRPO's health fractions and its KL. Each series is its raw
     values as a faint line under a centred moving average of them (see smooth); a series of under FEW_POINTS
     points is its points joined, with dots. The legend sits in a column right of the plot, covering no data.
     NaN, inf and non-numeric values are skipped. Returns whether it drew anything (if not, it writes nothing)."""
