@@ -37,7 +37,7 @@ draws.
     torchrun --nproc_per_node=8 grpo.py config/grpo_report_paper.py --init_from=RadVLM-8B
 
 Why the loss printed is ~0: on-policy, the surrogate's value is sum(A)=0 by construction; its gradient
-is not. Watch reward_mean, kl, clip_frac (_low / _high: which side clipped), response_length, truncated_frac,
+is not. Watch reward_mean, kl, clip_frac (_low / _high: which side clipped), ratio_max, response_length, truncated_frac,
 zero_var_frac and mismatch_kl instead, and val_reward_* (greedy answers to fixed held-out prompts every eval_every
 steps): the sampled reward of one step is a noisy measure.
 Deliberately left out: vLLM rollouts (HF generate with a KV cache instead, slower but one code path), overlong
@@ -408,8 +408,8 @@ def policy_update(policy, optimizer, rollouts, old_logprobs, ref_logprobs, advan
     """`n_updates` optimizer steps over this rank's rollouts, each over one mini-batch of its prompts' groups,
     gradients accumulated over micro-batches; the loss covers every answer token, or with mask_overlong only those of
     answers that ended (DAPO); `loss_settings` are grpo_loss's (beta, eps_low, eps_high, dual_clip, loss_agg,
-    max_new_tokens, ratio_level). Returns kl / clip fractions / entropy averaged over micro-batches, the loss and the
-    last update's gradient norm.
+    max_new_tokens, ratio_level). Returns kl / clip fractions / entropy averaged over micro-batches, the loss, the
+    last update's gradient norm and the largest ratio pi_theta / pi_old of any answer token of any update (all ranks).
 
     The first update runs before the policy has moved, so its old log-probs are its own forward's, detached: they are
     written into `old_logprobs` here, and main() computes only the later updates' (as TRL does with one update)."""
@@ -417,7 +417,7 @@ def policy_update(policy, optimizer, rollouts, old_logprobs, ref_logprobs, advan
     loss_mask = rollouts.answer_mask & ~rollouts.truncated[:, None] if mask_overlong else rollouts.answer_mask
     seqs_per_update = len(advantages) // n_updates
     sums = {"kl": 0.0, "clip_frac": 0.0, "clip_frac_low": 0.0, "clip_frac_high": 0.0, "entropy": 0.0, "loss": 0.0}
-    n_micro = 0
+    n_micro, ratio_max = 0, 0.0
     for u in range(n_updates):
         update_idx = torch.arange(u * seqs_per_update, (u + 1) * seqs_per_update, device=advantages.device)
         mask = loss_mask[update_idx]
@@ -447,13 +447,17 @@ def policy_update(policy, optimizer, rollouts, old_logprobs, ref_logprobs, advan
                 sums[key] += stats[key].item()
             sums["entropy"] += ((entropy * m).sum() / m.sum().clamp(min=1)).item()
             sums["loss"] += loss.item()
+            ratio_max = max(ratio_max, stats["ratio_max"].item())
             n_micro += 1
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), grad_clip)
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     out = {k: v / n_micro for k, v in sums.items() if k != "loss"}
-    return {**out, "loss": sums["loss"], "grad_norm": grad_norm.item()}
+    ratio_max = torch.tensor([ratio_max], device=advantages.device)
+    if world > 1:  # the largest over all ranks (step_log then averages equal values)
+        torch.distributed.all_reduce(ratio_max, op=torch.distributed.ReduceOp.MAX)
+    return {**out, "loss": sums["loss"], "grad_norm": grad_norm.item(), "ratio_max": ratio_max.item()}
 
 
 # ---------------------------------------------------------------------------------------------------

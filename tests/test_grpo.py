@@ -168,10 +168,17 @@ def test_micro_batches_cut_to_their_own_length_and_the_first_update_reuses_its_f
     assert (old[:3] == 0).all() and torch.equal(old[3:], together[3:])
     settings = dict(beta=0.0, eps_low=0.2, eps_high=0.28, dual_clip=3.0, loss_agg="token-mean", max_new_tokens=12)
     policy = copy.deepcopy(model)
-    grpo.policy_update(policy, torch.optim.AdamW(policy.parameters(), lr=1e-3), rollouts, old, None,
-                       torch.tensor([1.0, -1.0, 0.5, -0.5, 1.0, -1.0]), world=1, n_updates=2, micro_batch=3,
-                       grad_clip=1.0, loss_settings=settings)
+    stats = grpo.policy_update(policy, torch.optim.AdamW(policy.parameters(), lr=1e-3), rollouts, old, None,
+                               torch.tensor([1.0, -1.0, 0.5, -0.5, 1.0, -1.0]), world=1, n_updates=2, micro_batch=3,
+                               grad_clip=1.0, loss_settings=settings)
     assert (old - together)[mask].abs().max() < 1e-5 and torch.equal(old[3:], together[3:])
+    # the largest ratio is the moved policy's, in the second update: the first update's ratios are exactly 1
+    assert stats["ratio_max"] > 1.0
+    policy = copy.deepcopy(model)
+    one_update = grpo.policy_update(policy, torch.optim.AdamW(policy.parameters(), lr=1e-3), rollouts, together.clone(),
+                                    None, torch.tensor([1.0, -1.0, 0.5, -0.5, 1.0, -1.0]), world=1, n_updates=1,
+                                    micro_batch=3, grad_clip=1.0, loss_settings=settings)
+    assert one_update["ratio_max"] == 1.0
 
 
 def test_generation_in_chunks_pads_into_one_batch_without_changing_logprobs(tiny, records_file):
