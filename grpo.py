@@ -37,9 +37,9 @@ draws.
     torchrun --nproc_per_node=8 grpo.py config/grpo_report_paper.py --init_from=RadVLM-8B
 
 Why the loss printed is ~0: on-policy, the surrogate's value is sum(A)=0 by construction; its gradient
-is not. Watch reward_mean, kl, clip_frac (_low / _high: which side clipped), ratio_max, response_length, truncated_frac,
-zero_var_frac and mismatch_kl instead, and val_reward_* (greedy answers to fixed held-out prompts every eval_every
-steps): the sampled reward of one step is a noisy measure.
+is not. Watch reward_mean, kl, clip_frac (_low / _high: which side clipped), ratio_max, response_length,
+truncated_frac, zero_var_frac and mismatch_kl instead, and val_reward_* (greedy answers to fixed held-out prompts every
+eval_every steps, grounding always scored by soft-F1): the sampled reward of one step is a noisy measure.
 Deliberately left out: vLLM rollouts (HF generate with a KV cache instead, slower but one code path), overlong
 reward shaping (only masking), entropy bonus (0 in the paper), a value model (that is PPO).
 """
@@ -75,6 +75,7 @@ max_pixels = 16384
 thinking = False          # ask for <think>...</think> first; rewards score only the answer after it
 report_reward = "label_f1"  # label_f1 | radcliq | bertscore | radgraph | gleu | bleu4 | positive_f1 (rewards.py)
 metric_weights = ""       # folder of the model-based rewards' weights (radcliq and its ablations), see scorers.py
+grounding_reward = "soft_f1"  # soft_f1 (the paper's) | hit: 1 if each gold box is hit at IoU >= 0.5, none extra, else 0
 # rollouts
 prompts_per_step = 16     # P: prompts per step over all ranks
 group_size = 8            # G: samples per prompt
@@ -614,8 +615,8 @@ def main():
         log_file = open_training_log(out_dir, step)
         rollouts_file = open_training_log(out_dir, step, "rollouts.jsonl") if log_rollouts else None
     print0(f"grpo: {task} prompts, {prompts_per_step} x {group_size} rollouts per step on {world} rank(s), "
-           f"{prompts_per_step // mini_batch} update(s) per step, beta {beta}, reward {report_reward}/soft-F1 IoU, "
-           f"thinking {thinking}")
+           f"{prompts_per_step // mini_batch} update(s) per step, beta {beta}, rewards {report_reward} / "
+           f"{grounding_reward}, thinking {thinking}")
 
     def held_out():  # the greedy rewards on the held-out prompts, averaged over the ranks
         return held_out_rewards(policy, processor, eval_sets, device, thinking, max_new_tokens, report_reward,
@@ -642,7 +643,8 @@ def main():
         t0 = time.time()  # rewards, and each answer's advantage over its own group
         gold_answers = [reference_answer(r) for r in records for _ in range(group_size)]
         reward_list, components = rewards.score(step_task, completions, gold_answers, reward=report_reward,
-                                                thinking=thinking, metric_weights=metric_weights)
+                                                thinking=thinking, metric_weights=metric_weights,
+                                                grounding=grounding_reward)
         drawn = len(records)
         if filter_groups:  # this rank's share of the groups whose rewards spread: the others teach nothing
             rows, drawn = groups_with_spread(reward_list, rollouts.group_ids.tolist(), prompts_per_step // world)

@@ -6,12 +6,13 @@ regexes (>= 10,000 completions/s on one core: `python bench/bench_rewards.py`), 
 torch (a reward server or a grader can run them alone). The paper's model-based report reward (-RadCliQ-v1) and
 its Table 3 ablations take their models from scorers.py, on first use, out of one local weights folder.
 
-    rewards, components = score(task, completions, answers, reward=None, thinking=False, metric_weights="")
+    rewards, components = score(task, completions, answers, reward=None, thinking=False, metric_weights="",
+                                grounding="soft_f1")
 
 - task: "report" | "classification" | "grounding", or a record task of records.TASKS (every *_grounding task
   is "grounding"), or a list with one task per completion (a mixed batch).
-- reward: the report reward, one of REPORT_REWARDS (default "label_f1"); grounding and classification
-  have one reward each and ignore it.
+- reward: the report reward, one of REPORT_REWARDS (default "label_f1"); grounding: the grounding reward, one of
+  GROUNDING_REWARDS (default the paper's "soft_f1"); classification has one reward.
 - thinking: score only the text after the last `</think>`. A completion without one is scored as an empty
   answer, which is the task's floor (grounding 0, label_f1 0, RadCliQ -3), as in the paper.
 - returns one float per completion and {name: one float per completion} for logging (nan where a value
@@ -19,6 +20,8 @@ its Table 3 ablations take their models from scorers.py, on first use, out of on
 
 The rewards:
 - grounding_reward: the paper's soft-F1 of Hungarian-matched IoU (boxes parsed by records.parse_boxes).
+  grounding_hit: 1 when every gold box is matched by one predicted box at IoU >= 0.5 and no box is left over, else
+  0: a binary, verifiable reward (mAP@0.5's threshold), whose groups often tie (lessons.py's dynamic sampling).
 - classification_reward: F1 between the sets of abnormality names listed in the answer and the gold.
 - label_f1 (default report reward, offline): 0.75 x F1 between the findings that extract_labels (a
   rule-based CheXpert labeler) finds stated present or possible in prediction and reference ("No Finding"
@@ -51,6 +54,8 @@ from records import CHEXPERT_LABELS, GROUNDING_TASKS, box_iou, parse_boxes
 
 MAX_REPORT_CHARS = 2048  # the paper cuts both texts to this length before scoring a report
 REPORT_REWARDS = ("label_f1", "radcliq", "bertscore", "radgraph", "gleu", "bleu4", "positive_f1")
+GROUNDING_REWARDS = ("soft_f1", "hit")
+HIT_IOU = 0.5  # a predicted box hits a gold box at this IoU or more (the threshold of mAP@0.5)
 
 
 def final_answer(completion, thinking=False):
@@ -125,6 +130,17 @@ def grounding_reward(completion, answer, thinking=False):
     precision = tp / (tp + len(predicted) - len(matched))
     recall = tp / len(gold)
     return 2 * precision * recall / (precision + recall)
+
+
+def grounding_hit(completion, answer, thinking=False):
+    """1.0 when the Hungarian match (as in grounding_reward) pairs every gold box with a predicted one at IoU >=
+    HIT_IOU and no predicted box is left over, else 0.0."""
+    predicted, gold = parse_boxes(final_answer(completion, thinking)), parse_boxes(answer)
+    if not gold or len(predicted) != len(gold):
+        return 0.0
+    ious = [[box_iou(p, g) for g in gold] for p in predicted]
+    pairs = min_cost_assignment([[1.0 - x for x in row] for row in ious])
+    return float(all(ious[i][j] >= HIT_IOU for i, j in pairs))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -485,10 +501,12 @@ def task_kind(task):
                      f"{', '.join(GROUNDING_TASKS)})")
 
 
-def _score_kind(kind, reward, answers, golds, metric_weights):
+def _score_kind(kind, reward, answers, golds, metric_weights, grounding):
     """(rewards, components) of final answers that all belong to one task kind."""
     if kind == "grounding":
-        values = [grounding_reward(a, g) for a, g in zip(answers, golds)]
+        if grounding not in GROUNDING_REWARDS:
+            raise ValueError(f"unknown grounding reward {grounding!r} (known: {', '.join(GROUNDING_REWARDS)})")
+        values = [(grounding_reward if grounding == "soft_f1" else grounding_hit)(a, g) for a, g in zip(answers, golds)]
         return values, {"grounding": values, "n_boxes": [float(len(parse_boxes(a))) for a in answers]}
     if kind == "classification":
         values = [classification_reward(a, g) for a, g in zip(answers, golds)]
@@ -514,7 +532,7 @@ def _score_kind(kind, reward, answers, golds, metric_weights):
     return values, {reward: values}
 
 
-def score(task, completions, answers, reward=None, thinking=False, metric_weights=""):
+def score(task, completions, answers, reward=None, thinking=False, metric_weights="", grounding="soft_f1"):
     """Rewards of a batch of completions against their gold answers; see the module docstring."""
     n = len(completions)
     tasks = [task] * n if isinstance(task, str) else list(task)
@@ -525,7 +543,7 @@ def score(task, completions, answers, reward=None, thinking=False, metric_weight
     for kind in dict.fromkeys(kinds):  # each kind is scored as one batch (model-based rewards batch on the GPU)
         index = [i for i in range(n) if kinds[i] == kind]
         values, parts = _score_kind(kind, reward or "label_f1", [final_answer(completions[i], thinking) for i in index],
-                                    [answers[i] for i in index], metric_weights)
+                                    [answers[i] for i in index], metric_weights, grounding)
         for j, i in enumerate(index):
             rewards[i] = values[j]
         for name, column in parts.items():

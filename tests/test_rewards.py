@@ -49,6 +49,22 @@ def test_grounding_matches_one_to_one():
     assert twice == pytest.approx(2 * 0.5 * 0.5 / (0.5 + 0.5))
 
 
+def test_grounding_hit_is_one_only_when_every_box_is_hit_once_and_none_is_extra():
+    gold = "[0.1, 0.1, 0.3, 0.3] and [0.6, 0.6, 0.9, 0.9]"
+    assert rewards.grounding_hit("[0.6, 0.6, 0.9, 0.9], [0.1, 0.1, 0.3, 0.3]", gold) == 1.0  # order does not matter
+    assert rewards.grounding_hit(PRED_BOX, GOLD_BOX) == 1.0  # IoU 0.596 >= 0.5
+    assert rewards.grounding_hit("[0.2, 0.2, 0.6, 0.9]", GOLD_BOX) == 1.0  # IoU 0.571
+    assert rewards.grounding_hit("[0.2, 0.2, 0.8, 0.8]", GOLD_BOX) == 0.0  # IoU 0.444: overlaps, but a miss
+    assert rewards.grounding_hit("[0.1, 0.1, 0.3, 0.3] and [0.1, 0.1, 0.3, 0.3]", gold) == 0.0  # one box twice
+    assert rewards.grounding_hit("[0.1, 0.1, 0.3, 0.3]", gold) == 0.0  # a gold box missed
+    assert rewards.grounding_hit(f"{GOLD_BOX} and {FAR_BOX}", GOLD_BOX) == 0.0  # a box extra
+    assert rewards.grounding_hit("", GOLD_BOX) == 0.0 and rewards.grounding_hit(GOLD_BOX, "no box") == 0.0
+    scored, _ = score("grounding", [PRED_BOX, FAR_BOX], [GOLD_BOX] * 2, grounding="hit")
+    assert scored == [1.0, 0.0] and score("grounding", [PRED_BOX], [GOLD_BOX])[0][0] == pytest.approx(0.747, abs=5e-4)
+    with pytest.raises(ValueError, match="unknown grounding reward"):
+        score("grounding", [PRED_BOX], [GOLD_BOX], grounding="iou")
+
+
 @pytest.mark.parametrize("completion", [
     "", "no boxes here", "[0.1, 0.2, 0.3]", "[nan, 0.1, 0.2, 0.3]", "[inf, 0, 1, 1]", "[1e308, 1e308, 1e309, 1e309]",
     "[-1e308, -1e308, 1e308, 1e308]", "[0.5, 0.5, 0.2, 0.2]", "[0.3, 0.3, 0.3, 0.3]", "[[[[",
