@@ -23,9 +23,9 @@ def sample(model, processor, records, *args, **kwargs):
     return rollouts, texts
 
 
-def score(task, completions, gold_answers, reward=None, thinking=False, metric_weights=""):
+def score(task, completions, gold_answers, reward=None, thinking=False, metric_weights="", grounding="soft_f1"):
     values = [-abs(len(c.split()) - len(a.split())) / 10 for c, a in zip(completions, gold_answers)]
-    steps[-1].update(completions=completions, answers=gold_answers, rewards=values)
+    steps[-1].update(completions=completions, answers=gold_answers, rewards=values, grounding=grounding)
     return values, {"words": [float(len(c.split())) for c in completions]}  # a component, as rewards.score gives
 
 

@@ -330,7 +330,7 @@ def test_each_rollout_is_scored_against_its_own_prompts_answer_and_advanced_with
         group = 4
         assert len(set(step["golds"])) > 1  # the prompts have different gold answers to mix up
         assert step["completions"] == step["texts"] and step["group_ids"] == [j // group for j in range(16)]
-        assert step["answers"] == [step["golds"][j // group] for j in range(16)]
+        assert step["answers"] == [step["golds"][j // group] for j in range(16)] and step["grounding"] == "soft_f1"
         rewards = torch.tensor(step["rewards"]).view(4, group)
         expected = (rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + 1e-6)
         assert torch.allclose(torch.tensor(step["advantages"]), expected.flatten(), atol=1e-5)
@@ -338,12 +338,14 @@ def test_each_rollout_is_scored_against_its_own_prompts_answer_and_advanced_with
 
 
 def test_switches_run_in_the_loop(tiny_checkpoint, records_file, tmp_path):
-    """The loop with each variant: dynamic sampling trains on P groups that all spread, drawn from 2 x P; overlong
-    masking of answers that all ran out of tokens leaves nothing to learn from; GSPO and TIS run and log."""
+    """The loop with each variant: dynamic sampling trains on P groups that all spread, drawn from 2 x P (and
+    --grounding_reward reaches the reward); overlong masking of answers that all ran out of tokens leaves nothing to
+    learn from; GSPO and TIS run and log."""
     common = [f"--init_from={tiny_checkpoint}", f"--data={records_file}", "--task=report", "--prompts_per_step=4",
               "--mini_batch=2"]
-    steps, log = run_wiring(tmp_path / "filter", *common, "--filter_groups=2")
+    steps, log = run_wiring(tmp_path / "filter", *common, "--filter_groups=2", "--grounding_reward=hit")
     for step, logged in zip(steps, log):
+        assert step["grounding"] == "hit"  # the setting reaches the reward
         assert len(step["golds"]) == 8 and len(step["advantages"]) == 16  # 8 prompts drawn, 4 groups trained on
         groups = torch.tensor(step["advantages"]).view(4, 4)
         assert (groups.std(1) > 0).all() and 4 <= logged["prompts_drawn"] <= 8
