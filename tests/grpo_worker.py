@@ -102,7 +102,8 @@ if rank == 0:
                "rollouts": rollouts.input_ids.tolist(), "texts": texts,
                "param_sum": sum(v.double().sum().item() for v in state.values()),
                "param_abs": sum(v.double().abs().sum().item() for v in state.values()),
-               "grad_norm": stats["grad_norm"], "grads_held": grads_held, "answers": answers, "other_losses": others,
+               "grad_norm": stats["grad_norm"], "ratio_max": stats["ratio_max"],
+               "grads_held": grads_held, "answers": answers, "other_losses": others,
                "all_gathers": counts, "n_fsdp_modules": sum(hasattr(m, "unshard") for m in policy.modules()),
                "timeout_s": dist.distributed_c10d._get_default_group()._get_backend(torch.device("cpu"))
                .options._timeout.total_seconds() if world > 1 else None}, open(out, "w"))

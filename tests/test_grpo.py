@@ -227,6 +227,7 @@ def test_two_processes_load_sample_update_and_generate_as_one(tiny_checkpoint, r
     assert abs(one["param_sum"] - two["param_sum"]) < 1e-4
     assert abs(one["param_abs"] - two["param_abs"]) < 1e-4
     assert abs(one["grad_norm"] - two["grad_norm"]) < 1e-5
+    assert one["ratio_max"] > 1 and abs(one["ratio_max"] - two["ratio_max"]) < 1e-5  # the largest over both ranks
     for loss_agg in ("seq-mean", "constant"):  # the other aggregations: their normalizers span the ranks too
         a, b = one["other_losses"][loss_agg], two["other_losses"][loss_agg]
         assert abs(a["param_sum"] - b["param_sum"]) < 1e-4 and abs(a["grad_norm"] - b["grad_norm"]) < 1e-5
