@@ -5,9 +5,10 @@ The paper's "RadVLM-Thinking": a teacher VLM is shown the image, the question AN
 step-by-step radiological reasoning that arrives at that answer. Traces that are well formed and whose final
 answer scores well against the gold answer are kept; the training target becomes
 `<think>\\n{trace}\\n</think>\\n\\n{gold answer}` and the question ends with " /think", the same request grpo.py and
-evaluate.py use with --thinking=True. This script writes those records, with as many of the SFT records beside them
-(`replay`: a short SFT on traces alone makes the tiny model forget what SFT taught), to out_dir/coldstart.jsonl; the
-cold-start SFT on them is sft.py with the config file config/coldstart.py, as nanoGPT fine-tunes with a config:
+evaluate.py use with --thinking=True. This script writes those records, with up to twice as many SFT records
+beside them (`replay`: a short SFT on traces alone makes the tiny model forget what SFT taught), to
+out_dir/coldstart.jsonl; the cold-start SFT on them is sft.py with the config file config/coldstart.py, as nanoGPT
+fine-tunes with a config:
 
     python coldstart.py && python sft.py config/coldstart.py                    # CPU: rule-based teacher
     python coldstart.py --teacher=Qwen3-VL-32B-Instruct --data=train.jsonl      # 1 GPU: a local teacher VLM
@@ -47,8 +48,9 @@ teacher_max_new_tokens = 768
 teacher_min_pixels = 1024     # the teacher's pixel budget per image (the paper's RL/evaluation budget): a
 teacher_max_pixels = 451584   # native-resolution radiograph would otherwise be thousands of visual tokens
 generate_batch = 8        # records per generate call of the teacher (0: all at once)
-replay = 1.0              # SFT records (every task, no thinking) added per kept trace, so that the cold start keeps
-                          # what SFT taught (Qwen3's "thinking mode fusion"); 0: the traces alone
+replay = 2.0              # SFT records (every task, no thinking) added per kept trace, so that the cold start keeps
+                          # what SFT taught (Qwen3's "thinking mode fusion"); 0: the traces alone. 2.0 keeps more
+                          # grounding than 1.0 (docs/results.md); the count is capped at the n_records SFT records
 out_dir = "out/coldstart"  # coldstart.jsonl (what config/coldstart.py trains on), the per-rank traces, images/
 
 TEACHER_PROMPT = (

@@ -133,7 +133,7 @@ def test_coldstart_on_two_ranks_shards_the_traces_beside_replayed_records(tiny_c
     for n in (2, 1):
         run("coldstart.py", n, "--n_records=12", "--min_words=5", f"--out_dir={tmp_path / str(n)}")
     traces = {n: [json.loads(line) for line in open(tmp_path / str(n) / "coldstart.jsonl")] for n in (1, 2)}
-    # 12 traces and as many SFT records replayed beside them (replay=1.0), without thinking, of the same studies
+    # 12 traces and the 12 SFT records replayed beside them (replay=2.0, capped at them), without thinking, same studies
     thinking = [r for r in traces[2] if r["conversations"][0]["value"].endswith(" /think")]
     replayed = [r for r in traces[2] if r not in thinking]
     assert len(thinking) == len(replayed) == 12 and not any("<think>" in str(r) for r in replayed)
