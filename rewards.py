@@ -118,11 +118,9 @@ def grounding_reward(completion, answer, thinking=False):
     """The paper's grounding reward: Hungarian-match predicted to gold boxes on 1 - IoU, keep pairs with
     IoU > 0, TP = sum of their IoUs, precision = TP / (TP + FP), recall = TP / n_gold, reward = their
     harmonic mean; 0 when either side has no box."""
-    predicted, gold = parse_boxes(final_answer(completion, thinking)), parse_boxes(answer)
+    predicted, gold, matched = matched_ious(completion, answer, thinking)
     if not predicted or not gold:
         return 0.0
-    ious = [[box_iou(p, g) for g in gold] for p in predicted]
-    matched = [ious[i][j] for i, j in min_cost_assignment([[1.0 - x for x in row] for row in ious])]
     matched = [x for x in matched if x > 0]
     tp = sum(matched)
     if tp == 0:
@@ -135,12 +133,16 @@ def grounding_reward(completion, answer, thinking=False):
 def grounding_hit(completion, answer, thinking=False):
     """1.0 when the Hungarian match (as in grounding_reward) pairs every gold box with a predicted one at IoU >=
     HIT_IOU and no predicted box is left over, else 0.0."""
+    predicted, gold, matched = matched_ious(completion, answer, thinking)
+    return float(bool(gold) and len(predicted) == len(gold) and all(x >= HIT_IOU for x in matched))
+
+
+def matched_ious(completion, answer, thinking=False):
+    """(predicted boxes, gold boxes, the IoU of each pair of the Hungarian match on 1 - IoU): what both grounding
+    rewards score."""
     predicted, gold = parse_boxes(final_answer(completion, thinking)), parse_boxes(answer)
-    if not gold or len(predicted) != len(gold):
-        return 0.0
     ious = [[box_iou(p, g) for g in gold] for p in predicted]
-    pairs = min_cost_assignment([[1.0 - x for x in row] for row in ious])
-    return float(all(ious[i][j] >= HIT_IOU for i, j in pairs))
+    return predicted, gold, [ious[i][j] for i, j in min_cost_assignment([[1.0 - x for x in row] for row in ious])]
 
 
 # ----------------------------------------------------------------------------------------------------------
