@@ -85,23 +85,20 @@ def at_end(key):
     return lambda rows: [row[key] for row in rows if key in row][-1]
 
 
-def rollout_measures(lesson, variants):
-    """From each run's rollouts.jsonl, per step: the share of distinct answers (1: all differ, 1/n: one answer for
-    all) and their label F1 against the gold report, which a BLEU-4 reward does not see; written beside log.jsonl as
-    rollout_measures.jsonl and added to the log rows."""
-    for name in variants:
-        for s in seeds:
-            folder = os.path.join(out_dir, lesson, f"{name}_s{s}")
-            by_step = {}
-            for line in open(os.path.join(folder, "rollouts.jsonl")):
-                group = json.loads(line)
-                answers = [(c["text"], group["reference"]) for c in group["completions"]]
-                by_step.setdefault(group["step"], []).extend(answers)
-            rows = [{"step": step, "distinct_answers": len({text for text, _ in pairs}) / len(pairs),
-                     "label_f1": sum(rewards.label_f1(text, gold) for text, gold in pairs) / len(pairs)}
-                    for step, pairs in sorted(by_step.items())]
-            with open(os.path.join(folder, "rollout_measures.jsonl"), "w") as f:
-                f.writelines(json.dumps(row) + "\n" for row in rows)
+def with_rollout_measures(rows, folder):
+    """A run's log rows, each with two measures of its step's answers in folder/rollouts.jsonl: the share of distinct
+    answers (1: all differ, 1/n: one answer for all) and their label F1 against the gold report, which a BLEU-4 reward
+    does not see. The measures are also written to folder/rollout_measures.jsonl, for the figure."""
+    by_step = {}
+    for line in open(os.path.join(folder, "rollouts.jsonl")):
+        group = json.loads(line)
+        by_step.setdefault(group["step"], []).extend((c["text"], group["reference"]) for c in group["completions"])
+    measured = {step: {"step": step, "distinct_answers": len({text for text, _ in pairs}) / len(pairs),
+                       "label_f1": sum(rewards.label_f1(text, gold) for text, gold in pairs) / len(pairs)}
+                for step, pairs in sorted(by_step.items())}
+    with open(os.path.join(folder, "rollout_measures.jsonl"), "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in measured.values())
+    return [{**row, **measured.get(row.get("step"), {})} for row in rows]
 
 
 def figure(lesson, variants, panels):
@@ -140,17 +137,11 @@ def lesson(name, variants, n_steps, measures, claim, panels, extra=(), measure_r
         extra = (*extra, "--log_rollouts=1000")  # more than any step's groups: all of them
     logs, seconds = train(name, variants, n_steps, extra)
     if measure_rollouts:
-        rollout_measures(name, variants)
-        logs = {v: [merged(rows, os.path.join(out_dir, name, f"{v}_s{s}")) for rows, s in zip(logs[v], seeds)]
-                for v in variants}
+        logs = {v: [with_rollout_measures(rows, os.path.join(out_dir, name, f"{v}_s{s}"))
+                    for rows, s in zip(logs[v], seeds)] for v in variants}
     text = section(name, globals()[name].__doc__, variants, logs, measures, claim, seconds, panels)
     with open(os.path.join(out_dir, name, "section.md"), "w") as f:
         f.write(text)
-
-
-def merged(rows, folder):
-    extra = {row["step"]: row for row in map(json.loads, open(os.path.join(folder, "rollout_measures.jsonl")))}
-    return [{**row, **extra.get(row.get("step"), {})} for row in rows]
 
 
 # ---------------------------------------------------------------------------------------------------
