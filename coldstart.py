@@ -33,9 +33,10 @@ import torch
 from PIL import Image
 
 from configurator import configure
-from data import generation_kwargs, open_records, prompt_batch
+from data import generation_kwargs, open_records, prompt_batch, tiny_corpus
 import rewards
-from model import barrier, end_distributed, init_distributed, load_model, print0
+from distributed import barrier, end_distributed, init_distributed, print0
+from model import load_model
 from records import GROUNDING_TASKS, THINK_SUFFIX, parse_boxes, question, reference_answer, save_records, task_of
 
 teacher = "rule"          # "rule" (ground truth: the synthetic world's, a record's annotations) or a local VLM dir
@@ -234,7 +235,7 @@ def main():
     records = open_records(data, "train", n_records, image_size, tasks=("report", *GROUNDING_TASKS), scored=True)
     os.makedirs(out_dir, exist_ok=True)
     model, processor = (None, None) if teacher == "rule" else load_model(
-        teacher, device=device, min_pixels=teacher_min_pixels, max_pixels=teacher_max_pixels)
+        teacher, device=device, min_pixels=teacher_min_pixels, max_pixels=teacher_max_pixels, tiny_corpus=tiny_corpus)
     def teach(batch):
         return teacher_outputs(batch, model and model.eval(), processor, device, image_size, teacher_max_new_tokens,
                                min_words)

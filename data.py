@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from model import print0
+from distributed import print0
 from records import (RecordError, THINK_SUFFIX, check_record, has_image, image_path, load_records, record_id, task_of,
                      validate_record)
 
@@ -57,6 +57,15 @@ def open_records(source, split="train", n=None, image_size=128, tasks=None, scor
     if problems:
         print0(f"{source}: skipped {len(problems)} of {len(records)} {kind}records:{named}")
     return usable
+
+
+def tiny_corpus():
+    """The texts the tiny model's tokenizer is trained on (model.load_model("tiny", tiny_corpus=...)): the chest X-ray
+    world's and the general world's, so that one vocabulary serves the general model, the SFT model made from it and
+    every stage after them."""
+    import shapes
+    import synthetic
+    return synthetic.corpus_texts() + shapes.corpus_texts()
 
 
 

@@ -52,8 +52,9 @@ from tqdm import tqdm
 import rewards
 import scorers
 from configurator import configure
-from data import generation_kwargs, load_image, open_records, prompt_batch
-from model import all_reduce_mean, autocast, end_distributed, gathered, init_distributed, load_model, print0
+from data import generation_kwargs, load_image, open_records, prompt_batch, tiny_corpus
+from distributed import all_reduce_mean, autocast, end_distributed, gathered, init_distributed, print0
+from model import load_model
 from pictures import contact_sheet, draw_curves
 from records import (GROUNDING_TASKS, TASK_GROUPS, RecordError, box_iou, has_image, parse_boxes, record_id,
                      reference_answer, task_of)
@@ -333,7 +334,7 @@ def readable(records, n):
 def held_out_rewards(model, processor, prompts, device, thinking, max_new_tokens, report_reward="label_f1",
                      metric_weights=""):
     """{"val_reward_<task>": mean GRPO reward of the greedy answers to `prompts` (held_out_prompts)}, over all ranks:
-    a training curve without sampling noise. A sharded model is gathered once per task (model.gathered)."""
+    a training curve without sampling noise. A sharded model is gathered once per task (distributed.gathered)."""
     out, training = {}, model.training
     model.eval()
     for task, records in prompts.items():
@@ -453,7 +454,7 @@ def main():
     else:
         try:  # as grpo.py: load_model resolves a training output dir to its newest step, or says why it cannot
             model, processor = load_model(init_from, device=device, min_pixels=min_pixels, max_pixels=max_pixels,
-                                          seed=seed)
+                                          seed=seed, tiny_corpus=tiny_corpus)
         except (OSError, RuntimeError) as e:
             raise SystemExit(f"no checkpoint at {init_from!r} ({e}): run `python sft.py` first "
                              f"(or pass --init_from=...)")

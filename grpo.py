@@ -13,9 +13,9 @@ grounding: soft-F1 of Hungarian-matched IoU), and pushes up the answers that bea
 
 with the paper's settings: eps_low 0.2 / eps_high 0.28 ("clip-higher"), dual clip c = 3 for negative
 advantages, beta 0.01 against the frozen starting model, token-mean over the mini-batch, several optimizer
-updates per rollout batch (so old log-probs are computed once, right after generation, for all but the first update,
-whose own forward gives them: the policy has not moved yet). The variants people bring
-from TRL, verl and EasyR1, each a setting of the same name, off by default:
+updates per rollout batch (so pi_old is computed once, right after generation: logprobs_before_update). The
+rollouts and their log-probs come from engine.py. The variants people bring from TRL, verl and EasyR1, each a setting
+of the same name, off by default:
 
     ratio_level=sequence  GSPO: rho_i,t = exp(1/|o_i| sum_t' log rho_i,t'), one length-normalized ratio per answer
     tis_cap=C             TIS: each token's policy-gradient term times min(pi_old / pi_rollout, C), where pi_rollout
@@ -47,20 +47,18 @@ reward shaping (only masking), entropy bonus (0 in the paper), a value model (th
 import json
 import os
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, fields, replace
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
-from transformers import DynamicCache, TopPLogitsWarper
 
+from checkpoints import latest_checkpoint, resume_training_checkpoint, save_training_checkpoint
 from configurator import configure
-from data import epoch_order, generation_kwargs, open_records, prompt_batch
+from data import epoch_order, open_records, tiny_corpus
+from distributed import all_reduce_mean, compute_dtype, end_distributed, init_distributed, print0, wrap_fsdp
+from engine import answer_logprobs, sample_rollouts, training_logprobs
 from evaluate import held_out_prompts, held_out_rewards
-from model import (all_reduce_mean, autocast, compute_dtype, end_distributed, gathered,
-                   init_distributed, latest_checkpoint, load_model, next_token_logprobs, open_training_log, print0,
-                   resume_training_checkpoint, save_training_checkpoint, wrap_fsdp)
+from logs import open_training_log
+from model import load_model
 from records import TASK_GROUPS, question, record_id, reference_answer, task_of
 import rewards
 
@@ -184,224 +182,34 @@ def grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, *, beta=0.
     return loss, stats
 
 
+def tis_weights(old_logprobs, sampled_logprobs, cap):
+    """TIS: each token's min(pi_old / pi_rollout, cap), pi_rollout being what generation drew it with."""
+    return (old_logprobs - sampled_logprobs).exp().clamp(max=cap)
+
+
+def loss_tokens(answer_mask, truncated, mask_overlong=False):
+    """The tokens the loss covers: every answer token, or with mask_overlong (DAPO) only those of the answers that ended
+    before max_new_tokens."""
+    return answer_mask & ~truncated[:, None] if mask_overlong else answer_mask
+
+
 # ---------------------------------------------------------------------------------------------------
-# rollouts and their log-probs
+# pi_old and the update
 
-@dataclass
-class Rollouts:
-    """G sampled answers to each of a rank's prompts as one padded batch (row j answers prompt group_ids[j]): the
-    prompts left-padded to prompt_len tokens, the answers right-padded after them."""
-    input_ids: torch.Tensor          # [N, prompt_len + A]: prompt tokens, then answer tokens
-    attention_mask: torch.Tensor     # [N, prompt_len + A]: 0 on padding
-    mm_token_type_ids: torch.Tensor  # [N, prompt_len + A]: which tokens are image slots
-    image_grid_thw: torch.Tensor     # [N, 3]: each row's image patch grid
-    pixel_chunks: list               # each row's image patches (the rows of a group share one tensor)
-    answer_mask: torch.Tensor        # [N, A]: the answer's tokens, up to and including its EOS
-    group_ids: torch.Tensor          # [N]: the prompt each row answers
-    sampled_logprobs: torch.Tensor   # [N, A]: the log-probs generation drew the tokens with (0 off answer_mask)
-    truncated: torch.Tensor          # [N]: ran out of max_new_tokens before its EOS
-    prompt_len: int                  # prompt tokens, padding included: where the answers start
-
-    def rows(self, idx):
-        """The rollouts of rows `idx` (a tensor of row numbers), in that order."""
-        picked = {f.name: getattr(self, f.name)[idx] for f in fields(self) if torch.is_tensor(getattr(self, f.name))}
-        return replace(self, **picked, pixel_chunks=[self.pixel_chunks[i] for i in idx.tolist()])
-
-    def model_inputs(self):
-        """The model's inputs for these rows: their tokens, and their images' patches in row order."""
-        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
-                "mm_token_type_ids": self.mm_token_type_ids, "image_grid_thw": self.image_grid_thw,
-                "pixel_values": torch.cat(self.pixel_chunks)}
-
-
-def prompt_positions(model, prompt):
-    """The position ids of left-padded prompts as generate passes them: [4, B, L], a text row, then the 3 M-RoPE rows
-    (an image's tokens take 2-D positions)."""
-    mask = prompt["attention_mask"]
-    rope, _ = model.model.get_rope_index(prompt["input_ids"], prompt["mm_token_type_ids"],
-                                         image_grid_thw=prompt["image_grid_thw"], attention_mask=mask)
-    text = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
-    return torch.cat([text[None], rope])
-
-
-@contextmanager
-def each_image_once(model, owners, grids):
-    """Within it, a forward given the distinct images' patches and every row's grid encodes each image once: the
-    vision tower sees only the distinct grids, and its outputs are copied back to the rows that own each image
-    (owners[row]: its image's number). The copies' gradients add up, as they would from one tower pass per row."""
-    visual = model.model.visual
-    _, distinct, counts = torch.unique_consecutive(owners, return_inverse=True, return_counts=True)
-    firsts = counts.cumsum(0) - counts
-
-    def rows_of(tokens_per_image):  # each row's token indices in the tower's output
-        offsets = tokens_per_image.cumsum(0) - tokens_per_image
-        return torch.cat([offsets[i] + torch.arange(int(tokens_per_image[i]), device=owners.device)
-                          for i in distinct.tolist()])
-
-    patches = rows_of(grids[firsts].prod(-1))
-    merged = rows_of(grids[firsts].prod(-1) // visual.spatial_merge_size ** 2)
-
-    def copy_back(module, args, kwargs, out):
-        out.last_hidden_state, out.pooler_output = out.last_hidden_state[patches], out.pooler_output[merged]
-        out.deepstack_features = [feature[merged] for feature in out.deepstack_features]
-        return out
-    hooks = [visual.register_forward_pre_hook(lambda m, args, kwargs: (args, {**kwargs, "grid_thw": grids[firsts]}),
-                                              with_kwargs=True),
-             visual.register_forward_hook(copy_back, with_kwargs=True)]
-    try:
-        yield
-    finally:
-        for hook in hooks:
-            hook.remove()
-
-
-def token_logprobs(model, rollouts, temperature=1.0):
-    """(log pi(token), the policy's entropy there) of every answer token ([N, A] each, 0 past the rows' longest answer)
-    at the sampling temperature, computed chunk by chunk from the final hidden states (model.next_token_logprobs): the
-    N x T x vocab logits are never held.
-
-    The G answers of a prompt share its image and its tokens, and neither is worked on G times. Without gradients
-    (old and reference log-probs), each prompt runs once, as in sampling, and its answers continue from copies of its
-    KV cache. With them, each row runs whole (under FSDP2 a gradient through a cache copy would reach a layer that
-    resharded after the prompt's forward), but the vision tower encodes each image once (each_image_once). Columns
-    that are padding in every row (the prompts' common left padding, the answers' common tail) are cut first. None of
-    this changes a value: positions count from the attention mask and attention is causal."""
-    mask, n_prompt = rollouts.attention_mask, rollouts.prompt_len
-    used = mask.any(0).nonzero()
-    first, end = int(used[0]), int(used[-1]) + 1
-    _, counts = torch.unique_consecutive(rollouts.group_ids, return_counts=True)
-    heads = counts.cumsum(0) - counts  # each group's first row
-    images = torch.cat([rollouts.pixel_chunks[i] for i in heads.tolist()])
-    if torch.is_grad_enabled():
-        inputs = {"input_ids": rollouts.input_ids[:, first:end], "attention_mask": mask[:, first:end],
-                  "mm_token_type_ids": rollouts.mm_token_type_ids[:, first:end],
-                  "image_grid_thw": rollouts.image_grid_thw, "pixel_values": images, "use_cache": False}
-        wanted = torch.zeros_like(inputs["input_ids"], dtype=torch.bool)
-        wanted[:, n_prompt - first:] = True
-        with autocast(mask.device), each_image_once(model, rollouts.group_ids, rollouts.image_grid_thw):
-            chosen, entropy = next_token_logprobs(model, inputs, wanted, temperature)
-    else:
-        prompt = {"input_ids": rollouts.input_ids[heads, first:n_prompt], "attention_mask": mask[heads, first:n_prompt],
-                  "mm_token_type_ids": rollouts.mm_token_type_ids[heads, first:n_prompt],
-                  "image_grid_thw": rollouts.image_grid_thw[heads], "pixel_values": images}
-        tokens = ("input_ids", "attention_mask", "mm_token_type_ids")
-        with autocast(mask.device):
-            positions = prompt_positions(model, prompt)
-            cache = DynamicCache(config=model.config)
-            model(**{k: v[:, :-1] if k in tokens else v for k, v in prompt.items()}, position_ids=positions[..., :-1],
-                  cache=cache, use_cache=True, logits_to_keep=torch.zeros(0, dtype=torch.long, device=mask.device))
-            cache.batch_select_indices(torch.repeat_interleave(torch.arange(len(counts), device=mask.device), counts))
-            answer_ids = rollouts.input_ids[:, n_prompt:end]
-            inputs = {"input_ids": torch.cat([prompt["input_ids"][:, -1:].repeat_interleave(counts, 0), answer_ids], 1),
-                      "attention_mask": torch.cat([prompt["attention_mask"].repeat_interleave(counts, 0),
-                                                   mask[:, n_prompt:end]], 1),
-                      "position_ids": positions[..., -1:].repeat_interleave(counts, 1)
-                      + torch.arange(answer_ids.shape[1] + 1, device=mask.device), "cache": cache, "use_cache": True}
-            wanted = torch.ones_like(inputs["input_ids"], dtype=torch.bool)
-            chosen, entropy = next_token_logprobs(model, inputs, wanted, temperature)
-    cut = rollouts.input_ids.shape[1] - end
-    return F.pad(chosen.view(len(mask), -1), (0, cut)), F.pad(entropy.view(len(mask), -1), (0, cut))
-
-
-def sample_groups(model, prompt, group_size, max_new_tokens, stop, temperature=1.0, top_p=1.0):
-    """G sampled answers to each prompt of `prompt` (left-padded model inputs) and the log-prob of each sampled token
-    under the very distribution it was drawn from; returns ([P x G, T] tokens, [P x G, T] log-probs), rows of a prompt
-    together, finished rows padded.
-
-    Each prompt is prefilled once (its image through the vision tower, then its tokens) and its G samples continue
-    from G copies of that KV cache: generate(num_return_sequences=G) would encode the image and prefill the prompt G
-    times. Each step samples from softmax(logits / temperature) (top-p if < 1) with generate's stop rules: the special
-    tokens of stop["suppress_tokens"] are never drawn, a row ends at its first stop["eos_token_id"]. Ended rows leave
-    the model's batch (and the cache) once they are a quarter of it; the samples stay exactly generate's."""
-    mask = prompt["attention_mask"]
-    positions = prompt_positions(model, prompt)
-    cache = DynamicCache(config=model.config)
-    logits = model(**prompt, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-    cache.batch_repeat_interleave(group_size)
-    logits = logits.float().repeat_interleave(group_size, 0)
-    mask, last = mask.repeat_interleave(group_size, 0), positions[:, :, -1:].repeat_interleave(group_size, 1)
-    eos = torch.tensor(stop["eos_token_id"], device=logits.device)
-    finished = torch.zeros(len(logits), dtype=torch.bool, device=logits.device)
-    running = torch.arange(len(logits), device=logits.device)  # the rows the model still computes, as cached
-    tokens, logprobs = [], []
-    for step in range(max_new_tokens):
-        logits[:, stop["suppress_tokens"]] = float("-inf")
-        scores = logits / temperature
-        if top_p < 1.0:
-            scores = TopPLogitsWarper(top_p)(None, scores)
-        scores = torch.log_softmax(scores, -1)
-        token = torch.multinomial(scores.exp(), num_samples=1).squeeze(1)
-        token = token.masked_fill(finished, stop["pad_token_id"])
-        tokens.append(token)
-        logprobs.append(scores.gather(1, token[:, None]).squeeze(1).masked_fill(finished, 0.0))
-        finished |= torch.isin(token, eos)
-        if finished.all() or step == max_new_tokens - 1:
-            break
-        if finished[running].sum() * 4 >= len(running):  # dropping rows copies the cache: once a quarter are done
-            keep = (~finished[running]).nonzero().squeeze(1)
-            cache.batch_select_indices(keep)
-            running, mask, last = running[keep], mask[keep], last[:, keep]
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-        # a finished row keeps its last logits: it is still drawn for (and padded), so every row takes the random
-        # numbers it would take in generate, which computes finished rows to the end
-        logits[running] = model(input_ids=token[running, None], attention_mask=mask, position_ids=last + step + 1,
-                                cache=cache, use_cache=True).logits[:, -1].float()
-    return torch.stack(tokens, 1), torch.stack(logprobs, 1)
-
-
-def sample_rollouts(model, processor, records, group_size, thinking, device, temperature=1.0, top_p=1.0,
-                    max_new_tokens=96, generate_batch=0):
-    """(Rollouts, their decoded texts): G sampled answers per record (row j answers record j // G), each prompt
-    prefilled once (sample_groups). Prompts go through `generate_batch` at a time (0: all at once), since the KV cache
-    of those x G sequences bounds the memory of generation; the chunks are then padded into one batch. A sharded
-    policy is gathered once for all of it (model.gathered)."""
-    tok = processor.tokenizer
-    stop = generation_kwargs(tok)
-    chunk, parts = generate_batch or len(records), []
-    with torch.no_grad(), gathered(model), autocast(device):
-        for start in range(0, len(records), chunk):
-            prompt = prompt_batch(records[start:start + chunk], processor, thinking).to(device)
-            parts.append((prompt, *sample_groups(model, prompt, group_size, max_new_tokens, stop, temperature,
-                                                 top_p)))
-    prompt_len = max(p["input_ids"].shape[1] for p, _, _ in parts)
-    answer_len = max(c.shape[1] for _, c, _ in parts)
-    left = lambda t, value: F.pad(t, (prompt_len - t.shape[1], 0), value=value)  # noqa: E731
-    right = lambda t, value: F.pad(t, (0, answer_len - t.shape[1]), value=value)  # noqa: E731
-    repeat = lambda t: t.repeat_interleave(group_size, 0)  # noqa: E731
-    prompt = {k: torch.cat([repeat(left(p[k], tok.pad_token_id if k == "input_ids" else 0)) for p, _, _ in parts])
-              for k in ("input_ids", "attention_mask", "mm_token_type_ids")}
-    answer = torch.cat([right(c, tok.pad_token_id) for _, c, _ in parts])
-    generated = torch.cat([right(torch.ones_like(c, dtype=torch.bool), False) for _, c, _ in parts])
-    is_eos = torch.isin(answer, torch.tensor(stop["eos_token_id"], device=device))
-    # keep every token up to and including the first EOS: the EOS is what teaches the policy to stop
-    after_eos = (is_eos.cumsum(1) - is_eos.long()) > 0
-    answer_mask = ~after_eos & generated
-    answer = answer.masked_fill(~answer_mask, tok.pad_token_id)
-    grids = torch.cat([p["image_grid_thw"] for p, _, _ in parts])
-    pixel_chunks = torch.split(torch.cat([p["pixel_values"] for p, _, _ in parts]), grids.prod(-1).tolist())
-    rollouts = Rollouts(
-        input_ids=torch.cat([prompt["input_ids"], answer], 1),
-        attention_mask=torch.cat([prompt["attention_mask"], answer_mask.long()], 1),
-        mm_token_type_ids=torch.cat([prompt["mm_token_type_ids"], torch.zeros_like(answer)], 1),
-        image_grid_thw=repeat(grids),
-        pixel_chunks=[pixel_chunks[j // group_size] for j in range(len(answer))],
-        answer_mask=answer_mask,
-        group_ids=torch.arange(len(records), device=device).repeat_interleave(group_size),
-        sampled_logprobs=torch.cat([right(lp, 0.0) for _, _, lp in parts]) * answer_mask,
-        truncated=~(is_eos & generated).any(1),
-        prompt_len=prompt_len)
-    return rollouts, [tok.decode(a[m], skip_special_tokens=True) for a, m in zip(answer, answer_mask)]
-
-
-def answer_logprobs(model, rollouts, micro_batch, temperature=1.0, skip=0):
-    """log-probs of every answer token under `model`, micro-batch by micro-batch, without gradients; the first `skip`
-    rows are left at 0 (policy_update fills in the first update's old log-probs from its own forward)."""
-    out = torch.zeros_like(rollouts.answer_mask, dtype=torch.float32)
+def logprobs_before_update(policy, rollouts, n_updates, micro_batch, temperature=1.0):
+    """pi_old: the policy's log-probs of the sampled answers before this step's first update, the denominator of
+    every update's ratio. The first mini-batch's come from the very computation its update runs (training_logprobs,
+    micro-batch by micro-batch, here without gradients), so that its ratios are exactly 1, as on-policy they are; the
+    later mini-batches' from the cheaper pass from each prompt's KV cache (answer_logprobs), equal within rounding."""
+    n, device = len(rollouts.group_ids), rollouts.group_ids.device
+    first = n // n_updates
+    later = answer_logprobs(policy, rollouts.rows(torch.arange(first, n, device=device)), micro_batch, temperature)
     with torch.no_grad():
-        for start in range(skip, len(out), micro_batch):
-            idx = torch.arange(start, min(len(out), start + micro_batch), device=out.device)
-            out[idx] = token_logprobs(model, rollouts.rows(idx), temperature)[0]
-    return out
+        policy.train()  # the mode of the update's forward
+        firsts = [training_logprobs(policy, rollouts.rows(torch.arange(start, min(first, start + micro_batch),
+                                                                       device=device)), temperature)[0]
+                  for start in range(0, first, micro_batch)]
+    return torch.cat(firsts + [later])
 
 
 def policy_update(policy, optimizer, rollouts, old_logprobs, ref_logprobs, advantages, *, world, n_updates,
@@ -410,12 +218,10 @@ def policy_update(policy, optimizer, rollouts, old_logprobs, ref_logprobs, advan
     gradients accumulated over micro-batches; the loss covers every answer token, or with mask_overlong only those of
     answers that ended (DAPO); `loss_settings` are grpo_loss's (beta, eps_low, eps_high, dual_clip, loss_agg,
     max_new_tokens, ratio_level). Returns kl / clip fractions / entropy averaged over micro-batches, the loss, the
-    last update's gradient norm and the largest ratio pi_theta / pi_old of any answer token of any update (all ranks).
-
-    The first update runs before the policy has moved, so its old log-probs are its own forward's, detached: they are
-    written into `old_logprobs` here, and main() computes only the later updates' (as TRL does with one update)."""
+    last update's gradient norm and the largest ratio pi_theta / pi_old of any answer token of any update (all
+    ranks)."""
     policy.train()
-    loss_mask = rollouts.answer_mask & ~rollouts.truncated[:, None] if mask_overlong else rollouts.answer_mask
+    loss_mask = loss_tokens(rollouts.answer_mask, rollouts.truncated, mask_overlong)
     seqs_per_update = len(advantages) // n_updates
     sums = {"kl": 0.0, "clip_frac": 0.0, "clip_frac_low": 0.0, "clip_frac_high": 0.0, "entropy": 0.0, "loss": 0.0}
     n_micro, ratio_max = 0, 0.0
@@ -433,10 +239,8 @@ def policy_update(policy, optimizer, rollouts, old_logprobs, ref_logprobs, advan
         # micro-batch (set_requires_gradient_sync(False)) would hold a whole unsharded fp32 gradient per rank
         for start in range(0, seqs_per_update, micro_batch):
             idx = update_idx[start:start + micro_batch]
-            logprobs, entropy = token_logprobs(policy, rollouts.rows(idx), temperature)
-            if u == 0:
-                old_logprobs[idx] = logprobs.detach()
-            tis = (old_logprobs[idx] - rollouts.sampled_logprobs[idx]).exp().clamp(max=tis_cap) if tis_cap > 0 else None
+            logprobs, entropy = training_logprobs(policy, rollouts.rows(idx), temperature)
+            tis = tis_weights(old_logprobs[idx], rollouts.sampled_logprobs[idx], tis_cap) if tis_cap > 0 else None
             loss, stats = grpo_loss(logprobs, old_logprobs[idx], None if ref_logprobs is None else ref_logprobs[idx],
                                     advantages[idx], loss_mask[idx], normalizer=norm, tis_weights=tis,
                                     **loss_settings)
@@ -560,11 +364,11 @@ def load_policy_and_reference(init_from, beta, grad_checkpointing, device, world
                               freeze_vision=False):
     """The trained policy in fp32 (master weights; bf16 compute on GPU: an update of lr 1e-6 is below a bf16
     weight's precision), its frozen starting point for the KL term (None when beta is 0; bf16 on GPU is enough),
-    both sharded over the ranks, and the processor. On N ranks only rank 0 reads the weights (model.wrap_fsdp).
+    both sharded over the ranks, and the processor. On N ranks only rank 0 reads the weights (distributed.wrap_fsdp).
     With freeze_vision the policy's vision tower requires no gradient (set before sharding, as in sft.py)."""
     def load(dtype):
         return load_model(init_from, dtype=dtype, device=device, min_pixels=min_pixels, max_pixels=max_pixels,
-                          rank0_only=world > 1, seed=seed)
+                          rank0_only=world > 1, seed=seed, tiny_corpus=tiny_corpus)
     try:
         policy, processor = load(torch.float32)
     except (OSError, RuntimeError) as e:
@@ -654,14 +458,14 @@ def main():
         advantages = group_advantages(reward_list, rollouts.group_ids.cpu(), scale_std=scale_std).to(device)
         times["reward"] = time.time() - t0
 
-        t0 = time.time()  # old and reference log-probs, once for all the updates of this step
+        t0 = time.time()  # pi_old and pi_ref of every sampled token, once for all the updates of this step
         n_updates = prompts_per_step // mini_batch
-        old_logprobs = answer_logprobs(policy, rollouts, micro_batch, temperature, skip=len(advantages) // n_updates)
-        ref_logprobs = answer_logprobs(reference, rollouts, micro_batch, temperature) if reference is not None else None
+        pi_old = logprobs_before_update(policy, rollouts, n_updates, micro_batch, temperature)
+        pi_ref = answer_logprobs(reference, rollouts, micro_batch, temperature) if reference is not None else None
         times["reference"] = time.time() - t0
 
         t0 = time.time()  # P / mini_batch optimizer updates over the rollouts
-        stats = policy_update(policy, optimizer, rollouts, old_logprobs, ref_logprobs, advantages, world=world,
+        stats = policy_update(policy, optimizer, rollouts, pi_old, pi_ref, advantages, world=world,
                               n_updates=n_updates, micro_batch=micro_batch,
                               grad_clip=grad_clip or float("inf"), loss_settings=loss_settings,
                               mask_overlong=overlong == "mask", tis_cap=tis_cap, temperature=temperature)
@@ -669,7 +473,7 @@ def main():
         step += 1
 
         times["step"] = time.time() - step_start
-        stats.update(health(rollouts, old_logprobs, drawn * world))
+        stats.update(health(rollouts, pi_old, drawn * world))
         log = step_log(step_task, records, reward_list, components, rollouts, stats, times, list(pools[step_task]),
                        world)
         if eval_sets and (step % eval_every == 0 or step == max_steps):

@@ -25,9 +25,11 @@ import torch
 
 import rewards
 from configurator import configure
-from data import load_image
-from grpo import group_advantages, sample_rollouts
-from model import default_device, load_model
+from data import load_image, tiny_corpus
+from distributed import default_device
+from engine import sample_rollouts
+from grpo import group_advantages
+from model import load_model
 from pictures import contact_sheet
 from records import PROMPTS, make_record, parse_boxes, question, reference_answer
 
@@ -95,7 +97,8 @@ if rollouts:  # what the step sampled, and the rewards and advantages it trained
     completions, scores, advantages = ([c[key] for c in logged] for key in ("text", "reward", "advantage"))
 else:
     device = default_device()
-    model, processor = load_model(init_from, device=device, min_pixels=min_pixels, max_pixels=max_pixels, seed=seed)
+    model, processor = load_model(init_from, device=device, min_pixels=min_pixels, max_pixels=max_pixels, seed=seed,
+                                  tiny_corpus=tiny_corpus)
     model.to(device).eval()
     _, completions = sample_rollouts(model, processor, [record], num_samples, thinking, device, temperature, top_p,
                                      max_new_tokens)

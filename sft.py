@@ -33,11 +33,12 @@ import torch
 from tqdm import tqdm
 
 from configurator import configure
-from data import N_NAMED, PackedWindows, model_inputs, open_records, pack_samples, tokenize_window
+from data import N_NAMED, PackedWindows, model_inputs, open_records, pack_samples, tiny_corpus, tokenize_window
 from evaluate import held_out_prompts, held_out_rewards
-from model import (autocast, compute_dtype, end_distributed, export_model, init_distributed, latest_checkpoint,
-                   load_model, next_token_logprobs, open_training_log, print0, resume_training_checkpoint,
-                   save_training_checkpoint, wrap_fsdp)
+from checkpoints import export_model, latest_checkpoint, resume_training_checkpoint, save_training_checkpoint
+from distributed import autocast, compute_dtype, end_distributed, init_distributed, print0, wrap_fsdp
+from logs import open_training_log
+from model import load_model, next_token_logprobs
 
 # model and data
 init_from = "tiny"        # "tiny" (random tiny Qwen3-VL built from a config), a checkpoint dir, or a hub id
@@ -89,7 +90,8 @@ torch.manual_seed(seed)
 # fp32 master weights, bf16 compute on GPU: a bf16 weight would not move under updates of lr 1e-5 x its size;
 # on N ranks only rank 0 reads them, and wrap_fsdp broadcasts them into the shards
 model, processor = load_model(init_from, dtype=torch.float32, device=device, min_pixels=min_pixels,
-                              max_pixels=max_pixels, rank0_only=world > 1, seed=seed)
+                              max_pixels=max_pixels, rank0_only=world > 1, seed=seed,
+                              tiny_corpus=tiny_corpus)
 model.config.use_cache = False
 if grad_checkpointing:
     model.gradient_checkpointing_enable()

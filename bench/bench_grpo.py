@@ -48,7 +48,8 @@ if shape:  # a random model of the real size, written once in the real checkpoin
     init_from = os.path.join(out_dir, f"qwen3vl_{shape}_random")
     if not os.path.exists(os.path.join(init_from, "config.json")):
         import torch
-        from model import build_random, save_checkpoint
+        from checkpoints import save_checkpoint
+        from model import build_random
         model, processor = build_random(shape, device="cpu", dtype=torch.bfloat16, max_pixels=max_pixels)
         save_checkpoint(model, processor, init_from)
         del model

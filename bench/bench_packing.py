@@ -15,7 +15,8 @@ import torch  # noqa: E402
 import synthetic  # noqa: E402
 from configurator import configure  # noqa: E402
 from data import image_filler, pack_samples, tokenize_window  # noqa: E402
-from model import build_tiny, tiny_corpus  # noqa: E402
+from data import tiny_corpus  # noqa: E402
+from model import build_tiny  # noqa: E402
 
 records = 1024            # synthetic training records to pack
 windows = [64, 256, 1024]  # records packed together

@@ -20,7 +20,9 @@ import torch.nn.functional as F  # noqa: E402
 import synthetic  # noqa: E402
 from configurator import configure  # noqa: E402
 from data import image_filler, model_inputs, pack_samples, tokenize_window  # noqa: E402
-from model import autocast, build_random, build_tiny, default_device, tiny_corpus  # noqa: E402
+from data import tiny_corpus  # noqa: E402
+from distributed import autocast, default_device  # noqa: E402
+from model import build_random, build_tiny  # noqa: E402
 
 shape = ""                # "": the tiny model; "2b" / "4b" / "8b": a random model of that Qwen3-VL size
 records = 1024            # synthetic training records (the SFT mix)

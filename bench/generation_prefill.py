@@ -1,6 +1,6 @@
 """
 Generation time of one GRPO step's rollouts on a CPU: G samples of each prompt continued from one prefill
-(grpo.sample_groups: the image through the vision tower and the prompt once, then G copies of the KV cache) against
+(engine.sample_groups: the image through the vision tower and the prompt once, then G copies of the KV cache) against
 generate(num_return_sequences=G), which runs the vision tower and prefills the prompt G times. The same tiny model,
 prompts and number of new tokens (no end of answer, so both paths generate every token); the best of `repeats`.
 
@@ -15,8 +15,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configurator import configure  # noqa: E402
-from data import generation_kwargs, open_records, prompt_batch  # noqa: E402
-from grpo import sample_groups  # noqa: E402
+from data import generation_kwargs, open_records, prompt_batch, tiny_corpus  # noqa: E402
+from engine import sample_groups  # noqa: E402
 from model import load_model  # noqa: E402
 
 image_size = 512          # synthetic radiographs of this side
@@ -28,7 +28,7 @@ repeats = 3               # timed runs of each path; the fastest is shown
 configure(globals())
 
 torch.manual_seed(0)
-model, processor = load_model("tiny", device="cpu", max_pixels=max_pixels)
+model, processor = load_model("tiny", device="cpu", max_pixels=max_pixels, tiny_corpus=tiny_corpus)
 model.eval()
 records = list(open_records("synthetic", "train", prompts, image_size, tasks=("report",)))
 prompt = prompt_batch(records, processor)
@@ -49,7 +49,7 @@ def repeated_prefill():
 times = {}
 with torch.no_grad():
     for name, run in (("generate(num_return_sequences=G): G prefills", repeated_prefill),
-                      ("grpo.sample_groups: one prefill, G cache copies", one_prefill)):
+                      ("engine.sample_groups: one prefill, G cache copies", one_prefill)):
         run()  # warm-up
         best = float("inf")
         for _ in range(repeats):

@@ -4,8 +4,8 @@ initialised model of Qwen3-VL-2B's real shape in bf16 with images of up to 262,1
 
 1. packing with flash-attention-2 (and eager) gives the same logits as packing with sdpa, and as each sample alone;
 2. FSDP2 on NCCL: a sharded training step (mixed precision), then greedy generation from an image prompt with the
-   policy gathered once per call (model.gathered), match a plain copy stepped alike; peak memory of each; generate
-   tokens/s and all-gathers per call, gathered once vs. per token (how generation ran before model.gathered);
+   policy gathered once per call (distributed.gathered), match a plain copy stepped alike; peak memory of each; generate
+   tokens/s and all-gathers per call, gathered once vs. per token (how generation ran before distributed.gathered);
 3. SFT tokens/s and MFU (bench/bench_sft.py), GRPO step time split (bench/bench_grpo.py), peak memory.
 
     python bench/gpu_check.py                      # 1 GPU; prints markdown and writes it to out/gpu_check.md
@@ -30,7 +30,9 @@ from torch.distributed.fsdp._fully_shard._fsdp_param_group import FSDPParamGroup
 import synthetic  # noqa: E402
 from configurator import configure  # noqa: E402
 from data import generation_kwargs, model_inputs, pack_samples, prompt_batch, tokenize_window  # noqa: E402
-from model import autocast, build_random, build_tiny, default_device, gathered, tiny_corpus, wrap_fsdp  # noqa: E402
+from data import tiny_corpus  # noqa: E402
+from distributed import autocast, default_device, gathered, wrap_fsdp  # noqa: E402
+from model import build_random, build_tiny  # noqa: E402
 
 shape = "2b"              # "2b" / "4b" / "8b", or "tiny" for a CPU dry run
 image_size = 512          # synthetic image side
@@ -176,7 +178,7 @@ for name, m in (("plain", plain), ("sharded", model)):
                                     else grad_norm.item()),
                          step_peak=step_peak, generate_peak=peak())
     optimizer = None
-with torch.no_grad():  # the way generate ran before model.gathered: per-token all-gathers (after a forward
+with torch.no_grad():  # the way generate ran before distributed.gathered: per-token all-gathers (after a forward
     model(**prompt, use_cache=False)  # through the root, without which the vision conv meets sharded weights)
     _, per_token_speed, per_token_gathers = greedy(model, gather_once=False, synced_gpus=True)
 precision = "bf16 mixed precision" if device.type == "cuda" else "fp32"
@@ -190,7 +192,7 @@ for name, r in results.items():
             and bool((r["tokens"] == results["plain"]["tokens"]).all()))
     say(f"| {name} | {r['loss']:.4f} | {r['grad_norm']:.3f} | {r['after']:.4f} | {r['step_peak']} | "
         f"{'yes' if same else 'no'} | {r['tokens_per_s']:.1f} | {r['gathers']} | {r['generate_peak']} |")
-say(f"| sharded, all-gathered per token (before model.gathered) | | | | | | {per_token_speed:.1f} | "
+say(f"| sharded, all-gathered per token (before distributed.gathered) | | | | | | {per_token_speed:.1f} | "
     f"{per_token_gathers} | |")
 say(f"\n({time.time() - t0:.0f} s)\n")
 dist.destroy_process_group()

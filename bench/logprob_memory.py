@@ -1,8 +1,8 @@
 """
 Peak memory of one GRPO micro-step (forward and backward of the answers' log-probs) on a CPU, with Qwen's real
 151,936-token vocabulary on a narrow Qwen3-VL (hidden 64): the full-logits path (what grpo.py computed before:
-B x T x vocab logits, their log-softmax, its gradient) against grpo.token_logprobs, which computes the chosen tokens'
-log-probs chunk by chunk from the final hidden states (model.next_token_logprobs). Each path runs in a fresh
+B x T x vocab logits, their log-softmax, its gradient) against engine.training_logprobs, which computes the chosen
+tokens' log-probs chunk by chunk from the final hidden states (model.next_token_logprobs). Each path runs in a fresh
 process, so its peak RSS is its own; the table shows the peak above the RSS just before the step.
 
     python bench/logprob_memory.py                      # 8 answers of 512 tokens
@@ -31,7 +31,7 @@ def peak_rss_gib():
 
 def micro_step(path):
     """Peak RSS above the RSS before one forward + backward of `sequences` answers of `answer_tokens` tokens."""
-    import grpo
+    import engine
     from data import open_records, prompt_batch
     from model import QWEN3_VL_VOCAB, build_processor, build_tokenizer, qwen3_vl_config
     from transformers import Qwen3VLForConditionalGeneration
@@ -45,16 +45,16 @@ def micro_step(path):
     prompt = prompt_batch([record] * sequences, build_processor(tokenizer))
     answers = torch.randint(0, QWEN3_VL_VOCAB, (sequences, answer_tokens))
     one_image = prompt["pixel_values"][:len(prompt["pixel_values"]) // sequences]  # the rows share one record's image
-    rollouts = grpo.Rollouts(input_ids=torch.cat([prompt["input_ids"], answers], 1),
-                             attention_mask=torch.cat([prompt["attention_mask"], torch.ones_like(answers)], 1),
-                             mm_token_type_ids=torch.cat([prompt["mm_token_type_ids"], torch.zeros_like(answers)], 1),
-                             image_grid_thw=prompt["image_grid_thw"],
-                             pixel_chunks=[one_image] * sequences,
-                             answer_mask=torch.ones_like(answers, dtype=torch.bool),
-                             group_ids=torch.zeros(sequences, dtype=torch.long),
-                             sampled_logprobs=None, truncated=None, prompt_len=prompt["input_ids"].shape[1])
+    rollouts = engine.Rollouts(input_ids=torch.cat([prompt["input_ids"], answers], 1),
+                               attention_mask=torch.cat([prompt["attention_mask"], torch.ones_like(answers)], 1),
+                               mm_token_type_ids=torch.cat([prompt["mm_token_type_ids"], torch.zeros_like(answers)], 1),
+                               image_grid_thw=prompt["image_grid_thw"],
+                               pixel_chunks=[one_image] * sequences,
+                               answer_mask=torch.ones_like(answers, dtype=torch.bool),
+                               group_ids=torch.zeros(sequences, dtype=torch.long),
+                               sampled_logprobs=None, truncated=None, prompt_len=prompt["input_ids"].shape[1])
     before = peak_rss_gib()
-    if path == "full":  # grpo.py's token_logprobs before: the logits of every answer position at once
+    if path == "full":  # what engine.training_logprobs replaced: the logits of every answer position at once
         logits = model(**rollouts.model_inputs(), use_cache=False, logits_to_keep=answer_tokens + 1).logits[:, :-1]
         logits = logits.float()
         logprobs = torch.log_softmax(logits, -1)
@@ -62,7 +62,7 @@ def micro_step(path):
         with torch.no_grad():
             entropy = -(logprobs.exp() * logprobs).sum(-1)
     else:
-        chosen, entropy = grpo.token_logprobs(model, rollouts)
+        chosen, entropy = engine.training_logprobs(model, rollouts)
     (chosen.sum() + 0 * entropy.sum()).backward()
     return peak_rss_gib() - before
 
@@ -82,5 +82,5 @@ else:
           f"(one fp32 logits tensor: {logits:.2f} GiB); peak RSS above the RSS before the step\n")
     print("| path | peak above start |\n|---|---|")
     print(f"| full logits (B x T x vocab) | {peaks['full']:.2f} GiB |")
-    print(f"| chunked from hidden states (grpo.token_logprobs) | {peaks['chunked']:.2f} GiB |")
+    print(f"| chunked from hidden states (engine.training_logprobs) | {peaks['chunked']:.2f} GiB |")
     print(json.dumps(peaks))

@@ -21,7 +21,7 @@ Terms, per GPU, with N GPUs under FSDP2 (full sharding), as sft.py / grpo.py tra
              it was tokens x vocab x 14-16 bytes: 16.2 GiB for SFT's row, 18.5 GiB for GRPO's micro-batches
   KV cache   grpo.py generation: sequences in flight x length x layers x 2 x kv heads x head dim x 2 bytes
   generating grpo.py: the whole policy in bf16 (2 bytes x params), all-gathered once per rollout batch by
-             model.gathered instead of layer by layer at every generated token (one GPU: autocast's copies)
+             distributed.gathered instead of layer by layer at every generated token (one GPU: autocast's copies)
 GRPO never generates and trains at once, so its total is the larger of the two phases: states + ref + generating +
 KV cache, and states + ref + gathered + grads + activations + logits.
 Frozen vision (grpo.py --freeze_vision=True, the row "GRPO report, frozen vision"): the vision tower (blocks, mergers,

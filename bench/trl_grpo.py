@@ -22,7 +22,7 @@ import torch  # noqa: E402
 
 import rewards  # noqa: E402
 from configurator import configure  # noqa: E402
-from data import load_image, open_records, prompt_messages  # noqa: E402
+from data import load_image, open_records, prompt_messages, tiny_corpus  # noqa: E402
 from model import load_model  # noqa: E402
 from records import reference_answer  # noqa: E402
 
@@ -45,7 +45,7 @@ from transformers import TrainerCallback  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 torch.manual_seed(seed)
-model, processor = load_model(init_from, device="cpu")
+model, processor = load_model(init_from, device="cpu", tiny_corpus=tiny_corpus)
 records = open_records("synthetic", "train", prompts_per_step * steps, image_size, tasks=("report",))
 rows = []
 for i in range(len(records)):

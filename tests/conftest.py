@@ -14,7 +14,8 @@ torch.set_num_threads(1)  # tests share 2 cores; keep torch from oversubscribing
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """Path of a tiny random Qwen3-VL saved by save_checkpoint (safetensors, configs, processor files)."""
-    from model import build_tiny, save_checkpoint
+    from checkpoints import save_checkpoint
+    from model import build_tiny
     model, processor = build_tiny(seed=0)
     return save_checkpoint(model, processor, str(tmp_path_factory.mktemp("ckpt") / "tiny"))
 

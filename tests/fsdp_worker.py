@@ -8,7 +8,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from conftest import gray_image  # noqa: E402
-from model import build_tiny, end_distributed, full_state_dict, init_distributed, wrap_fsdp  # noqa: E402
+from distributed import end_distributed, full_state_dict, init_distributed, wrap_fsdp  # noqa: E402
+from model import build_tiny  # noqa: E402
 
 torch.set_num_threads(1)
 rank, _, world, _ = init_distributed()

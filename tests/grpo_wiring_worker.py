@@ -8,7 +8,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import grpo  # noqa: E402
-from model import end_distributed  # noqa: E402
+from distributed import end_distributed  # noqa: E402
 from records import reference_answer, task_of  # noqa: E402
 
 out = sys.argv.pop(1)

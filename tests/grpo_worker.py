@@ -10,9 +10,11 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import engine  # noqa: E402
 import grpo  # noqa: E402
 from data import generation_kwargs, prompt_batch  # noqa: E402
-from model import end_distributed, full_state_dict, gathered, init_distributed, load_model, wrap_fsdp  # noqa: E402
+from distributed import end_distributed, full_state_dict, gathered, init_distributed, wrap_fsdp  # noqa: E402
+from model import load_model  # noqa: E402
 from records import load_records  # noqa: E402
 
 torch.set_num_threads(1)
@@ -34,16 +36,16 @@ policy.eval()
 eos = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")  # a bias towards EOS while sampling: answers of
 hook = policy.lm_head.register_forward_hook(  # several lengths, so that the three loss aggregations differ
     lambda module, inputs, logits: logits + 4.0 * torch.nn.functional.one_hot(torch.tensor(eos), logits.shape[-1]))
-rollouts, texts = grpo.sample_rollouts(policy, processor, records, 3, False, device, max_new_tokens=10)
+rollouts, texts = engine.sample_rollouts(policy, processor, records, 3, False, device, max_new_tokens=10)
 hook.remove()
 rewards = torch.tensor([len(t) % 5 / 4 for t in texts])
 advantages = grpo.group_advantages(rewards, rollouts.group_ids)
-old = grpo.answer_logprobs(policy, rollouts, micro_batch=2)
-ref = grpo.answer_logprobs(reference, rollouts, micro_batch=2)
+old = engine.answer_logprobs(policy, rollouts, micro_batch=2)
+ref = engine.answer_logprobs(reference, rollouts, micro_batch=2)
 mine = torch.tensor([p * 3 + g for p in range(rank, 4, world) for g in range(3)])
 
 # before each training forward: do the trainable parameters hold gradients from the micro-batches before it?
-grads_held, token_logprobs = [], grpo.token_logprobs
+grads_held, training_logprobs = [], grpo.training_logprobs
 
 
 def watching(model, *args, **kwargs):
@@ -52,13 +54,13 @@ def watching(model, *args, **kwargs):
         grads_held.append({"all": all(g is not None for g in grads), "none": all(g is None for g in grads),
                            "sharded": world > 1 and all(g.to_local().numel() < g.numel() for g in grads
                                                         if g is not None and g.shape[0] >= world)})
-    return token_logprobs(model, *args, **kwargs)
+    return training_logprobs(model, *args, **kwargs)
 
 
-grpo.token_logprobs = watching
+grpo.training_logprobs = watching
 stats = grpo.policy_update(policy, optimizer, rollouts.rows(mine), old[mine], ref[mine], advantages[mine], world=world,
                            n_updates=2, micro_batch=2, grad_clip=1.0, loss_settings=loss_settings)
-grpo.token_logprobs = token_logprobs
+grpo.training_logprobs = training_logprobs
 
 # greedy answers of the updated policy, and the all-gathers FSDP2 makes for one generate call of each length
 prompt = prompt_batch(records[:1], processor)

@@ -10,7 +10,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data import model_inputs, pack_samples, prompt_batch, tokenize_sample  # noqa: E402
-from model import build_tiny, end_distributed, init_distributed, next_token_logprobs, wrap_fsdp  # noqa: E402
+from distributed import end_distributed, init_distributed, wrap_fsdp  # noqa: E402
+from model import build_tiny, next_token_logprobs  # noqa: E402
 from records import load_records  # noqa: E402
 
 torch.set_num_threads(1)

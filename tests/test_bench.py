@@ -47,5 +47,5 @@ def test_generation_benchmark_times_both_paths_on_the_same_image_tokens():
                "--max_new_tokens=2", "--repeats=1")
     assert "4 visual tokens per image" in text
     seconds = [float(line.split("|")[2]) for line in text.splitlines() if line.startswith("| generate")
-               or line.startswith("| grpo.sample_groups")]
+               or line.startswith("| engine.sample_groups")]
     assert len(seconds) == 2 and all(s > 0 for s in seconds)

@@ -303,7 +303,8 @@ def test_grpo_killed_while_saving_leaves_a_latest_that_loads_and_resume_finishes
     must load (training state and plain transformers), and the resumed run must finish with one log line a step."""
     import torch
     from transformers import AutoModelForImageTextToText
-    from model import latest_checkpoint, load_model, load_training_checkpoint
+    from checkpoints import latest_checkpoint, load_training_checkpoint
+    from model import load_model
     out = str(tmp_path / "out")
     args = [f"--init_from={tiny_checkpoint}", f"--data={records_file}", f"--out_dir={out}", *GRPO_ARGS,
             "--max_steps=6", "--save_every=1", "--keep_last=2", "--resume=True"]

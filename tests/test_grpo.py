@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+import engine
 import evaluate
 import grpo
 from conftest import weights_and_optimizer_after, write_records
@@ -34,7 +35,7 @@ def test_rollouts_keep_eos_in_the_mask_and_groups_aligned(tiny, records_file):
     records = [r for r in load_records(records_file) if r["task"] == "report"][:3]
     torch.manual_seed(0)
     hook = favour_eos(model, processor)
-    rollouts, texts = grpo.sample_rollouts(model, processor, records, 4, False, torch.device("cpu"),
+    rollouts, texts = engine.sample_rollouts(model, processor, records, 4, False, torch.device("cpu"),
                                                   max_new_tokens=12)
     hook.remove()
     eos = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -66,7 +67,7 @@ def test_training_forward_reproduces_the_sampling_distribution(tiny, records_fil
     model, processor = tiny
     records = [r for r in load_records(records_file) if r["task"] == "report"][:3]
     torch.manual_seed(1)
-    rollouts, _ = grpo.sample_rollouts(model, processor, records, 2, False, torch.device("cpu"),
+    rollouts, _ = engine.sample_rollouts(model, processor, records, 2, False, torch.device("cpu"),
                                               max_new_tokens=12)
     torch.manual_seed(1)
     out = model.generate(**prompt_batch(records, processor), do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
@@ -75,20 +76,20 @@ def test_training_forward_reproduces_the_sampling_distribution(tiny, records_fil
     steps = len(out.logits)
     sampled = torch.log_softmax(torch.stack(out.logits, 1).float(), -1)
     sampled = sampled.gather(-1, out.sequences[:, rollouts.prompt_len:, None]).squeeze(-1)
-    forward = grpo.answer_logprobs(model, rollouts, micro_batch=16)[:, :steps]
+    forward = engine.answer_logprobs(model, rollouts, micro_batch=16)[:, :steps]
     mask = rollouts.answer_mask[:, :steps]
     assert torch.equal(out.sequences, rollouts.input_ids[:, :out.sequences.shape[1]])
     assert (forward - sampled)[mask].abs().max() < 1e-4
 
 
 def test_the_update_encoding_each_image_once_has_the_gradients_of_one_tower_pass_per_row(tiny, records_file):
-    """token_logprobs with gradients hands the vision tower each group's image once (each_image_once) and copies its
+    """training_logprobs hands the vision tower each group's image once (each_image_once) and copies its
     output to the G rows: values and every parameter's gradient, the vision tower's included, equal a plain forward
     that encodes the image for every row. Guards a copy to the wrong rows, or a tower gradient counted once."""
     model, processor = tiny
     records = [r for r in load_records(records_file) if r["task"] == "report"][:2]  # two images of unequal size
     torch.manual_seed(0)
-    rollouts, _ = grpo.sample_rollouts(model, processor, records, 3, False, torch.device("cpu"), max_new_tokens=6)
+    rollouts, _ = engine.sample_rollouts(model, processor, records, 3, False, torch.device("cpu"), max_new_tokens=6)
     policy = copy.deepcopy(model).train()
     mask = rollouts.answer_mask
 
@@ -96,7 +97,7 @@ def test_the_update_encoding_each_image_once_has_the_gradients_of_one_tower_pass
         policy.zero_grad()
         (logprobs * mask).sum().backward()
         return logprobs.detach(), {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
-    once, once_grads = values_and_grads(grpo.token_logprobs(policy, rollouts)[0])
+    once, once_grads = values_and_grads(engine.training_logprobs(policy, rollouts)[0])
     logits = policy(**rollouts.model_inputs(), use_cache=False).logits[:, rollouts.prompt_len - 1:-1]
     plain, plain_grads = values_and_grads(torch.log_softmax(logits.float(), -1).gather(
         -1, rollouts.input_ids[:, rollouts.prompt_len:, None]).squeeze(-1))
@@ -116,7 +117,7 @@ def test_answers_that_end_leave_the_batch_and_the_samples_stay_generates(tiny, r
     records = [r for r in load_records(records_file) if r["task"] == "report"][:3]
     hook = favour_eos(model, processor, bias=3.0)
     torch.manual_seed(4)
-    rollouts, _ = grpo.sample_rollouts(model, processor, records, 4, False, torch.device("cpu"), max_new_tokens=16)
+    rollouts, _ = engine.sample_rollouts(model, processor, records, 4, False, torch.device("cpu"), max_new_tokens=16)
     torch.manual_seed(4)
     out = model.generate(**prompt_batch(records, processor), do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
                          max_new_tokens=16, num_return_sequences=4, **generation_kwargs(processor.tokenizer))
@@ -134,7 +135,7 @@ def test_rollout_logprobs_are_those_generate_sampled_with(tiny, records_file):
     model, processor = tiny
     records = [r for r in load_records(records_file) if r["task"] == "report"][:2]
     torch.manual_seed(3)
-    rollouts, _ = grpo.sample_rollouts(model, processor, records, 3, False, torch.device("cpu"),
+    rollouts, _ = engine.sample_rollouts(model, processor, records, 3, False, torch.device("cpu"),
                                               temperature=0.7, max_new_tokens=8)
     with torch.no_grad():
         logits = model(**rollouts.model_inputs(), use_cache=False).logits[:, rollouts.prompt_len - 1:-1] / 0.7
@@ -142,32 +143,31 @@ def test_rollout_logprobs_are_those_generate_sampled_with(tiny, records_file):
     sampled = torch.log_softmax(logits, -1).gather(-1, rollouts.input_ids[:, rollouts.prompt_len:, None]).squeeze(-1)
     mask = rollouts.answer_mask
     assert (sampled - rollouts.sampled_logprobs)[mask].abs().max() < 1e-4
-    training = grpo.answer_logprobs(model, rollouts, micro_batch=6, temperature=0.7)
+    training = engine.answer_logprobs(model, rollouts, micro_batch=6, temperature=0.7)
     mismatch = grpo.health(rollouts, training, 6)["mismatch_kl"]
     assert 0 < mismatch < 0.05 and (training <= rollouts.sampled_logprobs + 1e-6)[mask].all()
 
 
 def test_micro_batches_cut_to_their_own_length_and_the_first_update_reuses_its_forward(tiny, records_file):
-    """token_logprobs cuts the columns that are padding in every row of its micro-batch: one row at a time (each cut
-    to its own answer) gives the same log-probs as all rows at the step's longest. policy_update takes the first
-    update's old log-probs from that update's own forward: they equal a no-gradient pass before it, and the later
-    update's rows, computed before, are left as they were."""
+    """answer_logprobs cuts the columns that are padding in every row of its micro-batch: one row at a time (each cut
+    to its own answer) gives the same log-probs as all rows at the step's longest. pi_old (logprobs_before_update)
+    takes the first update's rows from that update's own computation: they equal the cached no-gradient pass within
+    rounding, and their ratios are exactly 1; the later update's rows are the cached pass's."""
     model, processor = tiny
     records = [r for r in load_records(records_file) if r["task"] == "report"][:2]
     torch.manual_seed(0)
     hook = favour_eos(model, processor)
-    rollouts, _ = grpo.sample_rollouts(model, processor, records, 3, False, torch.device("cpu"), max_new_tokens=12)
+    rollouts, _ = engine.sample_rollouts(model, processor, records, 3, False, torch.device("cpu"), max_new_tokens=12)
     hook.remove()
     lengths = rollouts.answer_mask.sum(1)
     assert lengths.min() < lengths.max()  # some micro-batches of one row are cut
     mask = rollouts.answer_mask
-    together = grpo.answer_logprobs(model, rollouts, micro_batch=6)
-    alone = grpo.answer_logprobs(model, rollouts, micro_batch=1)
+    together = engine.answer_logprobs(model, rollouts, micro_batch=6)
+    alone = engine.answer_logprobs(model, rollouts, micro_batch=1)
     assert (together - alone)[mask].abs().max() < 1e-5 and (alone[~mask] == 0).all()
-    old = grpo.answer_logprobs(model, rollouts, micro_batch=6, skip=3)
-    assert (old[:3] == 0).all() and torch.equal(old[3:], together[3:])
     settings = dict(beta=0.0, eps_low=0.2, eps_high=0.28, dual_clip=3.0, loss_agg="token-mean", max_new_tokens=12)
     policy = copy.deepcopy(model)
+    old = grpo.logprobs_before_update(policy, rollouts, n_updates=2, micro_batch=3)
     stats = grpo.policy_update(policy, torch.optim.AdamW(policy.parameters(), lr=1e-3), rollouts, old, None,
                                torch.tensor([1.0, -1.0, 0.5, -0.5, 1.0, -1.0]), world=1, n_updates=2, micro_batch=3,
                                grad_clip=1.0, loss_settings=settings)
@@ -175,7 +175,8 @@ def test_micro_batches_cut_to_their_own_length_and_the_first_update_reuses_its_f
     # the largest ratio is the moved policy's, in the second update: the first update's ratios are exactly 1
     assert stats["ratio_max"] > 1.0
     policy = copy.deepcopy(model)
-    one_update = grpo.policy_update(policy, torch.optim.AdamW(policy.parameters(), lr=1e-3), rollouts, together.clone(),
+    one_update = grpo.policy_update(policy, torch.optim.AdamW(policy.parameters(), lr=1e-3), rollouts,
+                                    grpo.logprobs_before_update(policy, rollouts, n_updates=1, micro_batch=3),
                                     None, torch.tensor([1.0, -1.0, 0.5, -0.5, 1.0, -1.0]), world=1, n_updates=1,
                                     micro_batch=3, grad_clip=1.0, loss_settings=settings)
     assert one_update["ratio_max"] == 1.0
@@ -187,21 +188,20 @@ def test_generation_in_chunks_pads_into_one_batch_without_changing_logprobs(tiny
     model, processor = tiny
     records = [r for r in load_records(records_file) if r["task"] == "report"][:2]  # 64x64 and 96x64 images
     torch.manual_seed(2)
-    rollouts, _ = grpo.sample_rollouts(model, processor, records, 2, False, torch.device("cpu"),
+    rollouts, _ = engine.sample_rollouts(model, processor, records, 2, False, torch.device("cpu"),
                                               max_new_tokens=12, generate_batch=1)
     assert rollouts.group_ids.tolist() == [0, 0, 1, 1]
     assert (rollouts.attention_mask[:, :rollouts.prompt_len] == 0).any()  # one chunk's prompts were padded on the left
-    padded = grpo.answer_logprobs(model, rollouts, micro_batch=16)
+    padded = engine.answer_logprobs(model, rollouts, micro_batch=16)
     for j in range(4):
         keep = rollouts.attention_mask[j].bool()
-        alone = grpo.Rollouts(input_ids=rollouts.input_ids[j][keep][None],
-                              attention_mask=torch.ones(1, int(keep.sum()), dtype=torch.long),
-                              mm_token_type_ids=rollouts.mm_token_type_ids[j][keep][None],
-                              image_grid_thw=rollouts.image_grid_thw[j:j + 1], pixel_chunks=[rollouts.pixel_chunks[j]],
-                              answer_mask=None, group_ids=torch.tensor([0]), sampled_logprobs=None, truncated=None,
-                              prompt_len=int(keep[:rollouts.prompt_len].sum()))
-        with torch.no_grad():
-            own, _ = grpo.token_logprobs(model, alone)
+        alone = engine.Rollouts(input_ids=rollouts.input_ids[j][keep][None],
+                                attention_mask=torch.ones(1, int(keep.sum()), dtype=torch.long),
+                                mm_token_type_ids=rollouts.mm_token_type_ids[j][keep][None],
+                                image_grid_thw=rollouts.image_grid_thw[j:j + 1], pixel_chunks=[rollouts.pixel_chunks[j]],
+                                answer_mask=None, group_ids=torch.tensor([0]), sampled_logprobs=None, truncated=None,
+                                prompt_len=int(keep[:rollouts.prompt_len].sum()))
+        own = engine.cached_logprobs(model, alone)
         assert (padded[j][rollouts.answer_mask[j]] - own[0]).abs().max() < 1e-4
 
 
@@ -253,12 +253,12 @@ def test_a_few_grpo_steps_raise_a_toy_reward(tiny_checkpoint, records_file):
     torch.manual_seed(0)
     for _ in range(10):
         policy.eval()
-        rollouts, _ = grpo.sample_rollouts(policy, processor, records, 6, False, torch.device("cpu"),
+        rollouts, _ = engine.sample_rollouts(policy, processor, records, 6, False, torch.device("cpu"),
                                                   max_new_tokens=6)
         completion, mask = rollouts.input_ids[:, rollouts.prompt_len:].float(), rollouts.answer_mask.float()
         reward = (completion * mask).sum(1) / mask.sum(1) / vocab
         means.append(reward.mean().item())
-        old = grpo.answer_logprobs(policy, rollouts, micro_batch=24)
+        old = engine.answer_logprobs(policy, rollouts, micro_batch=24)
         grpo.policy_update(policy, optimizer, rollouts, old, None, grpo.group_advantages(reward, rollouts.group_ids),
                            world=1, n_updates=1, micro_batch=24, grad_clip=1.0, loss_settings=loss_settings)
     assert sum(means[-3:]) / 3 > sum(means[:3]) / 3 + 0.05, means

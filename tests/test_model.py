@@ -6,7 +6,8 @@ import torch
 
 import model as model_lib
 from conftest import gray_image
-from model import build_tiny, load_model, save_checkpoint
+from checkpoints import save_checkpoint
+from model import build_tiny, load_model
 
 
 def _inputs(processor, image, question="Write a radiology report for this Chest X-ray.", answer=None):

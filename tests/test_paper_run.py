@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from model import latest_checkpoint
+from checkpoints import latest_checkpoint
 from records import load_records
 from test_converters import (IMAGENOME_WITHOUT_METADATA, PADCHEST_GR_IMAGES, VINDR_HEADER, VINDR_IMAGES,
                              make_chest_imagenome, make_chexpert_plus, make_mimic_cxr, make_ms_cxr, make_padchest_gr,

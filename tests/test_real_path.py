@@ -12,7 +12,8 @@ from PIL import Image
 
 from conftest import write_records
 from data import generation_kwargs, PackedWindows, prompt_batch
-from model import build_tiny, load_model, save_checkpoint, save_training_checkpoint, load_training_checkpoint
+from checkpoints import load_training_checkpoint, save_checkpoint, save_training_checkpoint
+from model import build_tiny, load_model
 from records import load_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,7 +42,7 @@ def test_checkpoints_export_bf16_and_resume_from_fp32_master_weights(tmp_path):
 def test_a_checkpoints_own_sampling_settings_are_overridden(tmp_path, tiny_checkpoint):
     """Real checkpoints ship generation_config.json with top_k, top_p, temperature and penalties; GRPO's ratio
     and greedy evaluation assume the plain softmax, so loading drops them."""
-    from grpo import sample_rollouts
+    from engine import sample_rollouts
     hostile = str(tmp_path / "hostile")
     model, processor = load_model(tiny_checkpoint, device="cpu")
     save_checkpoint(model, processor, hostile)

@@ -44,14 +44,15 @@ def test_a_group_grpo_logged_is_drawn_with_the_rewards_and_advantages_it_had(tmp
 
     import torch
 
+    import engine
     import grpo
     import synthetic
     records = [synthetic.SyntheticRecords("train", 4, size=64, tasks=("anatomical_grounding",))[i] for i in (1, 2)]
     answer = "The heart is located at the coordinates [0.3, 0.4, 0.7, 0.8] on the image."
-    rollouts = grpo.Rollouts(input_ids=None, attention_mask=None, mm_token_type_ids=None, image_grid_thw=None,
-                             pixel_chunks=[], answer_mask=torch.ones(4, 5, dtype=torch.bool),
-                             group_ids=torch.tensor([0, 0, 1, 1]), sampled_logprobs=None,
-                             truncated=torch.tensor([True, False, True, False]), prompt_len=0)
+    rollouts = engine.Rollouts(input_ids=None, attention_mask=None, mm_token_type_ids=None, image_grid_thw=None,
+                               pixel_chunks=[], answer_mask=torch.ones(4, 5, dtype=torch.bool),
+                               group_ids=torch.tensor([0, 0, 1, 1]), sampled_logprobs=None,
+                               truncated=torch.tensor([True, False, True, False]), prompt_len=0)
     with open(tmp_path / "rollouts.jsonl", "w") as f:
         for step, rewards in ((6, [0.1, 0.3, 0.2, 0.4]), (7, [0.1, 0.3, 0.9, 0.5])):
             advantages = grpo.group_advantages(rewards, rollouts.group_ids)

@@ -106,7 +106,8 @@ def test_two_process_run_equals_one_process(tiny_checkpoint, tmp_path):
 
 def test_interrupted_checkpoint_leaves_the_previous_one_latest(tiny_checkpoint, tmp_path, monkeypatch):
     import torch
-    from model import latest_checkpoint, load_model, load_training_checkpoint, save_training_checkpoint
+    from checkpoints import latest_checkpoint, load_training_checkpoint, save_training_checkpoint
+    from model import load_model
     model, processor = load_model(tiny_checkpoint, device="cpu")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     out = str(tmp_path / "run")
@@ -237,7 +238,7 @@ def test_resume_inside_a_window_is_exact(tiny_checkpoint, records_file, tmp_path
 
 def test_a_checkpoint_restores_the_random_state(tiny, tmp_path):
     import torch
-    from model import load_training_checkpoint, save_training_checkpoint
+    from checkpoints import load_training_checkpoint, save_training_checkpoint
     model, processor = tiny
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     os.makedirs(tmp_path / "run")
