@@ -147,3 +147,90 @@ def test_dynamic_sampling_keeps_the_first_groups_whose_rewards_spread():
     assert rows == [2, 3, 6, 7] and drawn == 4  # the 2nd group with spread is the 4th drawn (negative rewards too)
     rows, drawn = groups_with_spread(rewards, groups, 4)  # only 3 spread: topped up with the first flat group
     assert rows == [0, 1, 2, 3, 6, 7, 8, 9] and drawn == 5
+
+
+# ---------------------------------------------------------------------------------------------------
+# each switch's formula and each health statistic of the step log, on values worked out by hand
+
+def test_dual_clip_bounds_the_loss_of_negative_advantages_by_hand():
+    # A = -1 at ratios 5 and 2: the pessimistic branch is -A * ratio = 5 and 2; the dual clip bounds it at -A * c = 3.
+    # A = +1 at ratio 5: clipped above to -1.28; the dual clip leaves positive advantages alone.
+    ratios = torch.tensor([[5.0, 2.0], [5.0, 1.0]])
+    mask = torch.tensor([[True, True], [True, False]])
+    adv = torch.tensor([-1.0, 1.0])
+    dual, _ = grpo_loss(ratios.log(), torch.zeros(2, 2), None, adv, mask, beta=0.0, dual_clip=3.0)
+    assert dual.item() == pytest.approx((3.0 + 2.0 - 1.28) / 3)
+    plain, _ = grpo_loss(ratios.log(), torch.zeros(2, 2), None, adv, mask, beta=0.0, dual_clip=0.0)
+    assert plain.item() == pytest.approx((5.0 + 2.0 - 1.28) / 3)
+
+
+def test_gspo_ratio_is_the_exponent_of_the_mean_log_ratio_over_answer_tokens():
+    # row 0: log-ratios 0.2, -0.1 and a masked 5.0: exp(0.05) for both its tokens, the masked one ignored
+    log_ratios = torch.tensor([[0.2, -0.1, 5.0]])
+    mask = torch.tensor([[True, True, False]])
+    loss, stats = grpo_loss(log_ratios, torch.zeros(1, 3), None, torch.tensor([1.0]), mask, beta=0.0, dual_clip=0.0,
+                            ratio_level="sequence")
+    assert loss.item() == pytest.approx(-math.exp(0.05))
+    assert stats["ratio_max"].item() == pytest.approx(math.exp(0.05))
+
+
+def test_tis_weight_is_pi_old_over_pi_rollout_capped():
+    from grpo import tis_weights
+    old = torch.tensor([[math.log(0.5), math.log(0.2), math.log(0.9)]])
+    sampled = torch.tensor([[math.log(0.25), math.log(0.4), math.log(0.1)]])
+    assert tis_weights(old, sampled, cap=3.0).tolist()[0] == pytest.approx([2.0, 0.5, 3.0])  # 0.9 / 0.1 = 9, capped
+
+
+def test_overlong_masking_drops_every_token_of_answers_cut_at_max_new_tokens():
+    from grpo import loss_tokens
+    answer_mask = torch.tensor([[True, True, True], [True, True, False], [True, True, True]])
+    truncated = torch.tensor([True, False, False])
+    assert torch.equal(loss_tokens(answer_mask, truncated, mask_overlong=False), answer_mask)
+    assert loss_tokens(answer_mask, truncated, mask_overlong=True).tolist() == [
+        [False, False, False], [True, True, False], [True, True, True]]
+
+
+def test_ratio_max_is_the_largest_ratio_of_an_answer_token():
+    ratios = torch.tensor([[1.2, 9.0], [0.5, 1.1]])  # 9.0 sits on padding
+    mask = torch.tensor([[True, False], [True, True]])
+    _, stats = grpo_loss(ratios.log(), torch.zeros(2, 2), None, torch.tensor([1.0, -1.0]), mask, beta=0.0)
+    assert stats["ratio_max"].item() == pytest.approx(1.2)
+
+
+def test_kl_stat_is_the_k3_mean_over_answer_tokens():
+    logp = torch.tensor([[math.log(0.5), math.log(0.5)], [math.log(0.25), 0.0]])
+    ref = torch.tensor([[math.log(0.25), math.log(0.5)], [math.log(0.5), 9.0]])
+    mask = torch.tensor([[True, True], [True, False]])
+    _, stats = grpo_loss(logp, logp, ref, torch.tensor([1.0, 1.0]), mask, beta=0.1)
+    k3 = lambda r: r - math.log(r) - 1  # noqa: E731  (r = pi_ref / pi)
+    assert stats["kl"].item() == pytest.approx((k3(0.5) + k3(1.0) + k3(2.0)) / 3)
+
+
+def _rollouts(group_ids, answer_mask, truncated=None, sampled_logprobs=None):
+    from engine import Rollouts
+    return Rollouts(input_ids=None, attention_mask=None, mm_token_type_ids=None, image_grid_thw=None, pixel_chunks=[],
+                    answer_mask=torch.tensor(answer_mask), group_ids=torch.tensor(group_ids),
+                    sampled_logprobs=sampled_logprobs, truncated=torch.tensor(truncated or [False] * len(group_ids)),
+                    prompt_len=0)
+
+
+def test_step_log_spread_statistics_by_hand():
+    from grpo import step_log
+    rollouts = _rollouts([0, 0, 1, 1, 2, 2], [[True, True, False]] * 3 + [[True, False, False]] * 3)
+    rewards = [0.5, 0.5, 0.0, 1.0, 0.2, 0.2]  # groups 0 and 2 tie, group 1 spreads
+    log = step_log("report", [{"task": "report"}] * 3, rewards, {}, rollouts, {"kl": 0.0}, {"step": 1.0}, ["report"], 1)
+    assert log["zero_var_frac"] == pytest.approx(2 / 3)
+    assert log["reward_mean"] == pytest.approx(2.4 / 6)
+    assert log["reward_std"] == pytest.approx(torch.tensor(rewards).std().item())  # unbiased, over all answers
+    assert log["response_length"] == pytest.approx(1.5)
+
+
+def test_mismatch_kl_and_truncated_share_by_hand():
+    from grpo import health
+    sampled = torch.tensor([[math.log(0.5), math.log(0.4)], [math.log(0.2), 0.0]])
+    old = torch.tensor([[math.log(0.25), math.log(0.4)], [math.log(0.4), -7.0]])  # the last token is padding
+    rollouts = _rollouts([0, 0], [[True, True], [True, False]], truncated=[True, False], sampled_logprobs=sampled)
+    stats = health(rollouts, old, prompts_drawn=3)
+    k3 = lambda r: r - math.log(r) - 1  # noqa: E731  (r = pi_old / pi_rollout: KL(pi_rollout || pi_old))
+    assert stats["mismatch_kl"] == pytest.approx((k3(0.5) + k3(1.0) + k3(2.0)) / 3)
+    assert stats["truncated_frac"] == 0.5 and stats["prompts_drawn"] == 3
