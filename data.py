@@ -37,8 +37,10 @@ def open_records(source, split="train", n=None, image_size=128, tasks=None, scor
     if source == "shapes":
         import shapes
         return shapes.ShapeRecords(split, n, size=image_size, tasks=tasks)
-    records = [(i, r) for i, r in enumerate(load_records(source))
-               if tasks is None or not isinstance(r, dict) or task_of(r) in tasks]
+    loaded = load_records(source)
+    if not loaded:
+        raise RecordError(f"{source} holds no records")
+    records = [(i, r) for i, r in enumerate(loaded) if tasks is None or not isinstance(r, dict) or task_of(r) in tasks]
     usable, problems = [], []
     for i, record in records:
         try:

@@ -105,6 +105,20 @@ def test_a_file_whose_images_are_all_missing_stops_every_stage_with_the_reasons(
     assert "record r0: image file not found" in err and "record r1: image file not found" in err
 
 
+def test_an_empty_data_file_stops_with_a_message_naming_it(tiny_checkpoint, tmp_path):
+    """Fault: a data file with no records at all (a conversion that wrote nothing). sft.py died in data.py with a
+    ZeroDivisionError (divmod by 0 windows); every stage must say which file holds no records."""
+    from data import open_records
+    from records import RecordError
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(RecordError, match=f"{empty} holds no records"):
+        open_records(str(empty), tasks=("report",))
+    code, out, err = run("sft.py", f"--init_from={tiny_checkpoint}", f"--data={empty}", "--val_data=",
+                         f"--out_dir={tmp_path / 'out'}", *SFT_ARGS, "--max_steps=2", timeout=90)
+    assert code != 0 and f"{empty} holds no records" in err and "ZeroDivisionError" not in err, err[-2000:]
+
+
 def test_sft_on_records_whose_images_are_all_unreadable_stops_after_one_pass(tiny_checkpoint, tmp_path):
     """Fault: every image file exists but none can be read; the stream met only bad records and sft.py looped over
     them without end, where it must stop after one pass over the data, counting them and naming the first few."""
