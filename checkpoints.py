@@ -145,6 +145,22 @@ def latest_checkpoint(out_dir):
     return path if os.path.isdir(path) else None
 
 
+def changed_on_resume(checkpoint_settings, settings, may_change):
+    """{name: (the checkpoint's value, this run's)} of the settings this resumed run changes, all of them in
+    `may_change` (those the stage script honours: its length and bookkeeping, never what the steps already taken
+    depend on); a change to any other setting stops the run, naming it, since the checkpoint's state (its optimizer's
+    learning rates, its data cursor, its model) would silently keep the old value. Settings the checkpoint does not
+    name (added since it was written) are not compared."""
+    changed = {k: (checkpoint_settings[k], v) for k, v in settings.items()  # a run folder may have been moved
+               if k in checkpoint_settings and k not in ("resume", "out_dir") and checkpoint_settings[k] != v}
+    refused = [f"{k}={now!r} (the checkpoint's: {then!r})" for k, (then, now) in changed.items() if k not in may_change]
+    if refused:
+        raise SystemExit(f"--resume: this run changes {', '.join(refused)}, which the steps already taken depend on; "
+                         f"resume with the checkpoint's values (train_state.json, 'settings') or start a new run in "
+                         f"another out_dir. A resumed run may change only {', '.join(sorted(may_change))}")
+    return changed
+
+
 def load_training_checkpoint(path, model, optimizer):
     """Restore model + optimizer shards and this rank's RNG from a training checkpoint; returns train_state."""
     import torch.distributed.checkpoint as dcp

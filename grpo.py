@@ -51,13 +51,13 @@ import time
 import torch
 from tqdm import tqdm
 
-from checkpoints import latest_checkpoint, resume_training_checkpoint, save_training_checkpoint
+from checkpoints import changed_on_resume, latest_checkpoint, resume_training_checkpoint, save_training_checkpoint
 from configurator import configure
 from data import epoch_order, open_records, tiny_corpus
 from distributed import all_reduce_mean, compute_dtype, end_distributed, init_distributed, print0, wrap_fsdp
 from engine import answer_logprobs, sample_rollouts, training_logprobs
 from evaluate import held_out_prompts, held_out_rewards
-from logs import open_training_log
+from logs import RunLog, open_training_log
 from model import load_model
 from records import TASK_GROUPS, question, record_id, reference_answer, task_of
 import rewards
@@ -110,6 +110,15 @@ save_every = 20           # checkpoint every N steps and at the end (0: never, f
 keep_last = 2             # step folders to keep (0: all); 2 or more leave one to fall back on if the newest is corrupt
 resume = False
 seed = 0
+wandb_log = False         # also log every row of log.jsonl to Weights & Biases, and a table of answers (logs.py)
+wandb_project = "radvlm-grpo"
+wandb_run_name = ""       # default: the out_dir's name
+WANDB_GROUPS = 2          # groups of rank 0's share each step in W&B's table of sampled answers
+# what a resumed run may change (any other change stops it): its length (the rate is constant: no schedule moves) and
+# what only decides when to evaluate, save or log, and how much memory generation and the update take
+MAY_CHANGE_ON_RESUME = {"max_steps", "eval_every", "save_every", "keep_last", "log_rollouts", "n_eval",
+                        "generate_batch", "micro_batch", "grad_checkpointing", "wandb_log", "wandb_project",
+                        "wandb_run_name"}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -413,10 +422,12 @@ def main():
     resumed_from, state = resume_training_checkpoint(out_dir, policy, optimizer) if resume else (None, None)
     if state:
         step = state["step"]
-        print0(f"resumed from {resumed_from} at step {step}")
+        changed = changed_on_resume(state["settings"], settings, MAY_CHANGE_ON_RESUME)
+        print0(f"resumed from {resumed_from} at step {step}"
+               + "".join(f"; {k} {then!r} -> {now!r}" for k, (then, now) in changed.items()))
     if master:
         os.makedirs(out_dir, exist_ok=True)
-        log_file = open_training_log(out_dir, step)
+        run_log = RunLog(out_dir, step, settings, wandb_log, wandb_project, wandb_run_name)
         rollouts_file = open_training_log(out_dir, step, "rollouts.jsonl") if log_rollouts else None
     print0(f"grpo: {task} prompts, {prompts_per_step} x {group_size} rollouts per step on {world} rank(s), "
            f"{prompts_per_step // mini_batch} update(s) per step, beta {beta}, rewards {report_reward} / "
@@ -428,7 +439,7 @@ def main():
     if eval_sets and step == 0:
         before = held_out()
         if master:
-            log_file.write(json.dumps({"step": 0, **before}) + "\n")
+            run_log.write({"step": 0, **before})
     bar = tqdm(total=max_steps, initial=step, disable=not master, dynamic_ncols=True)
     while step < max_steps:
         times, step_start = {}, time.time()
@@ -479,12 +490,11 @@ def main():
         if eval_sets and (step % eval_every == 0 or step == max_steps):
             log.update(held_out())
         if master:
-            log_file.write(json.dumps({"step": step, "task": step_task, **log}) + "\n")
-            log_file.flush()
+            lines = rollout_lines(step, records, completions, reward_list, components, advantages, rollouts,
+                                  max(log_rollouts, WANDB_GROUPS), image_size)
+            run_log.write({"step": step, "task": step_task, **log}, groups=lines[:WANDB_GROUPS])
             if rollouts_file:
-                rollouts_file.write("".join(json.dumps(line) + "\n" for line in rollout_lines(
-                    step, records, completions, reward_list, components, advantages, rollouts, log_rollouts,
-                    image_size)))
+                rollouts_file.write("".join(json.dumps(line) + "\n" for line in lines[:log_rollouts]))
                 rollouts_file.flush()
             bar.set_postfix(reward=f"{log['reward_mean']:.3f}", kl=f"{log['kl']:.4f}",
                             len=f"{log['response_length']:.0f}")
@@ -493,6 +503,8 @@ def main():
             save_training_checkpoint(out_dir, step, policy, optimizer, processor, keep_last=keep_last,
                                      train_state={"step": step, "settings": settings}, dtype=compute_dtype(device))
     bar.close()
+    if master:
+        run_log.close()
     print0(f"done: {step} steps" + (f"; policy in {latest_checkpoint(out_dir)}" if save_every else ""))
 
 

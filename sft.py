@@ -32,12 +32,13 @@ import time
 import torch
 from tqdm import tqdm
 
+from checkpoints import (changed_on_resume, export_model, latest_checkpoint, resume_training_checkpoint,
+                         save_training_checkpoint)
 from configurator import configure
 from data import N_NAMED, PackedWindows, model_inputs, open_records, pack_samples, tiny_corpus, tokenize_window
-from evaluate import held_out_prompts, held_out_rewards
-from checkpoints import export_model, latest_checkpoint, resume_training_checkpoint, save_training_checkpoint
 from distributed import autocast, compute_dtype, end_distributed, init_distributed, print0, wrap_fsdp
-from logs import open_training_log
+from evaluate import held_out_prompts, held_out_rewards
+from logs import RunLog
 from model import load_model, next_token_logprobs
 
 # model and data
@@ -76,7 +77,15 @@ num_workers = 1           # background threads that decode images, tokenize and 
 strict = False            # a bad record stops the run instead of being skipped and counted
 resume = False            # continue from out_dir/latest
 seed = 0
+wandb_log = False         # also log every row of log.jsonl to Weights & Biases (logs.py)
+wandb_project = "radvlm-grpo"
+wandb_run_name = ""       # default: the out_dir's name
 settings = configure(globals())
+# what a resumed run may change (any other change stops it): the run's length, which then sets a new schedule, and
+# what only decides when to evaluate, save or log, and how fast
+MAY_CHANGE_ON_RESUME = {"max_steps", "epochs", "eval_every", "save_every", "keep_last", "num_workers", "n_eval",
+                        "max_new_tokens", "grad_checkpointing", "strict", "wandb_log", "wandb_project",
+                        "wandb_run_name"}
 
 # ---------------------------------------------------------------------------------------------------
 rank, local_rank, world, device = init_distributed()
@@ -121,12 +130,15 @@ Cursor = collections.namedtuple("Cursor", "epoch window row")
 step, cursor, skipped, tokens_seen, total_steps = 0, Cursor(0, 0, 0), 0, 0, 0
 best = {"step": None, "val_reward": -math.inf}  # the evaluation with the highest mean val_reward_*, in out_dir/best
 resumed_from, state = resume_training_checkpoint(out_dir, model, optimizer) if resume else (None, None)
+changed = changed_on_resume(state["settings"], settings, MAY_CHANGE_ON_RESUME) if state else {}
 if state:
     step, cursor, tokens_seen = state["step"], Cursor(*state["cursor"]), state["tokens_seen"]
     skipped = state["skipped"] if master else 0  # the count of all ranks, carried on by rank 0
-    total_steps = state["total_steps"]  # the schedule of the original run, not a new estimate
+    # the schedule of the original run, not a new estimate, unless this run changes its length
+    total_steps = 0 if {"max_steps", "epochs"} & set(changed) else state["total_steps"]
     best = state["best"]
-    print0(f"resumed from {resumed_from} at step {step}")
+    print0(f"resumed from {resumed_from} at step {step}"
+           + "".join(f"; {k} {then!r} -> {now!r}" for k, (then, now) in changed.items()))
 
 stream = PackedWindows(train_records, processor, model, max_tokens, window, rank, world, seed,
                        start=(cursor.epoch, cursor.window), strict=strict, thinking=thinking, num_workers=num_workers)
@@ -171,7 +183,7 @@ if not total_steps:  # the schedule ends where training does: at max_steps or af
 rows = train_rows(windows, cursor.row)
 
 
-def lr_factor(it):
+def lr_factor(it, total_steps):
     """Linear warm-up, then cosine from 1 down to 0.1 at total_steps."""
     warm = max(1, int(warmup * total_steps))
     if it < warm:
@@ -246,14 +258,18 @@ n_params = sum(p.numel() for p in model.parameters())  # FSDP2's DTensors report
 peak_flops = 989e12 if device.type == "cuda" else None  # bf16 dense H100/H200; MFU is reported on GPU only
 if master:
     os.makedirs(out_dir, exist_ok=True)
-    log_file = open_training_log(out_dir, step)
+    log = RunLog(out_dir, step, settings, wandb_log, wandb_project, wandb_run_name)
 print0(f"sft: {n_params / 1e6:.2f} M parameters, {len(train_records)} training records, {world} rank(s), "
        f"{total_steps} steps of {rows_per_step} x {max_tokens}-token rows per rank")
+if state and total_steps != state["total_steps"]:
+    print0(f"the run's length changed: it goes on to step {total_steps}, on the learning-rate schedule of a "
+           f"{total_steps}-step run (x{lr_factor(step, total_steps):.3f} of the peak rate at step {step + 1}; the "
+           f"{state['total_steps']}-step schedule it was on would give x{lr_factor(step, state['total_steps']):.3f})")
 if step == 0 and (val_rows or val_prompts):
     first_val = validate(0)
     print0(f"step 0 {json.dumps(first_val)}")
     if master:
-        log_file.write(json.dumps({"step": 0, **first_val}) + "\n")
+        log.write({"step": 0, **first_val})
 bar = tqdm(total=total_steps, initial=step, disable=not master, dynamic_ncols=True)
 while step < total_steps:
     t0 = time.time()
@@ -293,7 +309,7 @@ while step < total_steps:
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
     grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
     for group in optimizer.param_groups:
-        group["lr"] = group["base_lr"] * lr_factor(step)
+        group["lr"] = group["base_lr"] * lr_factor(step, total_steps)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     step += 1
@@ -311,14 +327,15 @@ while step < total_steps:
     if (val_rows or val_prompts) and (step % eval_every == 0 or step == total_steps):
         record.update(validate(step))
     if master:
-        log_file.write(json.dumps(record) + "\n")
-        log_file.flush()
+        log.write(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.1e}", tok_s=f"{record['tokens_per_s']:.0f}",
                         **({"val": f"{record['val_loss']:.3f}"} if "val_loss" in record else {}))
         bar.update(1)
     if save_every and step % save_every == 0:
         save(step, cursor)
 bar.close()
+if master:
+    log.close()
 if (val_rows or val_prompts) and step % eval_every and step != total_steps:
     print0(f"final {json.dumps(validate(step))}")
 if save_every and saved_step != step:  # not again where it was saved (a finished run resumed: nothing to do)

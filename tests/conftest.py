@@ -84,3 +84,31 @@ def weights_and_optimizer_after(start_checkpoint, out_dir):
     optimizer = torch.load(os.path.join(out_dir, "train_state.pt"), weights_only=True)["optimizer"]
     held = set(optimizer["state"]) | {name for group in optimizer["param_groups"] for name in group["params"]}
     return changed, set(weights[0]) - changed, held
+
+
+def wandb_history(out_dir):
+    """(the history rows, the run's files folder) of the one offline W&B run under out_dir/wandb, read from its .wandb
+    file: W&B's log format (a 7-byte header, then 32 KiB blocks of records, each a 7-byte header of CRC, length and
+    kind, FULL / FIRST / MIDDLE / LAST, around protobuf bytes), its history records' items as JSON values."""
+    import glob
+    import json
+    import struct
+    from wandb.proto import wandb_internal_pb2
+    runs = glob.glob(os.path.join(out_dir, "wandb", "offline-run-*", "run-*.wandb"))
+    assert len(runs) == 1, runs
+    data, pos, pieces, history = open(runs[0], "rb").read(), 7, b"", []
+    while pos + 7 <= len(data):
+        left = 32768 - pos % 32768
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7]) if left >= 7 else (0, 0, 0)
+        if kind == 0:  # the zero padding at a block's end
+            pos += left
+            continue
+        pieces, pos = pieces + data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pieces)
+            pieces = b""
+            if record.WhichOneof("record_type") == "history":
+                history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                                for item in record.history.item})
+    return history, os.path.join(os.path.dirname(runs[0]), "files")

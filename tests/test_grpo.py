@@ -269,7 +269,7 @@ def run_grpo(out_dir, ckpt, data, *args):
            f"--out_dir={out_dir}", "--task=both", "--prompts_per_step=2", "--group_size=3", "--mini_batch=1",
            "--micro_batch=3", "--max_new_tokens=8", "--lr=1e-3", "--save_every=1", "--eval_every=0", *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"})
     if proc.returncode != 0:
         raise AssertionError(proc.stdout[-2000:] + proc.stderr[-3000:])
     return [json.loads(line) for line in open(os.path.join(out_dir, "log.jsonl"))]
@@ -288,9 +288,30 @@ def test_grpo_script_logs_and_resumes_exactly(tiny_checkpoint, records_file, tmp
     open(os.path.join(crashed, "latest"), "w").write("step_0000002")
     lines = open(os.path.join(crashed, "log.jsonl")).readlines()[:2]
     open(os.path.join(crashed, "log.jsonl"), "w").write("".join(lines))
-    resumed = run_grpo(crashed, tiny_checkpoint, records_file, "--max_steps=3", "--resume=True")
+    # resumed with a longer run: the new length is honoured (the rate is constant, so nothing else moves)
+    resumed = run_grpo(crashed, tiny_checkpoint, records_file, "--max_steps=4", "--resume=True")
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
     for key in ("reward_mean", "kl", "loss", "grad_norm", "response_length"):
         assert abs(full[2][key] - resumed[2][key]) <= 1e-6, key
+
+
+def test_wandb_logs_the_rows_of_log_jsonl_and_a_table_of_sampled_answers(tiny_checkpoint, records_file, tmp_path):
+    """--wandb_log=True (offline): the W&B history holds exactly log.jsonl's rows, each at its step, and each step a
+    table of the first groups' answers with their prompt, reward and advantage, as rollouts.jsonl has them."""
+    from conftest import wandb_history
+    out = str(tmp_path / "wandb")
+    log = run_grpo(out, tiny_checkpoint, records_file, "--max_steps=2", "--save_every=0", "--log_rollouts=1",
+                   "--wandb_log=True", "--wandb_project=tests")
+    history, files = wandb_history(out)
+    assert [row["_step"] for row in history] == [row["step"] for row in log] == [1, 2]
+    for row, logged in zip(history, log):
+        assert {k: row[k] for k in logged} == logged
+        assert {"reward_mean", "kl", "clip_frac"} <= set(row) and row["completions/_type"] == "table-file"
+    table = json.load(open(os.path.join(files, history[0]["completions/path"])))
+    assert table["columns"] == ["step", "id", "task", "prompt", "reference", "answer", "reward", "advantage"]
+    first = json.loads(open(os.path.join(out, "rollouts.jsonl")).readline())
+    assert len(table["data"]) == 2 * 3 and [r[5:] for r in table["data"][:3]] == [
+        [a["text"], a["reward"], a["advantage"]] for a in first["completions"]]
 
 
 def test_freeze_vision_keeps_the_vision_tower_bit_identical_and_out_of_the_optimizer(tiny_checkpoint, records_file,

@@ -17,7 +17,7 @@ def run_sft(out_dir, ckpt, data, *args, nproc=1, check=True):
     cmd += [os.path.join(ROOT, "sft.py"), f"--init_from={ckpt}", f"--data={data}", f"--val_data={data}",
             f"--out_dir={out_dir}", "--max_tokens=512", "--num_workers=0", "--lr=1e-3", "--vision_lr=1e-3",
             "--eval_every=2", "--epochs=50", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     if check and proc.returncode != 0:
         raise AssertionError(proc.stdout[-3000:] + proc.stderr[-3000:])
@@ -87,6 +87,23 @@ def test_resume_is_exact(full_run, tiny_checkpoint, records_file, tmp_path):
     for step in (3, 4):
         assert abs(full[step]["loss"] - resumed[step]["loss"]) <= 1e-6
         assert abs(full[step]["grad_norm"] - resumed[step]["grad_norm"]) <= 1e-5
+
+
+def test_a_resumed_run_honours_a_new_length_and_refuses_what_the_checkpoint_holds(full_run, tiny_checkpoint,
+                                                                                   records_file, tmp_path):
+    """Resuming the finished 4-step run with --max_steps=6 trains steps 5 and 6 on the schedule of a 6-step run, and
+    says so; it printed "done: 4 steps" before, the checkpoint's length winning without a word. A changed learning
+    rate, which the optimizer's restored state would silently override, stops the run and names it."""
+    extended = str(tmp_path / "extended")
+    shutil.copytree(full_run, extended)
+    args = ["--save_every=2", "--rows_per_step=2", "--window=4", "--resume=True"]
+    proc = run_sft(extended, tiny_checkpoint, records_file, "--max_steps=6", *args)
+    assert "max_steps 4 -> 6" in proc.stdout and "goes on to step 6" in proc.stdout and "done: 6 steps" in proc.stdout
+    log = losses(extended)
+    assert sorted(log) == [1, 2, 3, 4, 5, 6] and log[4] == losses(full_run)[4]
+    assert log[5]["lr"] > log[4]["lr"]  # a 6-step schedule, not the 4-step one's floor
+    refused = run_sft(extended, tiny_checkpoint, records_file, "--max_steps=6", "--lr=5e-4", *args, check=False)
+    assert refused.returncode != 0 and "this run changes lr=0.0005 (the checkpoint's: 0.001)" in refused.stderr
 
 
 def test_two_process_run_equals_one_process(tiny_checkpoint, tmp_path):
