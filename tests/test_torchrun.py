@@ -1,10 +1,16 @@
 """Every stage script as 2 torchrun processes (FSDP2 on gloo, one thread each): steps after updates, checkpoints that
 plain transformers loads, and resume equal to an uninterrupted run. Where the math says 2 ranks equal 1 process
 (SFT's losses, greedy evaluation, the cold-start traces) it is asserted; GRPO's sampling draws from each rank's own
-seed, so its 2-rank run is compared with itself across a resume (tests/grpo_worker.py holds its 2 == 1 checks)."""
+seed, so its 2-rank run is compared with itself across a resume (tests/grpo_worker.py holds its 2 == 1 checks).
+
+SFT and GRPO resume on 2 nodes: runs/multinode.sh started twice on this machine, two "nodes" of one process each that
+meet through torchrun's c10d rendezvous on 127.0.0.1 and share the out_dir, as cluster nodes share a filesystem. Each
+node's process has LOCAL_RANK 0 and only one has RANK 0; the steps they train after the resume must be the 1-node
+run's, every file written once."""
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -22,6 +28,22 @@ def run(script, nproc, *args):
                           cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
+
+
+def two_nodes(script, *args):
+    """runs/multinode.sh as 2 nodes x 1 process, both started here: the two nodes' outputs (stdout and stderr)."""
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NNODES": "2", "NPROC": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port), "RDZV_ID": f"test-{os.getpid()}-{port}",
+           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    nodes = [subprocess.Popen(["bash", os.path.join(ROOT, "runs", "multinode.sh"), os.path.join(ROOT, script), *args],
+                              cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for _ in range(2)]
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), "\n".join(output[-4000:] for output in outputs)
+    return outputs
 
 
 def log(out_dir):
@@ -53,29 +75,54 @@ def records_file(tmp_path_factory):
     return write_records(str(tmp_path_factory.mktemp("torchrun_data")), 16)
 
 
-def test_sft_on_two_ranks_saves_and_resumes_exactly(tiny_checkpoint, records_file, tmp_path):
+def test_sft_on_two_ranks_saves_and_resumes_exactly_on_two_nodes_past_checkpoints_one_rank_cannot_read(
+        tiny_checkpoint, records_file, tmp_path):
+    """4 steps on 2 ranks, saved every step. Then, as if the run had died: its step 4 damaged in rank 1's own shard of
+    the sharded state (truncated) and its step 3 in rank 1's own RNG file (garbled: only rank 1 reads it). Resumed on
+    2 nodes, both ranks must pass over both and fall back to step 2 together (a rank resuming from a step the other
+    cannot read would train different steps, or hang in FSDP's collectives), and train steps 3 and 4 again to the
+    1-node run's log and weights, the log and each checkpoint written once: by global rank 0, not by each node's
+    first rank."""
+    import torch
+    from safetensors.torch import load_file
     out = str(tmp_path / "sft")
     args = [f"--init_from={tiny_checkpoint}", f"--data={records_file}", f"--val_data={records_file}", "--lr=1e-3",
             "--vision_lr=1e-3", "--max_tokens=512", "--rows_per_step=1", "--window=4", "--epochs=50", "--max_steps=4",
-            "--save_every=2", "--eval_every=2", "--num_workers=1"]
+            "--save_every=1", "--keep_last=3", "--eval_every=2", "--num_workers=1"]
     run("sft.py", 2, *args, f"--out_dir={out}")
     full = {r["step"]: r for r in log(out)}
     assert sorted(full) == [0, 1, 2, 3, 4] and "val_loss" in full[2] and full[4]["loss"] < full[1]["loss"]
     assert loads_with_plain_transformers(out)
-    resumed_dir = crash_after(out, 2, str(tmp_path / "resumed"))
-    run("sft.py", 2, *args, f"--out_dir={resumed_dir}", "--resume=True")
+    resumed_dir = str(tmp_path / "resumed")
+    shutil.copytree(out, resumed_dir)
+    shard = os.path.join(resumed_dir, "step_0000004", "train_state", "__1_0.distcp")
+    os.truncate(shard, os.path.getsize(shard) // 2)
+    open(os.path.join(resumed_dir, "step_0000003", "rng_rank1.pt"), "wb").write(b"garbled" * 100)
+    outputs = two_nodes("sft.py", *args, f"--out_dir={resumed_dir}", "--resume=True")
+    printed = "\n".join(outputs)
+    assert printed.count(f"{shard} is truncated") == 2  # each rank checks every rank's files against the metadata
+    step3 = [line for line in printed.splitlines() if "step_0000003 cannot be resumed from" in line]
+    assert len(step3) == 2 and sum("another rank could not read it" in line for line in step3) == 1, step3
+    assert f"{resumed_dir}/step_0000002 at step 2" in printed
+    assert sum("done: 4 steps" in output for output in outputs) == 1  # printed by global rank 0 alone
     resumed = {r["step"]: r for r in log(resumed_dir)}
+    assert sorted(resumed) == [0, 1, 2, 3, 4]
     for step in (3, 4):
         for key in ("loss", "grad_norm", "tokens"):
             assert abs(full[step][key] - resumed[step][key]) <= 1e-6, (step, key)
     assert abs(full[4]["val_loss"] - resumed[4]["val_loss"]) <= 1e-6
+    assert sorted(os.listdir(resumed_dir)) == ["best", "latest", "log.jsonl", "step_0000002", "step_0000003",
+                                               "step_0000004"]
+    weights = [load_file(os.path.join(d, "step_0000004", "model.safetensors")) for d in (out, resumed_dir)]
+    assert all(torch.allclose(weights[0][k], weights[1][k], atol=1e-6, rtol=0) for k in weights[0])
 
 
 def test_grpo_on_two_ranks_steps_evaluates_saves_and_resumes_exactly(tiny_checkpoint, tmp_path):
     """Image prompts of the synthetic world, 3 steps (so rollouts come from an updated, resharded policy), greedy
-    held-out rewards at steps 0, 2 and 3, a checkpoint every step, and a resume from step 2. rollouts.jsonl (one
-    group a step, --log_rollouts=1) is written by rank 0 alone and ends after the resume as the uninterrupted run's:
-    fails if both ranks write it, or if the resumed run appends step 3 again after the killed run's step 3."""
+    held-out rewards at steps 0, 2 and 3, a checkpoint every step, and a resume from step 2 on 2 nodes. rollouts.jsonl
+    (one group a step, --log_rollouts=1) is written by rank 0 alone and ends after the resume as the uninterrupted
+    run's: fails if both ranks (or both nodes' first ranks) write it, or if the resumed run appends step 3 again
+    after the killed run's step 3."""
     out = str(tmp_path / "grpo")
     args = [f"--init_from={tiny_checkpoint}", "--data=synthetic", "--n_train=48", "--n_eval=4", "--task=both",
             "--prompts_per_step=4", "--mini_batch=2", "--micro_batch=3", "--group_size=3", "--max_new_tokens=12",
@@ -88,7 +135,8 @@ def test_grpo_on_two_ranks_steps_evaluates_saves_and_resumes_exactly(tiny_checkp
     assert full[2]["grad_norm"] > 0 and full[3]["kl"] > 0  # the policy moved away from the reference
     assert loads_with_plain_transformers(out)
     resumed_dir = crash_after(out, 2, str(tmp_path / "resumed"))
-    run("grpo.py", 2, *args, f"--out_dir={resumed_dir}", "--resume=True")
+    outputs = two_nodes("grpo.py", *args, f"--out_dir={resumed_dir}", "--resume=True")  # step 3 on 2 nodes
+    assert sum("done: 3 steps" in output for output in outputs) == 1
     resumed = {r["step"]: r for r in log(resumed_dir)}
     for key in ("reward_mean", "kl", "loss", "grad_norm", "response_length", "entropy", "val_reward_report",
                 "val_reward_grounding"):
