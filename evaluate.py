@@ -13,6 +13,7 @@ classification; conversations are skipped; a record without a task is a report).
         --metric_weights=W   # W/distilroberta-base, W/chexbert.pth, ... as scorers.py lays them out
     torchrun --nproc_per_node=8 evaluate.py --init_from=RadVLM-8B --data=test.jsonl  # generation sharded over ranks
     python evaluate.py --data=test.jsonl --predictions=maira2.jsonl --out_dir=out/eval_maira2  # {"id", "answer"} lines
+    python evaluate.py --blind=True --n_train=1000 --out_dir=out/eval_blind  # answers without the image (priors)
     python evaluate.py --compare out/eval_sft out/eval_grpo out/eval_maira2  # side by side: markdown on stdout
 
 Writes to out_dir: results.json, table.md (laid out like the paper's Tables 1 and 2), predictions.jsonl (id, task,
@@ -39,6 +40,7 @@ Deliberately left out: sampled decoding (greedy only); FSDP at evaluation (each 
 too big for one GPU needs a sharded generator such as vLLM); RaTEScore and other LLM judges than GREEN.
 """
 
+import collections
 import json
 import math
 import os
@@ -56,8 +58,8 @@ from data import generation_kwargs, load_image, open_records, prompt_batch, tiny
 from distributed import all_reduce_mean, autocast, end_distributed, gathered, init_distributed, print0
 from model import load_model
 from pictures import contact_sheet, draw_curves
-from records import (GROUNDING_TASKS, TASK_GROUPS, RecordError, box_iou, has_image, parse_boxes, record_id,
-                     reference_answer, task_of)
+from records import (GROUNDING_TASKS, TASK_GROUPS, RecordError, box_iou, format_boxes, has_image, parse_boxes,
+                     question, record_id, reference_answer, task_of)
 
 # model and data
 init_from = "out/sft"     # "tiny", a training out dir (its latest step), a checkpoint dir, or a hub id
@@ -70,6 +72,10 @@ thinking = False          # ask for <think>...</think> first; the metrics score 
 max_new_tokens = 256      # longest answer (the paper: 1024 for reports, 4096 with thinking)
 generate_batch = 16       # prompts per generate call on each rank (0: all at once)
 predictions = ""          # a JSONL of {"id", "answer"} to score instead of generating (any model's outputs)
+blind = False             # answer without the image, from the training split's priors (blind_answers): the trivial
+                          # answers every model must beat
+train_data = "synthetic"  # the training records the blind answers come from ("synthetic": its train split)
+n_train = 1000            # synthetic training records for them: the first n_train studies, as reproduce.sh trains on
 # output
 out_dir = "out/eval"
 bootstrap = 1000          # resamples of the test records for the 95 % confidence intervals (0: none)
@@ -351,6 +357,34 @@ def held_out_rewards(model, processor, prompts, device, thinking, max_new_tokens
     return all_reduce_mean(out)
 
 
+def blind_answers(records, train_records):
+    """An answer to each test record that never looks at its image, from the training records: for a report or a
+    classification the most frequent gold answer of that task in training; for grounding the median box (coordinate
+    by coordinate) of the training records asking the same question, or of the whole task where none does. A model
+    that does not beat these answers is answering from the question and the priors of its data, not from the image."""
+    by_task, by_question = collections.defaultdict(list), collections.defaultdict(list)
+    for record in train_records:
+        by_task[task_of(record)].append(record)
+        by_question[task_of(record), question(record)].append(record)
+
+    def median_box(same):
+        boxes = [box for record in same for box in record.get("boxes") or parse_boxes(reference_answer(record))]
+        return [float(np.median([box[k] for box in boxes])) for k in range(4)] if boxes else None
+
+    frequent = {task: collections.Counter(map(reference_answer, same)).most_common(1)[0][0]
+                for task, same in by_task.items()}
+    answers = []
+    for record in records:
+        task = task_of(record)
+        if task in GROUNDING_TASKS:
+            box = median_box(by_question.get((task, question(record))) or by_task[task])
+            answers.append(f"The region is located at the coordinates {format_boxes([box])} on the image." if box
+                           else "")
+        else:
+            answers.append(frequent.get(task, ""))
+    return answers
+
+
 def read_predictions(path, ids):
     """The answers of a {"id", "answer"} JSONL file in the order of `ids`; a test record without one is an error."""
     answers = {}
@@ -399,6 +433,7 @@ def paper_tables(runs):
     """Markdown laid out like the paper's Tables 1 and 2 (a row per run, values with 95 % CIs), then the rest."""
     report = [("n", "n", 1, "d"), ("R-L", "rouge_l", 100, ".1f"), ("BLEU-4", "bleu4", 100, ".1f"),
               ("label F1 micro", "label_f1_micro", 100, ".1f"), ("label F1 macro", "label_f1_macro", 100, ".1f"),
+              ("5-finding F1 micro", "label_f1_micro_5", 100, ".1f"),
               ("B-S", "bertscore", 100, ".1f"), ("CXb micro", "chexbert_f1_micro", 100, ".1f"),
               ("CXb macro", "chexbert_f1_macro", 100, ".1f"), ("RGF1", "radgraph_f1", 100, ".1f"),
               ("GREEN", "green", 100, ".1f"), ("RadCliQ", "radcliq_v1", 1, ".2f"), ("ANC", "answer_chars", 1, ".0f")]
@@ -451,6 +486,11 @@ def main():
     print0(f"evaluate: {len(records)} test records; {world} rank(s)")
     if predictions:
         completions = read_predictions(predictions, ids)
+    elif blind:
+        if data != "synthetic" and train_data == "synthetic":
+            raise SystemExit(f"--blind=True on {data}: give its training records, --train_data=FILE")
+        completions = blind_answers(records, open_records(train_data, "train", n_train, image_size,
+                                                          tasks=SCORED_TASKS, scored=True))
     else:
         try:  # as grpo.py: load_model resolves a training output dir to its newest step, or says why it cannot
             model, processor = load_model(init_from, device=device, min_pixels=min_pixels, max_pixels=max_pixels,
@@ -471,7 +511,7 @@ def main():
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     if rank == 0:
-        results = {"model": predictions or init_from, "data": data,
+        results = {"model": predictions or ("blind: " + train_data if blind else init_from), "data": data,
                    **score(records, completions, thinking, bootstrap, seed, metric_weights, radgraph_level),
                    "settings": settings}
         os.makedirs(out_dir, exist_ok=True)
@@ -491,7 +531,7 @@ def main():
             contact_sheet(contact_sheet_tiles([records[i] for i in shown], answers),
                           os.path.join(out_dir, "contact_sheet.png"))
         own_log = os.path.join(init_from, "log.jsonl")  # the training log of the run evaluated, if that is one
-        logs = log.split(",") if log else [own_log] if not predictions and os.path.isfile(own_log) else []
+        logs = log.split(",") if log else [own_log] if not (predictions or blind) and os.path.isfile(own_log) else []
         drew = bool(logs) and draw_curves(logs, os.path.join(out_dir, "curves.png"))
         print(table)
         print(f"wrote {out_dir}/results.json, table.md, predictions.jsonl" + (", contact_sheet.png" if shown else "")

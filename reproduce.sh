@@ -125,7 +125,10 @@ thinking)
     both "seeds $THINKING_SEEDS: GRPO with thinking, the first, third, ..." odd "the second, fourth, ..." even ;;
 tables)
     stage "tables and verdicts"
-    python evaluate.py --compare "$OUT"/eval_general "$OUT"/eval_general_rl_s* "$OUT"/eval_sft \
+    # the answers a model gives without looking: the training set's most frequent answers, its median box per question
+    [ -e "$OUT/eval_blind/results.json" ] || python evaluate.py --blind=True --n_train="$N_TRAIN" --n_test="$N_TEST" \
+        --out_dir="$OUT/eval_blind"
+    python evaluate.py --compare "$OUT"/eval_blind "$OUT"/eval_general "$OUT"/eval_general_rl_s* "$OUT"/eval_sft \
         "$OUT"/eval_sft_more_s* "$OUT"/eval_sft_rl_s* "$OUT"/eval_thinking "$OUT"/eval_thinking_rl_s* \
         | tee "$OUT/tables.md"
     python verdicts.py "$OUT" | tee -a "$OUT/tables.md"

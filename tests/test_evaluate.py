@@ -264,3 +264,44 @@ def test_evaluate_a_checkpoint_end_to_end_and_compare_runs(tiny_checkpoint, scor
     assert Image.open(os.path.join(out, "contact_sheet.png"))
     table = evaluate.compare([scored_predictions[0], out])
     assert table.count(f"| {out} |") == 3 and table.count(f"| {scored_predictions[0]} |") == 2  # + thinking for `out`
+
+
+# ---------------------------------------------------------------------------------------------------
+# the blind answers: what a model that never looks at the image would say
+
+def grounding_record(rid, question, boxes, task="anatomical_grounding"):
+    from records import format_boxes
+    return {"id": rid, "task": task, "boxes": boxes,
+            "conversations": [{"from": "human", "value": f"<image>\n{question}"},
+                              {"from": "gpt", "value": f"It is at {format_boxes(boxes)}."}]}
+
+
+def test_blind_answers_are_the_training_priors_by_hand():
+    """Reports and classification: the most frequent training answer of the task; grounding: the coordinate-wise
+    median of the training boxes of the same question, else of the task (never the test record's own boxes)."""
+    from records import parse_boxes
+    train = [report_record("a", "Normal."), report_record("b", "Effusion."), report_record("c", "Normal."),
+             {**report_record("d", "No abnormalities."), "task": "classification"},
+             grounding_record("g1", "Where is the heart?", [[0.1, 0.2, 0.5, 0.6]]),
+             grounding_record("g2", "Where is the heart?", [[0.3, 0.2, 0.7, 0.8]]),
+             grounding_record("g3", "Where is the heart?", [[0.2, 0.4, 0.6, 0.7]]),
+             grounding_record("g4", "Where is the aorta?", [[0.0, 0.0, 0.1, 0.1], [0.05, 0.05, 0.15, 0.15]])]
+    test = [report_record("t1", "Effusion."), {**report_record("t2", "Edema."), "task": "classification"},
+            grounding_record("t3", "Where is the heart?", [[0.5, 0.5, 0.9, 0.9]]),
+            grounding_record("t4", "Where is the spine?", [[0.4, 0.1, 0.6, 0.9]])]
+    answers = evaluate.blind_answers(test, train)
+    assert answers[:2] == ["Normal.", "No abnormalities."]
+    assert parse_boxes(answers[2]) == [[0.2, 0.2, 0.6, 0.7]]  # the heart question's median, not the test box
+    assert parse_boxes(answers[3]) == [[0.1, 0.2, 0.5, 0.6]]  # no training "spine": the task's 5 boxes' median
+    assert evaluate.blind_answers([grounding_record("t5", "Where?", [[0, 0, 1, 1]], "phrase_grounding")], train) == [""]
+
+
+def test_blind_evaluation_scores_the_priors_on_the_synthetic_test_split(tmp_path):
+    out = str(tmp_path / "blind")
+    run_evaluate("--blind=True", "--n_train=60", "--n_test=24", f"--out_dir={out}", "--bootstrap=10")
+    results = json.load(open(os.path.join(out, "results.json")))
+    assert results["model"] == "blind: synthetic"
+    rows = [json.loads(line) for line in open(os.path.join(out, "predictions.jsonl"))]
+    reports = {row["answer"] for row in rows if row["task"] == "report"}
+    assert len(reports) == 1 and results["report"]["label_f1_micro_5"]["value"] is not None
+    assert all(row["answer"] != row["reference"] for row in rows if row["task"].endswith("grounding"))

@@ -16,16 +16,18 @@ REWORDED = REFERENCE.replace("enlarged", "normal in size")  # the wording, a fin
 NOTHING = "No acute findings."
 GOLD = format_boxes([[0.1, 0.1, 0.5, 0.5]])
 MISS = format_boxes([[0.6, 0.6, 0.9, 0.9]])
+CLASSES = "The following abnormalities are identified: cardiomegaly, pleural effusion."
 
 
-def write_eval(folder, reports=(), boxes=(), thinking=False):
+def write_eval(folder, reports=(), boxes=(), thinking=False, classes=()):
     """An evaluation folder as evaluate.py writes it: report answers against REFERENCE, grounding answers against
-    GOLD, scored by evaluate.score into results.json."""
+    GOLD, classification answers against CLASSES, scored by evaluate.score into results.json."""
     os.makedirs(folder)
-    golds = [("report", REFERENCE)] * len(reports) + [("anatomical_grounding", GOLD)] * len(boxes)
+    golds = ([("report", REFERENCE)] * len(reports) + [("anatomical_grounding", GOLD)] * len(boxes)
+             + [("classification", CLASSES)] * len(classes))
     records = [{"task": task, "conversations": [{"from": "human", "value": "<image>\nq"},
                                                 {"from": "gpt", "value": gold}]} for task, gold in golds]
-    results = evaluate.score(records, [*reports, *boxes], thinking, n_boot=0)
+    results = evaluate.score(records, [*reports, *boxes, *classes], thinking, n_boot=0)
     json.dump({**results, "settings": {"thinking": thinking}}, open(os.path.join(folder, "results.json"), "w"))
     with open(os.path.join(folder, "predictions.jsonl"), "w") as f:
         for i, answer in enumerate(reports):
@@ -33,6 +35,9 @@ def write_eval(folder, reports=(), boxes=(), thinking=False):
         for i, answer in enumerate(boxes):
             f.write(json.dumps({"id": f"g{i}", "task": "anatomical_grounding", "answer": answer,
                                 "reference": GOLD}) + "\n")
+        for i, answer in enumerate(classes):
+            f.write(json.dumps({"id": f"c{i}", "task": "classification", "answer": answer,
+                                "reference": CLASSES}) + "\n")
 
 
 def test_paired_difference_and_verdict():
@@ -58,11 +63,27 @@ def test_claim_pairs_seeds_seed_by_seed(tmp_path, capsys):
     write_eval(tmp_path / "eval_sft_rl_s0", reports=[REFERENCE] * 8)
     write_eval(tmp_path / "eval_sft_rl_s1", reports=[REFERENCE] * 4 + [NOTHING] * 4)
     verdicts.claim("RL helps", str(tmp_path), "eval_sft", "eval_sft_rl", "report")
-    line = capsys.readouterr().out
-    assert "8 records, 2 seed(s)): +1.000 [+1.000, +1.000]; +0.500 [" in line and line.endswith("-> yes\n")
+    line, five = capsys.readouterr().out.splitlines()
+    assert "8 records, 2 seed(s)): +1.000 [+1.000, +1.000]; +0.500 [" in line and line.endswith("-> yes")
+    # the findings pooled over the reports: none stated, then both of REFERENCE's in all 8, then in 4 of 8
+    assert five == "  five-finding F1 micro, eval_sft -> eval_sft_rl: 0.0 -> 100.0; 0.0 -> 66.7"
     write_eval(tmp_path / "eval_sft_rl_s2", reports=[NOTHING] * 8)
     verdicts.claim("RL helps", str(tmp_path), "eval_sft", "eval_sft_rl", "report")
-    assert capsys.readouterr().out.endswith("-> not resolved (2 of 3 seeds above 0)\n")
+    assert capsys.readouterr().out.splitlines()[0].endswith("-> not resolved (2 of 3 seeds above 0)")
+
+
+def test_the_sft_model_sees_when_it_beats_the_blind_answers_on_each_task(tmp_path, capsys):
+    """The claim "the SFT model sees" pairs eval_sft with eval_blind (evaluate.py --blind=True) on each task,
+    classification included (F1 of the listed abnormalities, record by record)."""
+    write_eval(tmp_path / "eval_blind", reports=[NOTHING] * 8, boxes=[MISS] * 8, classes=[NOTHING] * 8)
+    write_eval(tmp_path / "eval_sft", reports=[REFERENCE] * 8, boxes=[GOLD] * 8, classes=[CLASSES] * 4 + [NOTHING] * 4)
+    assert verdicts.per_record(str(tmp_path / "eval_sft"), "classification") == {
+        **{f"c{i}": 1.0 for i in range(4)}, **{f"c{i}": 0.0 for i in range(4, 8)}}
+    for kind in ("report", "grounding", "classification"):
+        verdicts.claim(f"sees on {kind}", str(tmp_path), "eval_blind", "eval_sft", kind)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("- sees")]
+    assert [line.split("): ")[1] for line in lines] == [
+        "+1.000 [+1.000, +1.000] -> yes", "+1.000 [+1.000, +1.000] -> yes", "+0.500 [+0.125, +0.875] -> yes"]
 
 
 def test_gap_closed(tmp_path, capsys):
