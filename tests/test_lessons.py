@@ -11,10 +11,11 @@ import lessons
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_every_lesson_runs_one_step_and_writes_its_section_and_figure(tmp_path):
+def test_every_lesson_runs_one_step_and_writes_its_section_and_figure(tiny_checkpoint, tmp_path):
     out, docs = tmp_path / "runs", tmp_path / "docs"
-    command = [sys.executable, "lessons.py", "--init_from=tiny", "--steps=1", "--seeds=[0]", f"--out_dir={out}",
-               f"--docs={docs}", "--grpo_args=--n_eval=2 --max_new_tokens=8"]
+    # the session's tiny checkpoint: --init_from=tiny would train its tokenizer again in each of the 10 runs
+    command = [sys.executable, "lessons.py", f"--init_from={tiny_checkpoint}", "--steps=1", "--seeds=[0]",
+               f"--out_dir={out}", f"--docs={docs}", "--grpo_args=--n_eval=2 --max_new_tokens=8"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
