@@ -65,6 +65,7 @@ from records import (GROUNDING_TASKS, TASK_GROUPS, RecordError, box_iou, format_
 init_from = "out/sft"     # "tiny", a training out dir (its latest step), a checkpoint dir, or a hub id
 data = "synthetic"        # "synthetic" (the generated world's test split) or a RadVLM/LLaVA .json/.jsonl test file
 n_test = 200              # synthetic test records (ignored for files)
+split = "test"            # the synthetic world's split answered: "test", or "val" to choose a recipe without the test
 image_size = 128          # side of the synthetic images in pixels
 min_pixels = 1024         # processor pixel budget (the paper evaluates at 1,024 .. 451,584)
 max_pixels = 16384
@@ -480,7 +481,7 @@ def main():
         return
     settings = configure(globals())
     rank, _, world, device = init_distributed()
-    source = open_records(data, "test", n_test, image_size, tasks=SCORED_TASKS, scored=True)
+    source = open_records(data, split, n_test, image_size, tasks=SCORED_TASKS, scored=True)
     records = [source[i] for i in range(len(source))]  # synthetic records draw their image on access: once each
     ids = [record_id(record, i) for i, record in enumerate(records)]
     print0(f"evaluate: {len(records)} test records; {world} rank(s)")
