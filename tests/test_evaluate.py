@@ -296,12 +296,14 @@ def test_blind_answers_are_the_training_priors_by_hand():
     assert evaluate.blind_answers([grounding_record("t5", "Where?", [[0, 0, 1, 1]], "phrase_grounding")], train) == [""]
 
 
-def test_blind_evaluation_scores_the_priors_on_the_synthetic_test_split(tmp_path):
+def test_blind_evaluation_scores_the_priors_on_a_synthetic_split(tmp_path):
+    """--blind=True end to end, on the validation split (--split=val: its studies, not the test split's)."""
     out = str(tmp_path / "blind")
-    run_evaluate("--blind=True", "--n_train=60", "--n_test=24", f"--out_dir={out}", "--bootstrap=10")
+    run_evaluate("--blind=True", "--n_train=60", "--n_test=24", "--split=val", f"--out_dir={out}", "--bootstrap=10")
     results = json.load(open(os.path.join(out, "results.json")))
     assert results["model"] == "blind: synthetic"
     rows = [json.loads(line) for line in open(os.path.join(out, "predictions.jsonl"))]
+    assert all(row["id"].startswith("synth-100000") for row in rows)  # val studies are seeds 10,000,000 on
     reports = {row["answer"] for row in rows if row["task"] == "report"}
     assert len(reports) == 1 and results["report"]["label_f1_micro_5"]["value"] is not None
     assert all(row["answer"] != row["reference"] for row in rows if row["task"].endswith("grounding"))
