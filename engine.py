@@ -241,8 +241,8 @@ def each_image_once(model, owners, grids):
     vision tower sees only the distinct grids, and its outputs are copied back to the rows that own each image
     (owners[row]: its image's number). The copies' gradients add up, as they would from one tower pass per row."""
     visual = model.model.visual
-    _, distinct, counts = torch.unique_consecutive(owners, return_inverse=True, return_counts=True)
-    firsts = counts.cumsum(0) - counts
+    _, distinct = torch.unique_consecutive(owners, return_inverse=True)
+    _, firsts = group_heads(owners)
 
     def rows_of(tokens_per_image):  # each row's token indices in the tower's output
         offsets = tokens_per_image.cumsum(0) - tokens_per_image

@@ -374,11 +374,13 @@ def blind_answers(records, train_records):
 
     frequent = {task: collections.Counter(map(reference_answer, same)).most_common(1)[0][0]
                 for task, same in by_task.items()}
+    task_boxes = {task: median_box(same) for task, same in by_task.items() if task in GROUNDING_TASKS}
+    question_boxes = {key: median_box(same) for key, same in by_question.items() if key[0] in GROUNDING_TASKS}
     answers = []
     for record in records:
         task = task_of(record)
         if task in GROUNDING_TASKS:
-            box = median_box(by_question.get((task, question(record))) or by_task[task])
+            box = question_boxes.get((task, question(record))) or task_boxes.get(task)
             answers.append(f"The region is located at the coordinates {format_boxes([box])} on the image." if box
                            else "")
         else:

@@ -490,8 +490,9 @@ def main():
         if eval_sets and (step % eval_every == 0 or step == max_steps):
             log.update(held_out())
         if master:
-            lines = rollout_lines(step, records, completions, reward_list, components, advantages, rollouts,
-                                  max(log_rollouts, WANDB_GROUPS), image_size)
+            n_lines = max(log_rollouts, WANDB_GROUPS if wandb_log else 0)
+            lines = rollout_lines(step, records, completions, reward_list, components, advantages, rollouts, n_lines,
+                                  image_size) if n_lines else []
             run_log.write({"step": step, "task": step_task, **log}, groups=lines[:WANDB_GROUPS])
             if rollouts_file:
                 rollouts_file.write("".join(json.dumps(line) + "\n" for line in lines[:log_rollouts]))
