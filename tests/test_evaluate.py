@@ -280,7 +280,7 @@ def test_blind_answers_are_the_training_priors_by_hand():
     """Reports and classification: the most frequent training answer of the task; grounding: the coordinate-wise
     median of the training boxes of the same question, else of the task (never the test record's own boxes)."""
     from records import parse_boxes
-    train = [report_record("a", "Normal."), report_record("b", "Effusion."), report_record("c", "Normal."),
+    train = [report_record("a", "Effusion."), report_record("b", "Normal."), report_record("c", "Normal."),
              {**report_record("d", "No abnormalities."), "task": "classification"},
              grounding_record("g1", "Where is the heart?", [[0.1, 0.2, 0.5, 0.6]]),
              grounding_record("g2", "Where is the heart?", [[0.3, 0.2, 0.7, 0.8]]),

@@ -199,11 +199,11 @@ def test_ratio_max_is_the_largest_ratio_of_an_answer_token():
 
 def test_kl_stat_is_the_k3_mean_over_answer_tokens():
     logp = torch.tensor([[math.log(0.5), math.log(0.5)], [math.log(0.25), 0.0]])
-    ref = torch.tensor([[math.log(0.25), math.log(0.5)], [math.log(0.5), 9.0]])
+    ref = torch.tensor([[math.log(0.25), math.log(0.5)], [0.0, 9.0]])
     mask = torch.tensor([[True, True], [True, False]])
     _, stats = grpo_loss(logp, logp, ref, torch.tensor([1.0, 1.0]), mask, beta=0.1)
-    k3 = lambda r: r - math.log(r) - 1  # noqa: E731  (r = pi_ref / pi)
-    assert stats["kl"].item() == pytest.approx((k3(0.5) + k3(1.0) + k3(2.0)) / 3)
+    k3 = lambda r: r - math.log(r) - 1  # noqa: E731  (r = pi_ref / pi; ratios 0.5, 1, 4: swapped they sum otherwise)
+    assert stats["kl"].item() == pytest.approx((k3(0.5) + k3(1.0) + k3(4.0)) / 3)
 
 
 def _rollouts(group_ids, answer_mask, truncated=None, sampled_logprobs=None):
@@ -228,9 +228,9 @@ def test_step_log_spread_statistics_by_hand():
 def test_mismatch_kl_and_truncated_share_by_hand():
     from grpo import health
     sampled = torch.tensor([[math.log(0.5), math.log(0.4)], [math.log(0.2), 0.0]])
-    old = torch.tensor([[math.log(0.25), math.log(0.4)], [math.log(0.4), -7.0]])  # the last token is padding
+    old = torch.tensor([[math.log(0.25), math.log(0.4)], [math.log(0.8), -7.0]])  # the last token is padding
     rollouts = _rollouts([0, 0], [[True, True], [True, False]], truncated=[True, False], sampled_logprobs=sampled)
     stats = health(rollouts, old, prompts_drawn=3)
     k3 = lambda r: r - math.log(r) - 1  # noqa: E731  (r = pi_old / pi_rollout: KL(pi_rollout || pi_old))
-    assert stats["mismatch_kl"] == pytest.approx((k3(0.5) + k3(1.0) + k3(2.0)) / 3)
+    assert stats["mismatch_kl"] == pytest.approx((k3(0.5) + k3(1.0) + k3(4.0)) / 3)  # 0.5, 1, 4: not symmetric
     assert stats["truncated_frac"] == 0.5 and stats["prompts_drawn"] == 3
