@@ -86,6 +86,33 @@ def test_the_sft_model_sees_when_it_beats_the_blind_answers_on_each_task(tmp_pat
         "+1.000 [+1.000, +1.000] -> yes", "+1.000 [+1.000, +1.000] -> yes", "+0.500 [+0.125, +0.875] -> yes"]
 
 
+def test_the_bar_for_seeing_needs_each_margin_not_only_a_difference(tmp_path, capsys):
+    """SEES_BAR: the SFT model states both findings of every report (five-finding F1 100), classifies 4 of 8 records
+    (F1 micro 57.1 points over the blind answer's 0: the other 4 say "no finding") and finds every abnormality box,
+    but gains only 0.125 on phrase grounding (1 of 8 boxes right): one margin short, so "no"; with 2 of 8 (+0.25)
+    "yes". A bar checked on the pooled grounding reward, or on any single margin, passes the first."""
+    def grounding(out, folder, task, answers):
+        with open(out / folder / "predictions.jsonl", "a") as f:
+            for i, answer in enumerate(answers):
+                f.write(json.dumps({"id": f"{task}{i}", "task": task, "answer": answer, "reference": GOLD}) + "\n")
+
+    for phrases_right in (1, 2):
+        out = tmp_path / f"right{phrases_right}"
+        write_eval(out / "eval_blind", reports=[NOTHING] * 8, classes=[NOTHING] * 8)
+        write_eval(out / "eval_sft", reports=[REFERENCE] * 8, classes=[CLASSES] * 4 + [NOTHING] * 4)
+        for task in ("abnormality_grounding", "phrase_grounding"):
+            grounding(out, "eval_blind", task, [MISS] * 8)
+        grounding(out, "eval_sft", "abnormality_grounding", [GOLD] * 8)
+        grounding(out, "eval_sft", "phrase_grounding", [GOLD] * phrases_right + [MISS] * (8 - phrases_right))
+        verdicts.sees_by_the_bar(str(out))
+    one, two = capsys.readouterr().out.strip().splitlines()
+    assert "five-finding F1 micro 100 (at least 40: met)" in one
+    assert "abnormality grounding reward above the blind box 1 (at least 0.15: met)" in one
+    assert "phrase grounding reward above the blind box 0.125 (at least 0.15: not met)" in one
+    assert "classification F1 micro above the blind answer 57.1 (at least 20: met)" in one and one.endswith("-> no")
+    assert "phrase grounding reward above the blind box 0.25 (at least 0.15: met)" in two and two.endswith("-> yes")
+
+
 def test_gap_closed(tmp_path, capsys):
     """The general model scores 0, SFT 1 on every record; RL on the general model gets 30 of 40 grounding records
     and 10 of 40 reports right: it closes 75 % of the gap on grounding, 25 % on reports."""
