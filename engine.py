@@ -111,9 +111,10 @@ def sample_groups(model, prompt, group_size, max_new_tokens, stop, temperature=1
 
     Each prompt is prefilled once (its image through the vision tower, then its tokens) and its G samples continue
     from G copies of that KV cache: generate(num_return_sequences=G) would encode the image and prefill the prompt G
-    times. Each step samples from softmax(logits / temperature) (top-p if < 1) with generate's stop rules: the special
-    tokens of stop["suppress_tokens"] are never drawn, a row ends at its first stop["eos_token_id"]. Ended rows leave
-    the model's batch (and the cache) once they are a quarter of it; the samples stay exactly generate's."""
+    times. Each step samples from softmax(logits / temperature) (top-p if < 1), or takes the argmax at temperature 0
+    (greedy: the evaluation's answers), with generate's stop rules: the special tokens of stop["suppress_tokens"] are
+    never drawn, a row ends at its first stop["eos_token_id"]. Ended rows leave the model's batch (and the cache) once
+    they are a quarter of it; the samples stay exactly generate's."""
     mask = prompt["attention_mask"]
     positions = prompt_positions(model, prompt)
     cache = DynamicCache(config=model.config)
@@ -127,11 +128,11 @@ def sample_groups(model, prompt, group_size, max_new_tokens, stop, temperature=1
     tokens, logprobs = [], []
     for step in range(max_new_tokens):
         logits[:, stop["suppress_tokens"]] = float("-inf")
-        scores = logits / temperature
+        scores = logits / temperature if temperature > 0 else logits
         if top_p < 1.0:
             scores = TopPLogitsWarper(top_p)(None, scores)
         scores = torch.log_softmax(scores, -1)
-        token = torch.multinomial(scores.exp(), num_samples=1).squeeze(1)
+        token = torch.multinomial(scores.exp(), 1).squeeze(1) if temperature > 0 else scores.argmax(-1)
         token = token.masked_fill(finished, stop["pad_token_id"])
         tokens.append(token)
         logprobs.append(scores.gather(1, token[:, None]).squeeze(1).masked_fill(finished, 0.0))
@@ -155,7 +156,7 @@ def prompt_positions(model, prompt):
     (an image's tokens take 2-D positions)."""
     mask = prompt["attention_mask"]
     rope, _ = model.model.get_rope_index(prompt["input_ids"], prompt["mm_token_type_ids"],
-                                         image_grid_thw=prompt["image_grid_thw"], attention_mask=mask)
+                                         image_grid_thw=prompt.get("image_grid_thw"), attention_mask=mask)
     text = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
     return torch.cat([text[None], rope])
 

@@ -56,6 +56,7 @@ import scorers
 from configurator import configure
 from data import generation_kwargs, load_image, open_records, prompt_batch, tiny_corpus
 from distributed import all_reduce_mean, autocast, end_distributed, gathered, init_distributed, print0
+from engine import sample_groups
 from model import load_model
 from pictures import contact_sheet, draw_curves
 from records import (GROUNDING_TASKS, TASK_GROUPS, RecordError, box_iou, format_boxes, has_image, parse_boxes,
@@ -292,7 +293,9 @@ def score(records, completions, thinking=False, n_boot=1000, seed=0, metric_weig
 
 def generate_answers(model, processor, records, generate_batch, thinking, max_new_tokens, device, progress=True):
     """Greedy answers to the records' prompts, in record order; only the new tokens, special tokens dropped.
-    Records with and without an image go in separate batches (one processor call cannot mix them)."""
+    Records with and without an image go in separate batches (one processor call cannot mix them). The tokens are
+    generate(do_sample=False)'s, by engine.sample_groups at temperature 0: answers that have ended leave the batch
+    (a batch of short boxes beside long reports no longer runs every row to the longest answer)."""
     stop = generation_kwargs(processor.tokenizer)
     groups = [[i for i, r in enumerate(records) if has_image(r) == image] for image in (True, False)]
     answers = [None] * len(records)
@@ -301,8 +304,8 @@ def generate_answers(model, processor, records, generate_batch, thinking, max_ne
                     disable=not progress, desc="generate", dynamic_ncols=True):
         inputs = prompt_batch([records[i] for i in idx], processor, thinking).to(device)
         with torch.no_grad(), autocast(device):
-            out = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens, **stop)
-        texts = processor.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+            tokens, _ = sample_groups(model, inputs, 1, max_new_tokens, stop, temperature=0.0)
+        texts = processor.tokenizer.batch_decode(tokens, skip_special_tokens=True)
         for i, text in zip(idx, texts):
             answers[i] = text
     return answers
@@ -347,10 +350,9 @@ def held_out_rewards(model, processor, prompts, device, thinking, max_new_tokens
     for task, records in prompts.items():
         inputs = prompt_batch(records, processor, thinking).to(device)
         with torch.no_grad(), gathered(model), autocast(device):
-            sequences = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens,
-                                       **generation_kwargs(processor.tokenizer))
-        answers = processor.tokenizer.batch_decode(sequences[:, inputs["input_ids"].shape[1]:],
-                                                   skip_special_tokens=True)
+            tokens, _ = sample_groups(model, inputs, 1, max_new_tokens, generation_kwargs(processor.tokenizer),
+                                      temperature=0.0)
+        answers = processor.tokenizer.batch_decode(tokens, skip_special_tokens=True)
         scores, _ = rewards.score(task, answers, [reference_answer(r) for r in records], reward=report_reward,
                                   thinking=thinking, metric_weights=metric_weights)
         out[f"val_reward_{task}"] = sum(scores) / len(scores)

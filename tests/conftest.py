@@ -28,6 +28,14 @@ def tiny(tiny_checkpoint):
     return model.eval(), processor
 
 
+def favour_eos(model, processor, bias=4.0):
+    """A forward hook that adds `bias` to the EOS logit (<|im_end|>): the tiny random model then ends some answers
+    after a few tokens and others not at all. Returns the hook's handle (remove it after)."""
+    eos = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    return model.lm_head.register_forward_hook(
+        lambda module, inputs, logits: logits + bias * torch.nn.functional.one_hot(torch.tensor(eos), logits.shape[-1]))
+
+
 def gray_image(width, height, seed=0):
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (height, width), dtype=np.uint8), mode="L")

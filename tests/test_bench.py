@@ -49,3 +49,13 @@ def test_generation_benchmark_times_both_paths_on_the_same_image_tokens():
     seconds = [float(line.split("|")[2]) for line in text.splitlines() if line.startswith("| generate")
                or line.startswith("| engine.sample_groups")]
     assert len(seconds) == 2 and all(s > 0 for s in seconds)
+
+
+def test_greedy_evaluation_benchmark_gives_both_paths_the_same_answers():
+    text = run("bench/greedy_eval.py", "--init_from=tiny", "--n_test=6", "--generate_batch=3", "--max_new_tokens=4",
+               "--repeats=1")
+    assert "the same answer from both paths: " in text
+    same, total = text.split("the same answer from both paths: ")[1].split()[0:3:2]
+    assert same == total and int(total) >= 6  # a scored test record of each task the world draws
+    seconds = [float(line.split("|")[2]) for line in text.splitlines() if line.startswith(("| generate", "| evaluate"))]
+    assert len(seconds) == 2 and all(s > 0 for s in seconds)

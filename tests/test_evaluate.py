@@ -14,7 +14,7 @@ from PIL import Image
 
 import evaluate
 import rewards
-from conftest import write_records
+from conftest import favour_eos, write_records
 from records import load_records, reference_answer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -245,6 +245,26 @@ def test_generate_answers_with_and_without_images(tiny, tmp_path):
     assert len(answers) == 5 and all(isinstance(a, str) for a in answers)
     alone = evaluate.generate_answers(model, processor, records[1:2], 1, False, 6, torch.device("cpu"), progress=False)
     assert alone == answers[1:2]  # a text-only prompt is batched apart from the image prompts
+
+
+def test_greedy_answers_are_generates_while_ended_answers_leave_the_batch(tiny, tmp_path):
+    """generate_answers decodes through engine.sample_groups at temperature 0, dropping ended rows from the batch:
+    with answers that end at different steps (some after a few tokens, some not at all) its texts are exactly
+    generate(do_sample=False)'s. Sampling instead of the argmax, or a row's cache or positions mixed up after a
+    drop, fails it."""
+    from data import generation_kwargs, prompt_batch
+    model, processor = tiny
+    records = load_records(write_records(str(tmp_path), 8))
+    hook = favour_eos(model, processor, bias=1.2)  # with this bias the tiny model's greedy answers end at steps 0-10
+    answers = evaluate.generate_answers(model, processor, records, 0, False, 16, torch.device("cpu"), progress=False)
+    inputs = prompt_batch(records, processor)
+    with torch.no_grad():
+        out = model.generate(**inputs, do_sample=False, max_new_tokens=16, **generation_kwargs(processor.tokenizer))
+    hook.remove()
+    new_tokens = out[:, inputs["input_ids"].shape[1]:]
+    ends = (new_tokens == processor.tokenizer.convert_tokens_to_ids("<|im_end|>")).int().argmax(1)
+    assert (ends == 0).sum() * 4 >= len(records) and ends.max() >= 8, ends  # a quarter leave at once, others run on
+    assert answers == processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
 
 
 def test_evaluate_a_checkpoint_end_to_end_and_compare_runs(tiny_checkpoint, scored_predictions, tmp_path):

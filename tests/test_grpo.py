@@ -11,7 +11,7 @@ import torch
 import engine
 import evaluate
 import grpo
-from conftest import weights_and_optimizer_after, write_records
+from conftest import favour_eos, weights_and_optimizer_after, write_records
 from records import load_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,14 +20,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def records_file(tmp_path_factory):
     return write_records(str(tmp_path_factory.mktemp("grpo_data")), 12)
-
-
-def favour_eos(model, processor, bias=4.0):
-    """A forward hook that adds `bias` to the EOS logit (<|im_end|>): the tiny random model then ends some answers
-    after a few tokens and others not at all. Returns the hook's handle (remove it after)."""
-    eos = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
-    return model.lm_head.register_forward_hook(
-        lambda module, inputs, logits: logits + bias * torch.nn.functional.one_hot(torch.tensor(eos), logits.shape[-1]))
 
 
 def test_rollouts_keep_eos_in_the_mask_and_groups_aligned(tiny, records_file):
