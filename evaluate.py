@@ -15,6 +15,7 @@ classification; conversations are skipped; a record without a task is a report).
     python evaluate.py --data=test.jsonl --predictions=maira2.jsonl --out_dir=out/eval_maira2  # {"id", "answer"} lines
     python evaluate.py --blind=True --n_train=1000 --out_dir=out/eval_blind  # answers without the image (priors)
     python evaluate.py --compare out/eval_sft out/eval_grpo out/eval_maira2  # side by side: markdown on stdout
+    python evaluate.py --init_from=out/sft --headroom=8 --n_test=48 --out_dir=out/headroom  # what RL can move
 
 Writes to out_dir: results.json, table.md (laid out like the paper's Tables 1 and 2), predictions.jsonl (id, task,
 prompt, answer, reference: itself a valid --predictions file), contact_sheet.png (gold boxes green, predicted red,
@@ -36,8 +37,13 @@ Grounding, per task kind and dataset (`source`): mAP@0.5 by the rule of the pape
 of the matched boxes, and the soft-F1 GRPO reward. Classification: micro / macro F1 of the listed abnormalities.
 With --thinking the text after the last </think> is scored (none: an empty answer), and thinking.well_formed is
 the fraction of outputs with a </think> and an answer after it.
-Deliberately left out: sampled decoding (greedy only); FSDP at evaluation (each rank holds a whole model, so a model
-too big for one GPU needs a sharded generator such as vLLM); RaTEScore and other LLM judges than GREEN.
+With --headroom=G it answers instead the first n_test validation prompts per GRPO task (report, grounding) greedily
+and G times sampled at temperature 1, as GRPO samples, each scored by the GRPO reward (headroom.json, headroom.md): the
+greedy answer, the sampled mean, the best of G, the groups whose G rewards all tie (no gradient) and those with a
+sample above the greedy answer (what RL can raise the greedy answer to).
+Deliberately left out: sampled decoding of the test records (greedy only); FSDP at evaluation (each rank holds a
+whole model, so a model too big for one GPU needs a sharded generator such as vLLM); RaTEScore and other LLM judges
+than GREEN.
 """
 
 import collections
@@ -56,7 +62,7 @@ import scorers
 from configurator import configure
 from data import generation_kwargs, load_image, open_records, prompt_batch, tiny_corpus
 from distributed import all_reduce_mean, autocast, end_distributed, gathered, init_distributed, print0
-from engine import sample_groups
+from engine import sample_groups, sample_rollouts
 from model import load_model
 from pictures import contact_sheet, draw_curves
 from records import (GROUNDING_TASKS, TASK_GROUPS, RecordError, box_iou, format_boxes, has_image, parse_boxes,
@@ -74,6 +80,7 @@ thinking = False          # ask for <think>...</think> first; the metrics score 
 max_new_tokens = 256      # longest answer (the paper: 1024 for reports, 4096 with thinking)
 generate_batch = 16       # prompts per generate call on each rank (0: all at once)
 predictions = ""          # a JSONL of {"id", "answer"} to score instead of generating (any model's outputs)
+headroom = 0              # G > 0: the headroom of GRPO on the validation split instead (greedy, G samples; see above)
 blind = False             # answer without the image, from the training split's priors (blind_answers): the trivial
                           # answers every model must beat
 train_data = "synthetic"  # the training records the blind answers come from ("synthetic": its train split)
@@ -360,6 +367,45 @@ def held_out_rewards(model, processor, prompts, device, thinking, max_new_tokens
     return all_reduce_mean(out)
 
 
+def headroom_groups(model, processor, prompts, group_size, device, thinking, max_new_tokens, generate_batch,
+                    report_reward="label_f1", metric_weights=""):
+    """{task: [(reward of the greedy answer, [rewards of G answers sampled at temperature 1]) per prompt]} for
+    `prompts` (held_out_prompts), each answer scored by the GRPO reward of its task."""
+    groups = {}
+    for task, records in prompts.items():
+        references = [reference_answer(r) for r in records]
+        greedy = generate_answers(model, processor, records, generate_batch, thinking, max_new_tokens, device,
+                                  progress=False)
+        _, sampled = sample_rollouts(model, processor, records, group_size, thinking, device, 1.0, 1.0,
+                                     max_new_tokens, generate_batch)
+        greedy_scores, _ = rewards.score(task, greedy, references, reward=report_reward, thinking=thinking,
+                                         metric_weights=metric_weights)
+        sampled_scores, _ = rewards.score(task, sampled, [r for r in references for _ in range(group_size)],
+                                          reward=report_reward, thinking=thinking, metric_weights=metric_weights)
+        groups[task] = [(g, sampled_scores[i * group_size:(i + 1) * group_size]) for i, g in enumerate(greedy_scores)]
+    return groups
+
+
+def headroom_table(groups):
+    """The headroom of each task as a markdown table: greedy, sampled mean and best-of-G rewards averaged over the
+    prompts, and the share of groups that tie (every sample the same reward: GRPO gets no gradient) and of groups with
+    a sample above the greedy answer."""
+    lines = ["| task | prompts | greedy | sampled mean | best of G | groups tied | groups with a sample above greedy |",
+             "|---|---|---|---|---|---|---|"]
+    stats = {}
+    for task, rows in groups.items():
+        n = len(rows)
+        stats[task] = {"prompts": n, "greedy": sum(g for g, _ in rows) / n,
+                       "sampled_mean": sum(sum(s) / len(s) for _, s in rows) / n,
+                       "best_of_g": sum(max(s) for _, s in rows) / n,
+                       "tied": sum(max(s) - min(s) < 1e-9 for _, s in rows) / n,
+                       "above_greedy": sum(max(s) > g + 1e-9 for g, s in rows) / n}
+        t = stats[task]
+        lines.append(f"| {task} | {n} | {t['greedy']:.3f} | {t['sampled_mean']:.3f} | {t['best_of_g']:.3f} | "
+                     f"{t['tied']:.0%} | {t['above_greedy']:.0%} |")
+    return "\n".join(lines) + "\n", stats
+
+
 def blind_answers(records, train_records):
     """An answer to each test record that never looks at its image, from the training records: for a report or a
     classification the most frequent gold answer of that task in training; for grounding the median box (coordinate
@@ -485,6 +531,27 @@ def main():
         return
     settings = configure(globals())
     rank, _, world, device = init_distributed()
+    if headroom:
+        model, processor = load_model(init_from, device=device, min_pixels=min_pixels, max_pixels=max_pixels,
+                                      seed=seed, tiny_corpus=tiny_corpus)
+        torch.manual_seed(seed + rank)
+        mine = headroom_groups(model.to(device).eval(), processor,
+                               held_out_prompts(data, n_test, image_size, rank=rank, world=world), headroom, device,
+                               thinking, max_new_tokens, generate_batch, metric_weights=metric_weights)
+        shards = [mine]
+        if world > 1:
+            shards = [None] * world
+            torch.distributed.all_gather_object(shards, mine)
+        if rank == 0:
+            table, stats = headroom_table({task: [row for shard in shards for row in shard[task]] for task in mine})
+            table = f"Headroom of {init_from}: G = {headroom} samples at temperature 1 per validation prompt\n\n{table}"
+            os.makedirs(out_dir, exist_ok=True)
+            with open(os.path.join(out_dir, "headroom.json"), "w") as f:
+                json.dump({"model": init_from, **stats, "settings": settings}, f, indent=1)
+            with open(os.path.join(out_dir, "headroom.md"), "w") as f:
+                f.write(table)
+            print(table)
+        return
     source = open_records(data, split, n_test, image_size, tasks=SCORED_TASKS, scored=True)
     records = [source[i] for i in range(len(source))]  # synthetic records draw their image on access: once each
     ids = [record_id(record, i) for i, record in enumerate(records)]

@@ -36,6 +36,9 @@ STAGES=${*:-general sft tune rl thinking tables}
 stage() { echo "=== $1 ($(date +%H:%M:%S))"; }
 evaluate() { [ -e "$OUT/$2/results.json" ] || python evaluate.py --init_from="$OUT/$1" --out_dir="$OUT/$2" \
                  --n_test="$N_TEST" "${@:3}"; }
+headroom() {  # what GRPO can move from a model: greedy against G samples on validation prompts (evaluate.py)
+    [ -e "$OUT/$2/headroom.json" ] || python evaluate.py --init_from="$OUT/$1" --out_dir="$OUT/$2" --headroom=8 \
+        --n_test=48 "${@:3}"; }
 once() {  # run a training command into $OUT/$1 unless it finished before
     [ -e "$OUT/$1/finished" ] || { "${@:2}" --out_dir="$OUT/$1" && touch "$OUT/$1/finished"; }
 }
@@ -81,9 +84,11 @@ sft)
         once sft python sft.py --init_from="$OUT/general" --n_train="$N_TRAIN" --epochs=100 \
             --max_steps="$SFT_STEPS" --eval_every=25
         evaluate sft/best eval_sft
+        headroom sft/best headroom_sft
     }
     general_rl() {
         evaluate general eval_general
+        headroom general headroom_general
         for s in $GENERAL_SEEDS; do
             once "grpo_general_s$s" grpo --init_from="$OUT/general" --seed="$s"
             evaluate "grpo_general_s$s" "eval_general_rl_s$s"
@@ -131,6 +136,7 @@ tables)
     python evaluate.py --compare "$OUT"/eval_blind "$OUT"/eval_general "$OUT"/eval_general_rl_s* "$OUT"/eval_sft \
         "$OUT"/eval_sft_more_s* "$OUT"/eval_sft_rl_s* "$OUT"/eval_thinking "$OUT"/eval_thinking_rl_s* \
         | tee "$OUT/tables.md"
+    cat "$OUT"/headroom_*/headroom.md | tee -a "$OUT/tables.md"
     python verdicts.py "$OUT" | tee -a "$OUT/tables.md"
     echo "pictures: $OUT/eval_*/contact_sheet.png; curves of each run's log: $OUT/eval_*/curves.png" ;;
 *) echo "unknown stage $s (general sft tune rl thinking tables, or table3 alone)"; exit 1 ;;

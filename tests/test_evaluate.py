@@ -267,6 +267,25 @@ def test_greedy_answers_are_generates_while_ended_answers_leave_the_batch(tiny, 
     assert answers == processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
 
 
+def test_headroom_table_from_hand_made_groups():
+    """Two report prompts: one whose 3 samples all tie with the greedy answer (no gradient for GRPO), one whose best
+    sample beats it though its mean does not. "Above greedy" measured against the sampled mean, or "tied" against the
+    greedy answer, fails it."""
+    table, stats = evaluate.headroom_table({"report": [(0.5, [0.5, 0.5, 0.5]), (0.3, [0.0, 0.2, 0.7])]})
+    assert stats["report"] == pytest.approx({"prompts": 2, "greedy": 0.4, "sampled_mean": 0.4, "best_of_g": 0.6,
+                                             "tied": 0.5, "above_greedy": 0.5})
+    assert "| report | 2 | 0.400 | 0.400 | 0.600 | 50% | 50% |" in table
+
+
+def test_headroom_of_a_checkpoint_on_validation_prompts(tiny_checkpoint, tmp_path):
+    run_evaluate(f"--init_from={tiny_checkpoint}", "--headroom=3", "--n_test=2", "--max_new_tokens=4",
+                 f"--out_dir={tmp_path}")
+    stats = json.load(open(tmp_path / "headroom.json"))
+    for task in ("report", "grounding"):
+        assert stats[task]["prompts"] == 2 and stats[task]["best_of_g"] >= stats[task]["sampled_mean"]
+    assert "G = 3 samples" in (tmp_path / "headroom.md").read_text()
+
+
 def test_evaluate_a_checkpoint_end_to_end_and_compare_runs(tiny_checkpoint, scored_predictions, tmp_path):
     records_path = write_records(str(tmp_path / "data"), 4)
     with open(tmp_path / "log.jsonl", "w") as f:
