@@ -57,9 +57,10 @@ thinking = False          # append the " /think" request to every question (cold
 max_tokens = 1024         # tokens per packed row
 rows_per_step = 4         # packed rows per optimizer step on each rank (gradient accumulation micro-steps)
 epochs = 1                # passes over the data
-max_steps = 500           # stop after this many steps or at the end of `epochs`, whichever is first (0: `epochs`)
+max_steps = 1200          # stop after this many steps or at the end of `epochs`, whichever is first (0: `epochs`);
+                          # the tiny model learns the answers' language first and the image after ~600 (#36)
 lr = 2e-3                 # peak learning rate of the language model
-vision_lr = 1e-3          # peak learning rate of the vision tower (with its mergers into the language model)
+vision_lr = 4e-3          # peak learning rate of the vision tower (with its mergers into the language model)
 freeze_vision = False     # keep the vision tower fixed
 warmup = 0.1              # fraction of steps of linear warm-up, then cosine to 10 % of the peak
 weight_decay = 0.05       # AdamW weight decay on matrices (not on norms and biases)

@@ -7,5 +7,6 @@ data = "shapes"
 val_data = "shapes"
 out_dir = "out/general"
 max_steps = 300
+vision_lr = 1e-3          # the rate it was made with (sft.py's default is now higher, for the chest X-ray world)
 save_every = 300
 eval_every = 100
