@@ -24,8 +24,9 @@ N_TEST=${N_TEST:-400}
 SEEDS=${SEEDS:-"0 1 2"}
 GENERAL_SEEDS=${GENERAL_SEEDS:-$SEEDS}    # GRPO from the general model
 THINKING_SEEDS=${THINKING_SEEDS:-$SEEDS}  # GRPO from the cold-start model
-N_TRAIN=${N_TRAIN:-1000}          # the training set: studies that SFT, GRPO and the control all draw from
-SFT_STEPS=${SFT_STEPS:-600}       # SFT: about 24 epochs of N_TRAIN, past its best validation step, which is kept
+N_TRAIN=${N_TRAIN:-3000}          # the training set: studies that SFT, GRPO and the control all draw from
+SFT_STEPS=${SFT_STEPS:-1200}      # SFT: about 16 epochs of N_TRAIN, past its best validation step, which is kept;
+                                  # fewer and the model answers from priors, not the image (docs/results.md, #36)
 GRPO_STEPS=${GRPO_STEPS:-60}
 GRPO_LRS=${GRPO_LRS:-"5e-5 1.5e-4"}      # the candidates of the tune stage
 CONTROL_LRS=${CONTROL_LRS:-"2e-4 6e-4"}
@@ -82,7 +83,7 @@ general)
 sft)
     sft() {
         once sft python sft.py --init_from="$OUT/general" --n_train="$N_TRAIN" --epochs=100 \
-            --max_steps="$SFT_STEPS" --eval_every=25
+            --max_steps="$SFT_STEPS" --vision_lr=4e-3 --eval_every=100
         evaluate sft/best eval_sft
         headroom sft/best headroom_sft
     }
