@@ -5,7 +5,7 @@
 # for comparison SFT continued on the same studies for as long as GRPO runs (more epochs of the same data). Both
 # learning rates are chosen on the validation split, seed 0 at each candidate rate. Then: the general model (the tiny
 # Qwen3-VL pre-trained on the general world, shapes.py: the miniature's "Qwen3-VL") and GRPO from it; the cold start
-# (traces beside replayed SFT records) and GRPO with thinking; the claims decided on paired test records, seed by seed
+# (traces beside replayed SFT records) and GRPO with thinking; the claims decided on paired test records, over seeds
 # (verdicts.py). Results and times: docs/results.md.
 #     bash reproduce.sh                         # every stage below, in order
 #     bash reproduce.sh tune rl tables          # some of them (each needs the ones before it to have run once)

@@ -1,12 +1,15 @@
 """
-verdicts.py: the paper's claims decided on the miniature's evaluations, with paired intervals, seed by seed.
+verdicts.py: the paper's claims decided on the miniature's evaluations, paired on the same records, over seeds.
 
 Each claim compares two evaluations (evaluate.py's predictions.jsonl) on the same test records, by the GRPO reward of
-each record's answer (label F1 for reports, soft-F1 IoU for grounding): the mean per-record difference and its seeded
-95 % bootstrap interval. A run trained with several seeds gives one difference per seed; the claim is "yes" when every
-seed's interval lies above 0, "no" when every one lies below, and "not resolved" otherwise. Runs are deterministic on
-one machine but not across machines (float results differ between CPUs and training amplifies them), so a verdict
-that one seed decides can flip elsewhere; over several seeds it is a verdict a class can rely on.
+each record's answer (label F1 for reports, soft-F1 IoU for grounding): the mean per-record difference. A run trained
+with several seeds gives one difference per seed (each is printed), and the seeds are combined by one rule, fixed
+before the grid of 2026-12-07 was run (docs/results.md, "The seed rule"): the mean over seeds and records with a 95 %
+interval from a crossed bootstrap, each draw resampling the seeds and, independently, the test records (the same
+records for every seed, since every seed answers the same records). The claim is "yes" when the interval lies above
+0, "no" when it lies below, and "not resolved" otherwise. Runs are deterministic on one machine but not across
+machines (float results differ between CPUs and training amplifies them), so the seeds' spread belongs in the
+interval: a verdict that one seed decides can flip elsewhere.
 
     python verdicts.py out/repro                 # the claims of reproduce.sh's grid
     python verdicts.py out/repro --table3        # Table 3: every report reward's run scored by every report reward
@@ -23,6 +26,8 @@ import json
 import os
 import random
 import sys
+
+import numpy as np
 
 import rewards
 from records import GROUNDING_TASKS
@@ -73,13 +78,32 @@ def paired(a, b, seed=0):
     return sum(diffs) / len(diffs), boots[int(0.025 * N_BOOT) - 1], boots[int(0.975 * N_BOOT) - 1], len(ids)
 
 
+def over_seeds(pairs, seed=0):
+    """b - a over seeds and records for [(a, b) per seed] ({record id: reward} each): (mean, 2.5 % and 97.5 %
+    bounds of the crossed bootstrap, records, [mean of each seed]). A draw picks as many seeds as there are, with
+    replacement, and as many of the records all seeds scored, with replacement, the same ones for every seed."""
+    ids = sorted(set.intersection(*(set(a) & set(b) for a, b in pairs)))
+    diffs = np.array([[b[i] - a[i] for i in ids] for a, b in pairs])
+    rng = np.random.default_rng(seed)
+    boots = np.sort([diffs[rng.integers(0, len(pairs), len(pairs))][:, rng.integers(0, len(ids), len(ids))].mean()
+                     for _ in range(N_BOOT)])
+    return (float(diffs.mean()), float(boots[int(0.025 * N_BOOT) - 1]), float(boots[int(0.975 * N_BOOT) - 1]),
+            len(ids), diffs.mean(1).tolist())
+
+
+def decided(lo, hi):
+    """The claim's verdict from its interval."""
+    return "yes" if lo > 0 else "no" if hi < 0 else "not resolved"
+
+
 def seeds_of(out, pattern):
     """The evaluation folders of a run's seeds, eval_sft_rl_s0, eval_sft_rl_s1, ... (or the one folder)."""
     return sorted(glob.glob(os.path.join(out, pattern + "_s*"))) or [os.path.join(out, pattern)]
 
 
-def verdict(intervals, of="seeds"):
-    """"yes" when every interval lies above 0, "no" when every one lies below, else "not resolved"."""
+def verdict(intervals, of="comparisons"):
+    """Several comparisons that must all hold (Table 3's diagonal: one run against each other run): "yes" when every
+    interval lies above 0, "no" when every one lies below, else "not resolved"."""
     if all(lo > 0 for _, lo, _, _ in intervals):
         return "yes"
     if all(hi < 0 for _, _, hi, _ in intervals):
@@ -97,16 +121,16 @@ def ran(out, folders, text):
 
 
 def claim(text, out, first, second, kind):
-    """One claim, "second beats first": a line with every seed's difference and the verdict. Runs with seeds are
-    paired seed by seed (a run without seeds pairs with each seed of the other)."""
+    """One claim, "second beats first": a line with each seed's mean difference, the mean over seeds and records with
+    its interval (over_seeds), and the verdict. Runs with seeds are paired seed by seed (a run without seeds pairs
+    with each seed of the other)."""
     a_runs, b_runs = seeds_of(out, first), seeds_of(out, second)
     if not ran(out, a_runs + b_runs, text):
         return
     pairs = list(zip(a_runs, b_runs)) if len(a_runs) == len(b_runs) else [(a, b) for a in a_runs for b in b_runs]
-    intervals = [paired(per_record(a, kind), per_record(b, kind)) for a, b in pairs]
-    shown = "; ".join(f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]" for m, lo, hi, _ in intervals)
-    print(f"- {text} ({second} - {first}, {intervals[0][3]} records, {len(intervals)} seed(s)): {shown} -> "
-          f"{verdict(intervals)}")
+    mean, lo, hi, n, per_seed = over_seeds([(per_record(a, kind), per_record(b, kind)) for a, b in pairs])
+    print(f"- {text} ({second} - {first}, {n} records, {len(pairs)} seed(s)): "
+          f"{', '.join(f'{m:+.3f}' for m in per_seed)}; {mean:+.3f} [{lo:+.3f}, {hi:+.3f}] -> {decided(lo, hi)}")
     if kind == "report":  # a constant normal report earns label F1 (14 labels) but not this: it never states a finding
         five = lambda folder: f"{five_finding_f1(folder) * 100:.1f}"  # noqa: E731
         print(f"  five-finding F1 micro, {first} -> {second}: "
@@ -115,31 +139,41 @@ def claim(text, out, first, second, kind):
 
 def gap_closed(out):
     """RL on the general model closes more of its gap to the SFT model on grounding than on reports: per seed, the
-    fraction of the gap closed, (general + RL - general) / (SFT - general), on each task, with a bootstrap interval
-    of grounding's fraction minus the reports' (each task's records resampled on their own)."""
+    fraction of the gap closed, (general + RL - general) / (SFT - general), on each task; the seeds combined as in
+    every claim (over_seeds): grounding's fraction minus the reports', averaged over the seeds, with a crossed
+    bootstrap (each draw resamples the seeds, and each task's records on their own)."""
     general, sft = os.path.join(out, "eval_general"), os.path.join(out, "eval_sft")
     rl_runs = seeds_of(out, "eval_general_rl")
     if not ran(out, [general, sft] + rl_runs, "RL on the general model closes more of the gap"):
         return
-    intervals, shown = [], []
-    for rl in rl_runs:
-        data = {}
-        for kind in ("grounding", "report"):
-            g, r, s = per_record(general, kind), per_record(rl, kind), per_record(sft, kind)
-            data[kind] = [(g[i], r[i], s[i]) for i in sorted(s)]
+    scores = {}  # kind: (general [records], RL [seeds, records], SFT [records])
+    for kind in ("grounding", "report"):
+        g, s, rl = per_record(general, kind), per_record(sft, kind), [per_record(r, kind) for r in rl_runs]
+        ids = sorted(set(g) & set(s) & set.intersection(*map(set, rl)))
+        scores[kind] = (np.array([g[i] for i in ids]), np.array([[r[i] for i in ids] for r in rl]),
+                        np.array([s[i] for i in ids]))
 
-        def closed(rows):
-            g, r, s = (sum(x) / len(rows) for x in zip(*rows))
-            return (r - g) / (s - g) if s != g else 0.0
-        rng = random.Random(0)
-        boots = sorted(closed(rng.choices(data["grounding"], k=len(data["grounding"])))
-                       - closed(rng.choices(data["report"], k=len(data["report"]))) for _ in range(N_BOOT))
-        value = closed(data["grounding"]) - closed(data["report"])
-        intervals.append((value, boots[int(0.025 * N_BOOT) - 1], boots[int(0.975 * N_BOOT) - 1], None))
-        shown.append(f"grounding {closed(data['grounding']):.0%}, reports {closed(data['report']):.0%}: "
-                     f"{value:+.2f} [{intervals[-1][1]:+.2f}, {intervals[-1][2]:+.2f}]")
+    def closed(kind, seeds, records):
+        g, rl, s = scores[kind]
+        g, s = g[records].mean(), s[records].mean()
+        return float(np.mean([(rl[k, records].mean() - g) / (s - g) if s != g else 0.0 for k in seeds]))
+
+    every = {kind: np.arange(len(scores[kind][0])) for kind in scores}
+    n_seeds, rng = len(rl_runs), np.random.default_rng(0)
+    per_seed = [(closed("grounding", [k], every["grounding"]), closed("report", [k], every["report"]))
+                for k in range(n_seeds)]
+    value = closed("grounding", range(n_seeds), every["grounding"]) - closed("report", range(n_seeds), every["report"])
+    boots = []
+    for _ in range(N_BOOT):
+        seeds = rng.integers(0, n_seeds, n_seeds)
+        boots.append(closed("grounding", seeds, rng.integers(0, len(every["grounding"]), len(every["grounding"])))
+                     - closed("report", seeds, rng.integers(0, len(every["report"]), len(every["report"]))))
+    boots.sort()
+    lo, hi = boots[int(0.025 * N_BOOT) - 1], boots[int(0.975 * N_BOOT) - 1]
+    shown = ", ".join(f"{grounding:.0%} / {report:.0%}" for grounding, report in per_seed)
     print(f"- RL on the general model closes more of the gap to SFT on grounding than on reports (fraction of the gap "
-          f"closed, grounding minus reports, {len(intervals)} seed(s)): {'; '.join(shown)} -> {verdict(intervals)}")
+          f"closed per seed, grounding / reports: {shown}; grounding minus reports over {n_seeds} seed(s) and the "
+          f"records: {value:+.2f} [{lo:+.2f}, {hi:+.2f}]) -> {decided(lo, hi)}")
 
 
 def table3(out):
@@ -167,7 +201,7 @@ def table3(out):
         shown = "; ".join(f"vs {other} {m:+.3f} [{lo:+.3f}, {hi:+.3f}]"
                           for other, (m, lo, hi, _) in zip(others, intervals))
         print(f"- RL with {metric} raises {metric} more than RL with any other reward ({intervals[0][3]} records): "
-              f"{shown} -> {verdict(intervals, 'comparisons')}")
+              f"{shown} -> {verdict(intervals)}")
 
 
 def saturated(log_file):

@@ -2,6 +2,7 @@
 seeds paired seed by seed, the fraction of the gap closed, and Table 3's diagonal and answer lengths."""
 import json
 import os
+import random
 
 import pytest
 
@@ -47,7 +48,7 @@ def test_paired_difference_and_verdict():
     assert (mean, n) == (0.0, 2) and lo == -1.0 and hi == 1.0
     assert verdicts.verdict([(0.2, 0.1, 0.3, 9), (0.1, 0.01, 0.2, 9)]) == "yes"
     assert verdicts.verdict([(-0.2, -0.3, -0.1, 9)]) == "no"
-    assert verdicts.verdict([(0.2, 0.1, 0.3, 9), (0.1, -0.01, 0.2, 9)]) == "not resolved (1 of 2 seeds above 0)"
+    assert verdicts.verdict([(0.2, 0.1, 0.3, 9), (0.1, -0.01, 0.2, 9)]) == "not resolved (1 of 2 comparisons above 0)"
 
 
 def test_thinking_answers_are_scored_after_the_last_think(tmp_path):
@@ -58,18 +59,37 @@ def test_thinking_answers_are_scored_after_the_last_think(tmp_path):
     assert verdicts.answer_chars(str(tmp_path / "e")) == len(REFERENCE) / 2
 
 
-def test_claim_pairs_seeds_seed_by_seed(tmp_path, capsys):
+def test_claim_combines_the_seeds_by_a_crossed_bootstrap(tmp_path, capsys):
+    """Seeds pair seed by seed and each seed's mean is printed; the verdict is the interval over seeds and records.
+    With a third seed that gains nothing (means +1, +0.5, 0) every draw of three times that seed gives 0, 1 in 27 of
+    the draws: above 2.5 %, so the interval reaches 0 and the claim is not resolved, where an interval over the
+    records alone (the seeds' spread left out) would say yes."""
     write_eval(tmp_path / "eval_sft", reports=[NOTHING] * 8)
     write_eval(tmp_path / "eval_sft_rl_s0", reports=[REFERENCE] * 8)
     write_eval(tmp_path / "eval_sft_rl_s1", reports=[REFERENCE] * 4 + [NOTHING] * 4)
     verdicts.claim("RL helps", str(tmp_path), "eval_sft", "eval_sft_rl", "report")
     line, five = capsys.readouterr().out.splitlines()
-    assert "8 records, 2 seed(s)): +1.000 [+1.000, +1.000]; +0.500 [" in line and line.endswith("-> yes")
+    assert "(eval_sft_rl - eval_sft, 8 records, 2 seed(s)): +1.000, +0.500; +0.750 [" in line
+    assert line.endswith("-> yes")
     # the findings pooled over the reports: none stated, then both of REFERENCE's in all 8, then in 4 of 8
     assert five == "  five-finding F1 micro, eval_sft -> eval_sft_rl: 0.0 -> 100.0; 0.0 -> 66.7"
     write_eval(tmp_path / "eval_sft_rl_s2", reports=[NOTHING] * 8)
     verdicts.claim("RL helps", str(tmp_path), "eval_sft", "eval_sft_rl", "report")
-    assert capsys.readouterr().out.splitlines()[0].endswith("-> not resolved (2 of 3 seeds above 0)")
+    line = capsys.readouterr().out.splitlines()[0]
+    assert "+1.000, +0.500, +0.000; +0.500 [+0.000, " in line and line.endswith("-> not resolved")
+
+
+def test_over_seeds_resamples_the_same_records_for_every_seed():
+    """Two seeds that answered every record alike carry no more information than one: resampling the records
+    together for both keeps the interval as wide as one seed's, where drawing each seed's records on their own would
+    narrow it by about 1 / sqrt(2) (as if the seeds were independent looks at other records)."""
+    rng = random.Random(0)
+    a = {f"r{i}": 0.0 for i in range(300)}
+    b = {i: float(rng.random() < 0.5) for i in a}
+    one = verdicts.over_seeds([(a, b)])
+    two = verdicts.over_seeds([(a, b), (a, b)])
+    assert two[0] == one[0] and two[4] == [one[0]] * 2
+    assert (two[2] - two[1]) > 0.9 * (one[2] - one[1])
 
 
 def test_the_sft_model_sees_when_it_beats_the_blind_answers_on_each_task(tmp_path, capsys):
@@ -82,8 +102,8 @@ def test_the_sft_model_sees_when_it_beats_the_blind_answers_on_each_task(tmp_pat
     for kind in ("report", "grounding", "classification"):
         verdicts.claim(f"sees on {kind}", str(tmp_path), "eval_blind", "eval_sft", kind)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("- sees")]
-    assert [line.split("): ")[1] for line in lines] == [
-        "+1.000 [+1.000, +1.000] -> yes", "+1.000 [+1.000, +1.000] -> yes", "+0.500 [+0.125, +0.875] -> yes"]
+    assert [line.split("): ")[1].split(" [")[0] for line in lines] == ["+1.000; +1.000", "+1.000; +1.000", "+0.500; +0.500"]
+    assert all(line.endswith("-> yes") for line in lines)
 
 
 def test_the_bar_for_seeing_needs_each_margin_not_only_a_difference(tmp_path, capsys):
@@ -121,7 +141,9 @@ def test_gap_closed(tmp_path, capsys):
     write_eval(tmp_path / "eval_general_rl_s0", reports=[REFERENCE] * 10 + [NOTHING] * 30,
                boxes=[GOLD] * 30 + [MISS] * 10)
     verdicts.gap_closed(str(tmp_path))
-    assert "grounding 75%, reports 25%: +0.50 [" in capsys.readouterr().out
+    line = capsys.readouterr().out
+    assert "grounding / reports: 75% / 25%; grounding minus reports over 1 seed(s) and the records: +0.50 [" in line
+    assert line.strip().endswith("-> yes")
 
 
 def test_table3_diagonal_and_lengths(tmp_path, capsys):
