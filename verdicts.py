@@ -14,6 +14,7 @@ interval: a verdict that one seed decides can flip elsewhere.
     python verdicts.py out/repro                 # the claims of reproduce.sh's grid
     python verdicts.py out/repro --table3        # Table 3: every report reward's run scored by every report reward
     python verdicts.py out/repro --tune          # the learning rates of GRPO and the control, on the validation split
+    python verdicts.py out/repro --power         # the test records each claim needs to resolve 0.02 (N_TEST)
 
 Table 3 scores each run (GRPO with one report reward) by every reward of the table, against the SFT model it started
 from, and decides the diagonal: does the run trained on a reward raise that reward more than every other run does
@@ -23,6 +24,7 @@ from, and decides the diagonal: does the run trained on a reward raise that rewa
 import functools
 import glob
 import json
+import math
 import os
 import random
 import sys
@@ -271,9 +273,34 @@ def tune(out):
     print("\n" + " ".join(f"{kind}={lr}" for kind, (_, lr) in chosen.items()))
 
 
+def power(out, effect=0.02):
+    """The test records each of the grid's RL claims needs: per claim and task, the standard deviation of the paired
+    per-record differences (over its seeds' pairs, pooled), and the records for which a difference of `effect`
+    is resolved with 80 % power by a two-sided 95 % interval, n = ((1.96 + 0.84) sd / effect)^2; then the N_TEST
+    (test studies: each is one record of one task) that gives each task that many records, at this run's share."""
+    print(f"| claim | task | records | mean | sd | records for {effect} | N_TEST for it |\n|---|---|---|---|---|---|---|")
+    for first, second in (("eval_sft", "eval_sft_rl"), ("eval_sft_more", "eval_sft_rl"),
+                          ("eval_sft_rl", "eval_thinking_rl"), ("eval_general", "eval_general_rl")):
+        a_runs, b_runs = seeds_of(out, first), seeds_of(out, second)
+        if not ran(out, a_runs + b_runs, f"{second} - {first}"):
+            continue
+        pairs = list(zip(a_runs, b_runs)) if len(a_runs) == len(b_runs) else [(a, b) for a in a_runs for b in b_runs]
+        n_test = json.load(open(os.path.join(pairs[0][1], "results.json")))["settings"]["n_test"]
+        for kind in ("report", "grounding"):
+            diffs = [[b[i] - a[i] for i in sorted(set(a) & set(b))]
+                     for a, b in ((per_record(x, kind), per_record(y, kind)) for x, y in pairs)]
+            if len(diffs[0]) < 2:
+                continue
+            sd = float(np.sqrt(np.mean([np.var(d, ddof=1) for d in diffs])))
+            needed = math.ceil(((1.96 + 0.84) * sd / effect) ** 2)
+            print(f"| {second} - {first} | {kind} | {len(diffs[0])} | {np.mean(diffs):+.3f} | {sd:.3f} | {needed} | "
+                  f"{math.ceil(needed * n_test / len(diffs[0]))} |")
+
+
 def main(out):
     print("The paper: RL adds to SFT on both tasks; thinking does not improve further; RL on a general model closes")
-    print("much of the gap on grounding, less on reports. This run (paired differences, 95 % bootstrap, per seed):")
+    print("much of the gap on grounding, less on reports. This run (paired differences, each seed's mean; over seeds and")
+    print("records, a 95 % crossed bootstrap):")
     saturated(os.path.join(out, "sft", "log.jsonl"))
     for kind in ("report", "grounding", *GROUNDING_TASKS, "classification"):  # blind: evaluate.py --blind=True
         claim(f"the SFT model sees: it beats the blind answers (no image) on {kind.replace('_', ' ')}", out,
@@ -296,5 +323,7 @@ if __name__ == "__main__":
         table3(sys.argv[1])
     elif "--tune" in sys.argv[2:]:
         tune(sys.argv[1])
+    elif "--power" in sys.argv[2:]:
+        power(sys.argv[1])
     else:
         main(sys.argv[1])

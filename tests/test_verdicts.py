@@ -133,6 +133,21 @@ def test_the_bar_for_seeing_needs_each_margin_not_only_a_difference(tmp_path, ca
     assert "phrase grounding reward above the blind box 0.25 (at least 0.15: met)" in two and two.endswith("-> yes")
 
 
+def test_power_gives_the_records_and_n_test_that_resolve_002(tmp_path, capsys):
+    """Differences 1, 1, 1, 1, 0, 0, 0, 0 over 8 report records: sd 0.5345 (n - 1 in the variance), so
+    (2.8 x 0.5345 / 0.02)^2 = 5600 records; the run had 8 report records of n_test = 20 studies, so N_TEST 14000.
+    Two seeds alike pool to the same sd. An sd over n, or the N_TEST not scaled by the task's share, fails it."""
+    write_eval(tmp_path / "eval_sft", reports=[NOTHING] * 8)
+    for s in (0, 1):
+        write_eval(tmp_path / f"eval_sft_rl_s{s}", reports=[REFERENCE] * 4 + [NOTHING] * 4)
+        results = json.load(open(tmp_path / f"eval_sft_rl_s{s}" / "results.json"))
+        results["settings"]["n_test"] = 20
+        json.dump(results, open(tmp_path / f"eval_sft_rl_s{s}" / "results.json", "w"))
+    verdicts.power(str(tmp_path))
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| eval_sft_rl - eval_sft ")]
+    assert rows == ["| eval_sft_rl - eval_sft | report | 8 | +0.500 | 0.535 | 5600 | 14000 |"]
+
+
 def test_gap_closed(tmp_path, capsys):
     """The general model scores 0, SFT 1 on every record; RL on the general model gets 30 of 40 grounding records
     and 10 of 40 reports right: it closes 75 % of the gap on grounding, 25 % on reports."""
