@@ -78,7 +78,8 @@ min_pixels = 1024         # processor pixel budget (the paper evaluates at 1,024
 max_pixels = 16384
 thinking = False          # ask for <think>...</think> first; the metrics score the answer after it
 max_new_tokens = 256      # longest answer (the paper: 1024 for reports, 4096 with thinking)
-generate_batch = 16       # prompts per generate call on each rank (0: all at once)
+generate_batch = 64       # prompts per generate call on each rank (0: all at once); on a CPU the tiny model's
+                          # time goes to per-token overhead, which a larger batch shares (docs/speed.md)
 predictions = ""          # a JSONL of {"id", "answer"} to score instead of generating (any model's outputs)
 headroom = 0              # G > 0: the headroom of GRPO on the validation split instead (greedy, G samples; see above)
 blind = False             # answer without the image, from the training split's priors (blind_answers): the trivial

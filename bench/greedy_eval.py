@@ -5,6 +5,7 @@ longest answer. The same trained model, test records (reports, classification an
 orders them) and batch size; both paths' answers are compared; the best of `repeats`.
 
     python bench/greedy_eval.py --init_from=out/repro/sft/best              # the grid's SFT model, 400 test records
+    python bench/greedy_eval.py --init_from=out/repro/sft/best --generate_batch=16   # evaluate.py's batch before
     python bench/greedy_eval.py --init_from=out/sft --n_test=200
 """
 import os
@@ -21,7 +22,7 @@ from model import load_model  # noqa: E402
 
 init_from = "out/repro/sft/best"  # a trained model: a random one's answers all run to max_new_tokens
 n_test = 400              # test records
-generate_batch = 16       # prompts per call, as evaluate.py
+generate_batch = 64       # prompts per call, as evaluate.py (0: all at once)
 max_new_tokens = 256      # as evaluate.py
 repeats = 2               # timed runs of each path; the fastest is shown
 configure(globals())
@@ -34,9 +35,9 @@ stop = generation_kwargs(processor.tokenizer)
 
 
 def with_generate():
-    answers = []
-    for start in range(0, len(records), generate_batch):
-        prompt = prompt_batch(records[start:start + generate_batch], processor)
+    answers, size = [], generate_batch or len(records)
+    for start in range(0, len(records), size):
+        prompt = prompt_batch(records[start:start + size], processor)
         with torch.no_grad():
             out = model.generate(**prompt, do_sample=False, max_new_tokens=max_new_tokens, **stop)
         answers += processor.tokenizer.batch_decode(out[:, prompt["input_ids"].shape[1]:], skip_special_tokens=True)
