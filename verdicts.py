@@ -278,7 +278,8 @@ def power(out, effect=0.02):
     per-record differences (over its seeds' pairs, pooled), and the records for which a difference of `effect`
     is resolved with 80 % power by a two-sided 95 % interval, n = ((1.96 + 0.84) sd / effect)^2; then the N_TEST
     (test studies: each is one record of one task) that gives each task that many records, at this run's share."""
-    print(f"| claim | task | records | mean | sd | records for {effect} | N_TEST for it |\n|---|---|---|---|---|---|---|")
+    print(f"| claim | task | records | mean | sd | records for {effect} | N_TEST for it |")
+    print("|---|---|---|---|---|---|---|")
     for first, second in (("eval_sft", "eval_sft_rl"), ("eval_sft_more", "eval_sft_rl"),
                           ("eval_sft_rl", "eval_thinking_rl"), ("eval_general", "eval_general_rl")):
         a_runs, b_runs = seeds_of(out, first), seeds_of(out, second)
@@ -299,8 +300,8 @@ def power(out, effect=0.02):
 
 def main(out):
     print("The paper: RL adds to SFT on both tasks; thinking does not improve further; RL on a general model closes")
-    print("much of the gap on grounding, less on reports. This run (paired differences, each seed's mean; over seeds and")
-    print("records, a 95 % crossed bootstrap):")
+    print("much of the gap on grounding, less on reports. This run (paired differences, each seed's mean; over seeds")
+    print("and records, a 95 % crossed bootstrap):")
     saturated(os.path.join(out, "sft", "log.jsonl"))
     for kind in ("report", "grounding", *GROUNDING_TASKS, "classification"):  # blind: evaluate.py --blind=True
         claim(f"the SFT model sees: it beats the blind answers (no image) on {kind.replace('_', ' ')}", out,

@@ -102,7 +102,8 @@ def test_the_sft_model_sees_when_it_beats_the_blind_answers_on_each_task(tmp_pat
     for kind in ("report", "grounding", "classification"):
         verdicts.claim(f"sees on {kind}", str(tmp_path), "eval_blind", "eval_sft", kind)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("- sees")]
-    assert [line.split("): ")[1].split(" [")[0] for line in lines] == ["+1.000; +1.000", "+1.000; +1.000", "+0.500; +0.500"]
+    means = [line.split("): ")[1].split(" [")[0] for line in lines]
+    assert means == ["+1.000; +1.000", "+1.000; +1.000", "+0.500; +0.500"]
     assert all(line.endswith("-> yes") for line in lines)
 
 
