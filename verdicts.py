@@ -122,14 +122,21 @@ def ran(out, folders, text):
     return not missing
 
 
-def claim(text, out, first, second, kind):
-    """One claim, "second beats first": a line with each seed's mean difference, the mean over seeds and records with
-    its interval (over_seeds), and the verdict. Runs with seeds are paired seed by seed (a run without seeds pairs
-    with each seed of the other)."""
+def seed_pairs(out, first, second, text):
+    """[(first's folder, second's folder) per seed], paired seed by seed (a run without seeds pairs with each seed of
+    the other); None, with a line saying what did not run, when an evaluation is missing."""
     a_runs, b_runs = seeds_of(out, first), seeds_of(out, second)
     if not ran(out, a_runs + b_runs, text):
+        return None
+    return list(zip(a_runs, b_runs)) if len(a_runs) == len(b_runs) else [(a, b) for a in a_runs for b in b_runs]
+
+
+def claim(text, out, first, second, kind):
+    """One claim, "second beats first": a line with each seed's mean difference, the mean over seeds and records with
+    its interval (over_seeds), and the verdict (seed_pairs)."""
+    pairs = seed_pairs(out, first, second, text)
+    if not pairs:
         return
-    pairs = list(zip(a_runs, b_runs)) if len(a_runs) == len(b_runs) else [(a, b) for a in a_runs for b in b_runs]
     mean, lo, hi, n, per_seed = over_seeds([(per_record(a, kind), per_record(b, kind)) for a, b in pairs])
     print(f"- {text} ({second} - {first}, {n} records, {len(pairs)} seed(s)): "
           f"{', '.join(f'{m:+.3f}' for m in per_seed)}; {mean:+.3f} [{lo:+.3f}, {hi:+.3f}] -> {decided(lo, hi)}")
@@ -282,10 +289,9 @@ def power(out, effect=0.02):
     print("|---|---|---|---|---|---|---|")
     for first, second in (("eval_sft", "eval_sft_rl"), ("eval_sft_more", "eval_sft_rl"),
                           ("eval_sft_rl", "eval_thinking_rl"), ("eval_general", "eval_general_rl")):
-        a_runs, b_runs = seeds_of(out, first), seeds_of(out, second)
-        if not ran(out, a_runs + b_runs, f"{second} - {first}"):
+        pairs = seed_pairs(out, first, second, f"{second} - {first}")
+        if not pairs:
             continue
-        pairs = list(zip(a_runs, b_runs)) if len(a_runs) == len(b_runs) else [(a, b) for a in a_runs for b in b_runs]
         n_test = json.load(open(os.path.join(pairs[0][1], "results.json")))["settings"]["n_test"]
         for kind in ("report", "grounding"):
             diffs = [[b[i] - a[i] for i in sorted(set(a) & set(b))]
