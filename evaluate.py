@@ -356,11 +356,8 @@ def held_out_rewards(model, processor, prompts, device, thinking, max_new_tokens
     out, training = {}, model.training
     model.eval()
     for task, records in prompts.items():
-        inputs = prompt_batch(records, processor, thinking).to(device)
-        with torch.no_grad(), gathered(model), autocast(device):
-            tokens, _ = sample_groups(model, inputs, 1, max_new_tokens, generation_kwargs(processor.tokenizer),
-                                      temperature=0.0)
-        answers = processor.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+        with gathered(model):
+            answers = generate_answers(model, processor, records, 0, thinking, max_new_tokens, device, progress=False)
         scores, _ = rewards.score(task, answers, [reference_answer(r) for r in records], reward=report_reward,
                                   thinking=thinking, metric_weights=metric_weights)
         out[f"val_reward_{task}"] = sum(scores) / len(scores)
@@ -526,6 +523,26 @@ def compare(dirs):
 
 # ----------------------------------------------------------------------------------------------------------
 
+def load_evaluated_model(device):
+    """The model of init_from on `device`, in eval mode, or a SystemExit saying there is none (as grpo.py: load_model
+    resolves a training output dir to its newest step, or says why it cannot)."""
+    try:
+        model, processor = load_model(init_from, device=device, min_pixels=min_pixels, max_pixels=max_pixels,
+                                      seed=seed, tiny_corpus=tiny_corpus)
+    except (OSError, RuntimeError) as e:
+        raise SystemExit(f"no checkpoint at {init_from!r} ({e}): run `python sft.py` first (or pass --init_from=...)")
+    return model.to(device).eval(), processor
+
+
+def gathered_shards(mine, world):
+    """Every rank's `mine`, in rank order, on every rank (just [mine] in one process)."""
+    if world == 1:
+        return [mine]
+    shards = [None] * world
+    torch.distributed.all_gather_object(shards, mine)
+    return shards
+
+
 def main():
     if sys.argv[1:2] == ["--compare"]:  # not a setting: a different command
         print(compare(sys.argv[2:]))
@@ -533,16 +550,12 @@ def main():
     settings = configure(globals())
     rank, _, world, device = init_distributed()
     if headroom:
-        model, processor = load_model(init_from, device=device, min_pixels=min_pixels, max_pixels=max_pixels,
-                                      seed=seed, tiny_corpus=tiny_corpus)
+        model, processor = load_evaluated_model(device)
         torch.manual_seed(seed + rank)
-        mine = headroom_groups(model.to(device).eval(), processor,
-                               held_out_prompts(data, n_test, image_size, rank=rank, world=world), headroom, device,
-                               thinking, max_new_tokens, generate_batch, metric_weights=metric_weights)
-        shards = [mine]
-        if world > 1:
-            shards = [None] * world
-            torch.distributed.all_gather_object(shards, mine)
+        mine = headroom_groups(model, processor, held_out_prompts(data, n_test, image_size, rank=rank, world=world),
+                               headroom, device, thinking, max_new_tokens, generate_batch,
+                               metric_weights=metric_weights)
+        shards = gathered_shards(mine, world)
         if rank == 0:
             table, stats = headroom_table({task: [row for shard in shards for row in shard[task]] for task in mine})
             table = f"Headroom of {init_from}: G = {headroom} samples at temperature 1 per validation prompt\n\n{table}"
@@ -565,20 +578,12 @@ def main():
         completions = blind_answers(records, open_records(train_data, "train", n_train, image_size,
                                                           tasks=SCORED_TASKS, scored=True))
     else:
-        try:  # as grpo.py: load_model resolves a training output dir to its newest step, or says why it cannot
-            model, processor = load_model(init_from, device=device, min_pixels=min_pixels, max_pixels=max_pixels,
-                                          seed=seed, tiny_corpus=tiny_corpus)
-        except (OSError, RuntimeError) as e:
-            raise SystemExit(f"no checkpoint at {init_from!r} ({e}): run `python sft.py` first "
-                             f"(or pass --init_from=...)")
+        model, processor = load_evaluated_model(device)
         # each rank answers every world-th record with its own whole model: no collective until the gather
         mine = list(range(rank, len(records), world))
-        answers = generate_answers(model.to(device).eval(), processor, [records[i] for i in mine], generate_batch,
-                                   thinking, max_new_tokens, device, progress=rank == 0)
-        shards = [list(zip(mine, answers))]
-        if world > 1:
-            shards = [None] * world
-            torch.distributed.all_gather_object(shards, list(zip(mine, answers)))
+        answers = generate_answers(model, processor, [records[i] for i in mine], generate_batch, thinking,
+                                   max_new_tokens, device, progress=rank == 0)
+        shards = gathered_shards(list(zip(mine, answers)), world)
         completions = [answer for _, answer in sorted(pair for shard in shards for pair in shard)]
         del model  # the metric models may need the memory
         if torch.cuda.is_available():
