@@ -268,13 +268,15 @@ def test_greedy_answers_are_generates_while_ended_answers_leave_the_batch(tiny, 
 
 
 def test_headroom_table_from_hand_made_groups():
-    """Two report prompts: one whose 3 samples all tie with the greedy answer (no gradient for GRPO), one whose best
-    sample beats it though its mean does not. "Above greedy" measured against the sampled mean, or "tied" against the
-    greedy answer, fails it."""
-    table, stats = evaluate.headroom_table({"report": [(0.5, [0.5, 0.5, 0.5]), (0.3, [0.0, 0.2, 0.7])]})
-    assert stats["report"] == pytest.approx({"prompts": 2, "greedy": 0.4, "sampled_mean": 0.4, "best_of_g": 0.6,
-                                             "tied": 0.5, "above_greedy": 0.5})
-    assert "| report | 2 | 0.400 | 0.400 | 0.600 | 50% | 50% |" in table
+    """Four report prompts, 3 samples each: tied at the greedy answer's reward; spread with a sample above greedy;
+    the same samples below a better greedy answer (above their own mean, not above greedy); tied away from greedy.
+    Tied 2 of 4, above greedy 1 of 4. "Above" measured against the sampled mean (2 of 4) or "tied" meaning every
+    sample equals the greedy reward (1 of 4) fails it."""
+    table, stats = evaluate.headroom_table({"report": [(0.5, [0.5, 0.5, 0.5]), (0.3, [0.0, 0.2, 0.7]),
+                                                       (0.8, [0.0, 0.2, 0.7]), (0.9, [0.6, 0.6, 0.6])]})
+    assert stats["report"] == pytest.approx({"prompts": 4, "greedy": 0.625, "sampled_mean": 0.425, "best_of_g": 0.625,
+                                             "tied": 0.5, "above_greedy": 0.25})
+    assert "| report | 4 | 0.625 | 0.425 | 0.625 | 50% | 25% |" in table
 
 
 def test_headroom_of_a_checkpoint_on_validation_prompts(tiny_checkpoint, tmp_path):
