@@ -368,7 +368,9 @@ def held_out_rewards(model, processor, prompts, device, thinking, max_new_tokens
 def headroom_groups(model, processor, prompts, group_size, device, thinking, max_new_tokens, generate_batch,
                     report_reward="label_f1", metric_weights=""):
     """{task: [(reward of the greedy answer, [rewards of G answers sampled at temperature 1]) per prompt]} for
-    `prompts` (held_out_prompts), each answer scored by the GRPO reward of its task."""
+    `prompts` (held_out_prompts), each answer scored by the GRPO reward of its task; a report's row also holds the
+    labeler's findings (rule_labels) of its gold report, of its greedy answer and the share of its samples stating
+    each, for threshold_headroom."""
     groups = {}
     for task, records in prompts.items():
         references = [reference_answer(r) for r in records]
@@ -381,27 +383,56 @@ def headroom_groups(model, processor, prompts, group_size, device, thinking, max
         sampled_scores, _ = rewards.score(task, sampled, [r for r in references for _ in range(group_size)],
                                           reward=report_reward, thinking=thinking, metric_weights=metric_weights)
         groups[task] = [(g, sampled_scores[i * group_size:(i + 1) * group_size]) for i, g in enumerate(greedy_scores)]
+        if task == "report":
+            answers = [rewards.final_answer(a, thinking) for a in greedy + sampled]
+            stated = rule_labels(answers)
+            shares = stated[len(greedy):].reshape(len(greedy), group_size, -1).mean(1)
+            groups[task] = [row + ((gold.tolist(), said.tolist(), share.tolist()),) for row, gold, said, share
+                            in zip(groups[task], rule_labels(references), stated[:len(greedy)], shares)]
     return groups
+
+
+def threshold_headroom(labels):
+    """What a report reward on F1 can teach by thresholds alone: from [(gold, greedy, share)] per study (the
+    labeler's findings of the gold report and of the greedy answer, and the share of the G samples stating each), the
+    greedy answers' label F1 micro and the best one of stating every finding sampled in at least a share t of the
+    answers, over t. A model decoded greedily leaves out the findings it is unsure of; the F1-optimal threshold of a
+    calibrated one is below 1/2 (Lipton et al. 2014). Returns (greedy F1, best F1, its t)."""
+    gold, greedy, share = (np.array([row[k] for row in labels]) for k in range(3))
+
+    def micro_f1(predicted):
+        tp, fp, fn = (predicted & gold).sum(), (predicted & ~gold).sum(), (~predicted & gold).sum()
+        return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+
+    gold, greedy = gold.astype(bool), greedy.astype(bool)
+    best, at = max((micro_f1(share >= t), t) for t in np.unique(share[share > 0])) if (share > 0).any() else (0.0, 1.0)
+    return float(micro_f1(greedy)), float(best), float(at)
 
 
 def headroom_table(groups):
     """The headroom of each task as a markdown table: greedy, sampled mean and best-of-G rewards averaged over the
     prompts, and the share of groups that tie (every sample the same reward: GRPO gets no gradient) and of groups with
-    a sample above the greedy answer."""
+    a sample above the greedy answer; for reports (rows with labels) a line on the threshold headroom."""
     lines = ["| task | prompts | greedy | sampled mean | best of G | groups tied | groups with a sample above greedy |",
              "|---|---|---|---|---|---|---|"]
-    stats = {}
+    stats, notes = {}, []
     for task, rows in groups.items():
         n = len(rows)
-        stats[task] = {"prompts": n, "greedy": sum(g for g, _ in rows) / n,
-                       "sampled_mean": sum(sum(s) / len(s) for _, s in rows) / n,
-                       "best_of_g": sum(max(s) for _, s in rows) / n,
-                       "tied": sum(max(s) - min(s) < 1e-9 for _, s in rows) / n,
-                       "above_greedy": sum(max(s) > g + 1e-9 for g, s in rows) / n}
+        stats[task] = {"prompts": n, "greedy": sum(row[0] for row in rows) / n,
+                       "sampled_mean": sum(sum(row[1]) / len(row[1]) for row in rows) / n,
+                       "best_of_g": sum(max(row[1]) for row in rows) / n,
+                       "tied": sum(max(row[1]) - min(row[1]) < 1e-9 for row in rows) / n,
+                       "above_greedy": sum(max(row[1]) > row[0] + 1e-9 for row in rows) / n}
         t = stats[task]
         lines.append(f"| {task} | {n} | {t['greedy']:.3f} | {t['sampled_mean']:.3f} | {t['best_of_g']:.3f} | "
                      f"{t['tied']:.0%} | {t['above_greedy']:.0%} |")
-    return "\n".join(lines) + "\n", stats
+        if all(len(row) == 3 for row in rows):
+            greedy_f1, best_f1, at = threshold_headroom([row[2] for row in rows])
+            t.update(greedy_label_f1=greedy_f1, threshold_label_f1=best_f1, threshold=at)
+            notes.append(f"\n{task}, threshold headroom: label F1 micro (14) of the greedy answers "
+                         f"{100 * greedy_f1:.1f}; stating each finding that at least {at:.0%} of the samples state {100 * best_f1:.1f} "
+                         f"(the best threshold): {100 * (best_f1 - greedy_f1):+.1f}\n")
+    return "\n".join(lines) + "\n" + "".join(notes), stats
 
 
 def blind_answers(records, train_records):

@@ -279,12 +279,24 @@ def test_headroom_table_from_hand_made_groups():
     assert "| report | 4 | 0.625 | 0.425 | 0.625 | 50% | 25% |" in table
 
 
+def test_threshold_headroom_states_findings_the_samples_hint_at():
+    """Three studies, two findings: the greedy answer leaves out a finding 3 of 8 samples state (study 1); stating
+    what at least 3/8 of the samples state gets every finding right (F1 1.0 against the greedy 6/7). Thresholds taken
+    over the greedy answers' findings, or the best F1 taken as the lowest threshold's (8/9), fail it."""
+    labels = [([1, 0], [0, 0], [0.375, 0.0]), ([0, 1], [0, 1], [0.25, 0.875]), ([1, 1], [1, 1], [0.5, 1.0])]
+    assert evaluate.threshold_headroom(labels) == pytest.approx((6 / 7, 1.0, 0.375))
+    table, stats = evaluate.headroom_table({"report": [(0.5, [0.5, 0.4], row) for row in labels]})
+    assert stats["report"]["threshold_label_f1"] == 1.0 and "at least 38% of the samples state 100.0" in table
+    assert "+14.3" in table
+
+
 def test_headroom_of_a_checkpoint_on_validation_prompts(tiny_checkpoint, tmp_path):
     run_evaluate(f"--init_from={tiny_checkpoint}", "--headroom=3", "--n_test=2", "--max_new_tokens=4",
                  f"--out_dir={tmp_path}")
     stats = json.load(open(tmp_path / "headroom.json"))
     for task in ("report", "grounding"):
         assert stats[task]["prompts"] == 2 and stats[task]["best_of_g"] >= stats[task]["sampled_mean"]
+    assert 0 <= stats["report"]["greedy_label_f1"] <= 1 and 0 <= stats["report"]["threshold_label_f1"] <= 1
     assert "G = 3 samples" in (tmp_path / "headroom.md").read_text()
 
 
