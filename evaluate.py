@@ -40,7 +40,9 @@ the fraction of outputs with a </think> and an answer after it.
 With --headroom=G it answers instead the first n_test validation prompts per GRPO task (report, grounding) greedily
 and G times sampled at temperature 1, as GRPO samples, each scored by the GRPO reward (headroom.json, headroom.md): the
 greedy answer, the sampled mean, the best of G, the groups whose G rewards all tie (no gradient) and those with a
-sample above the greedy answer (what RL can raise the greedy answer to).
+sample above the greedy answer (what RL can raise the greedy answer to); for reports also the threshold headroom
+(label F1 of stating each finding that at least a share t of the G samples state, at the best t, against the greedy
+answers': what a reward on F1 can teach a model that leaves out findings it is unsure of).
 Deliberately left out: sampled decoding of the test records (greedy only); FSDP at evaluation (each rank holds a
 whole model, so a model too big for one GPU needs a sharded generator such as vLLM); RaTEScore and other LLM judges
 than GREEN.
