@@ -32,7 +32,7 @@ TASKS = ("report", "classification", "anatomical_grounding", "abnormality_ground
          "conversation")
 GROUNDING_TASKS = ("anatomical_grounding", "abnormality_grounding", "phrase_grounding")
 TASK_GROUPS = {"report": ("report",), "grounding": GROUNDING_TASKS}  # the two tasks GRPO trains: their record tasks
-GENERAL_TASKS = ("caption", "object_grounding", "all_objects_grounding")  # the general world's own (shapes.py)
+GENERAL_TASKS = ("caption", "object_grounding", "all_objects_grounding", "radiograph_caption")  # shapes.py's own
 CHEXPERT_LABELS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
                    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
                    "Fracture", "Support Devices")  # the 14 CheXpert observations, keys of every `labels` dict

@@ -13,10 +13,18 @@ paper calls Qwen3-VL. Deterministic from a seed, ~1 ms per 128-px scene.
                            -> "There is a large bright circle located at the coordinates [..]; a ..."
     phrase_grounding       "Please locate the following sentence: A ring at the bottom."
                            -> "This finding is located at [..] in the image."
+    radiograph_caption     "Describe this image."   (a chest radiograph of synthetic.py, 10 % of the records)
+                           -> "A chest X-ray showing cardiomegaly and left pleural effusion."
 
 Scenes hold 1-4 objects of different shapes, 4-45 % of the image wide, bright or dark on a mottled gray background;
 "left" is the image's left (there is no patient here). The answer sentences are records.py's, the same as the chest
-X-ray tasks', so what transfers from this world is the format and the localization, not the findings.
+X-ray tasks', so what transfers from this world is the format and the localization.
+
+A web-scale pre-training has seen some radiographs, under captions rather than reports ("Chest X-ray showing a left
+pleural effusion"): Qwen3-VL starts at about 72 % of RadVLM's report label F1 and 17 % of its grounding mAP
+(docs/paper.md). So one record in ten is a chest radiograph of synthetic.py (studies far from those SFT trains on)
+captioned the way a web page would: that it is a chest X-ray, and half the time what it shows, each finding named
+with its side, never the report's templates and never a box (docs/results.md, #38).
 """
 
 import itertools
@@ -25,14 +33,18 @@ import random
 import numpy as np
 from PIL import Image
 
+import synthetic
 from records import findings_answer, join_and, location_answer, make_record, phrase_answer
 
 SHAPES = ("circle", "square", "triangle", "ring", "cross", "bar", "diamond")
 SIZES = {"small": (0.04, 0.1), "medium": (0.1, 0.17), "large": (0.17, 0.23)}  # half-width, fraction of the image
 TONES = {"bright": (0.8, 1.0), "dark": (0.02, 0.18)}
 SPLIT_OFFSET = {"train": 0, "val": 10_000_000, "test": 20_000_000}  # disjoint scene-seed ranges
-TASKS = ("caption", "object_grounding", "all_objects_grounding", "phrase_grounding")
-MIX = {"caption": 0.25, "object_grounding": 0.35, "all_objects_grounding": 0.25, "phrase_grounding": 0.15}
+SCENE_TASKS = ("caption", "object_grounding", "all_objects_grounding", "phrase_grounding")  # of the shapes' scenes
+TASKS = SCENE_TASKS + ("radiograph_caption",)
+MIX = {"caption": 0.25, "object_grounding": 0.35, "all_objects_grounding": 0.25, "phrase_grounding": 0.15,
+       "radiograph_caption": 0.11}  # 10 % of the records
+RADIOGRAPH_OFFSET = 5_000_000  # the radiographs are synthetic studies this far into each split: none that SFT trains on
 PROMPTS = {
     "caption": ["Describe this image.", "What do you see in this image?", "Write a description of this image."],
     "object_grounding": ["Where is the {name} located in this image?", "Locate the {name} in this image.",
@@ -41,6 +53,7 @@ PROMPTS = {
     "phrase_grounding": ["Please locate the following sentence: {phrase}",
                          "Where is the following object located on the image: {phrase}"],
 }
+RADIOGRAPH_CAPTIONS = ["A chest X-ray.", "A frontal chest radiograph.", "Chest X-ray of an adult patient."]
 
 
 def _mask(shape, X, Y, cx, cy, r, size):
@@ -104,10 +117,10 @@ def _description(obj, rng):
 
 
 def build_records(scene, image_path, seed, tasks=None):
-    """One record per task of `tasks` (default: all four), prompts drawn from `seed`."""
+    """One record per task of `tasks` (default: SCENE_TASKS) about the scene, prompts drawn from `seed`."""
     rng = random.Random(seed)
     objects, records = scene["objects"], []
-    for task in tasks or TASKS:
+    for task in tasks or SCENE_TASKS:
         rid = f"shapes-{seed}-{task}"
         if task == "caption":
             parts = [_description(o, rng) for o in objects]
@@ -129,6 +142,15 @@ def build_records(scene, image_path, seed, tasks=None):
     return records
 
 
+def radiograph_caption(study, rng):
+    """A web page's caption of a chest radiograph (synthetic.generate_study's): what it is, and half the time what it
+    shows, each finding by its name and side."""
+    names = [f"{f['attrs']['side']} {f['name']}" if "side" in f["attrs"] else f["name"] for f in study["findings"]]
+    if rng.random() < 0.5:
+        return rng.choice(RADIOGRAPH_CAPTIONS)
+    return f"A chest X-ray showing {join_and(names)}." if names else "A normal chest X-ray."
+
+
 class ShapeRecords:
     """n records of a split as a list made on access, the same every time: record i is scene SPLIT_OFFSET[split] +
     i with a task drawn by MIX among `tasks`; the image travels in memory as record["image_array"]."""
@@ -145,12 +167,19 @@ class ShapeRecords:
         if not 0 <= i < self.n:
             raise IndexError(i)
         rng = random.Random(f"shapes-{self.split}-{self.seed}-{i}")
+        task = rng.choices(self.tasks, self.weights)[0]
+        if task == "radiograph_caption":
+            study_seed = synthetic.SPLIT_OFFSET[self.split] + RADIOGRAPH_OFFSET + i
+            study = synthetic.generate_study(study_seed, self.size)
+            record = make_record(f"shapes-radiograph-{study_seed}", f"synthetic://{self.split}/{study_seed:08d}",
+                                 rng.choice(PROMPTS["caption"]), radiograph_caption(study, rng), task)
+            record["image_array"] = study["image"]
+            return record
         for attempt in itertools.count():  # a scene without any object gives way to another one
             scene_seed = SPLIT_OFFSET[self.split] + i + attempt * self.n
             scene = generate_scene(scene_seed, self.size)
             if scene["objects"]:
                 break
-        task = rng.choices(self.tasks, self.weights)[0]
         record = build_records(scene, f"shapes://{self.split}/{scene_seed:08d}", scene_seed, [task])[0]
         record["image_array"] = scene["image"]
         return record
