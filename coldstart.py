@@ -42,6 +42,7 @@ from records import GROUNDING_TASKS, THINK_SUFFIX, parse_boxes, question, refere
 teacher = "rule"          # "rule" (ground truth: the synthetic world's, a record's annotations) or a local VLM dir
 data = "synthetic"        # records to write traces for: "synthetic" or a .json/.jsonl file
 n_records = 3000          # synthetic records (report and grounding, as the paper's two trace sets)
+mix = ""                  # the task mix SFT trained on (sft.py's --mix), for the records replayed from it
 image_size = 128
 min_words = 20            # a shorter trace is dropped (the paper asked its teacher for at least ~300)
 min_score = 0.5           # a trace whose final answer scores below this against the gold answer is dropped
@@ -251,7 +252,7 @@ def main():
                          f"{out_dir}/traces.rank*.jsonl")
     if rank == 0:
         dropped = Counter(line["reason"] for line in lines if not line["kept"])
-        sft_records = open_records(data, "train", n_records, image_size)  # what SFT trained on, its first records
+        sft_records = open_records(data, "train", n_records, image_size, mix=mix)  # what SFT trained on, its first ones
         replayed = [on_disk(sft_records[i], os.path.join(out_dir, "images"))
                     for i in range(min(len(sft_records), round(replay * len(kept))))]
         save_records(kept + replayed, data_file)

@@ -23,17 +23,20 @@ from records import (RecordError, THINK_SUFFIX, check_record, has_image, image_p
 N_NAMED = 5  # bad records named by id, with their problem, where a count of them is reported
 
 
-def open_records(source, split="train", n=None, image_size=128, tasks=None, scored=False, strict=False):
+def open_records(source, split="train", n=None, image_size=128, tasks=None, scored=False, strict=False, mix=""):
     """A list-like of records: "synthetic" (n records of the generated chest X-ray world's `split`, images made on
     access), "shapes" (the general world's, shapes.py) or a RadVLM/LLaVA .json/.jsonl file, read whole; only those
-    of `tasks` (all when None; a file record without a "task" field counts as a report).
+    of `tasks` (all when None; a file record without a "task" field counts as a report). `mix` ("task=weight,...",
+    synthetic.parse_mix) weighs the synthetic world's tasks, one per study, instead of its DEFAULT_MIX.
 
     A file's records are checked as they are read (records.check_record: well formed, the image file there, a gold
     answer to learn from, or to score answers against where they are `scored`): the bad ones are skipped, counted and
     the first few named, or, `strict`, the first one raises RecordError; so does a file of which none can be used."""
     if source == "synthetic":
         import synthetic
-        return synthetic.SyntheticRecords(split, n, size=image_size, tasks=tasks)
+        return synthetic.SyntheticRecords(split, n, size=image_size, tasks=tasks, mix=synthetic.parse_mix(mix))
+    if mix:
+        raise ValueError(f"a task mix ({mix!r}) applies to the synthetic world; {source}'s records are what they are")
     if source == "shapes":
         import shapes
         return shapes.ShapeRecords(split, n, size=image_size, tasks=tasks)

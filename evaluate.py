@@ -88,6 +88,7 @@ blind = False             # answer without the image, from the training split's 
                           # answers every model must beat
 train_data = "synthetic"  # the training records the blind answers come from ("synthetic": its train split)
 n_train = 1000            # synthetic training records for them: the first n_train studies, as reproduce.sh trains on
+mix = ""                  # their tasks' weights, as the SFT run's --mix ("": synthetic.DEFAULT_MIX)
 # output
 out_dir = "out/eval"
 bootstrap = 1000          # resamples of the test records for the 95 % confidence intervals (0: none)
@@ -432,8 +433,8 @@ def headroom_table(groups):
             greedy_f1, best_f1, at = threshold_headroom([row[2] for row in rows])
             t.update(greedy_label_f1=greedy_f1, threshold_label_f1=best_f1, threshold=at)
             notes.append(f"\n{task}, threshold headroom: label F1 micro (14) of the greedy answers "
-                         f"{100 * greedy_f1:.1f}; stating each finding that at least {at:.0%} of the samples state {100 * best_f1:.1f} "
-                         f"(the best threshold): {100 * (best_f1 - greedy_f1):+.1f}\n")
+                         f"{100 * greedy_f1:.1f}; stating each finding that at least {at:.0%} of the samples state "
+                         f"{100 * best_f1:.1f} (the best threshold): {100 * (best_f1 - greedy_f1):+.1f}\n")
     return "\n".join(lines) + "\n" + "".join(notes), stats
 
 
@@ -609,7 +610,7 @@ def main():
         if data != "synthetic" and train_data == "synthetic":
             raise SystemExit(f"--blind=True on {data}: give its training records, --train_data=FILE")
         completions = blind_answers(records, open_records(train_data, "train", n_train, image_size,
-                                                          tasks=SCORED_TASKS, scored=True))
+                                                          tasks=SCORED_TASKS, scored=True, mix=mix))
     else:
         model, processor = load_evaluated_model(device)
         # each rank answers every world-th record with its own whole model: no collective until the gather

@@ -46,6 +46,7 @@ init_from = "tiny"        # "tiny" (random tiny Qwen3-VL built from a config), a
 data = "synthetic"        # "synthetic" (the generated chest X-ray world) or a RadVLM/LLaVA .json/.jsonl file
 val_data = "synthetic"    # held-out records for the evaluations: "synthetic" (its val split), a file, or "" for none
 n_train = 100000          # synthetic training records: the first n_train studies, one task each (ignored for files)
+mix = ""                  # their tasks' weights instead of synthetic.DEFAULT_MIX's: "abnormality_grounding=0.45,..."
 n_val = 96                # held-out records whose loss is val_loss
 n_eval = 64               # held-out prompts per task (report, grounding) answered greedily for val_reward_* (0: none)
 max_new_tokens = 96       # longest of those greedy answers
@@ -92,7 +93,7 @@ MAY_CHANGE_ON_RESUME = {"max_steps", "epochs", "eval_every", "save_every", "keep
 rank, local_rank, world, device = init_distributed()
 master = rank == 0
 # the data before the model: records that cannot be used stop the run before minutes of loading
-train_records = open_records(data, "train", n_train, image_size, strict=strict)
+train_records = open_records(data, "train", n_train, image_size, strict=strict, mix=mix)
 val_records = open_records(val_data, "val", n_val, image_size, strict=strict) if val_data and eval_every else []
 val_prompts = held_out_prompts(val_data, n_eval, image_size, rank=rank, world=world) \
     if val_data and eval_every and n_eval else {}

@@ -657,6 +657,25 @@ def is_abnormal(study_seed):
     return rng.random() >= 0.30  # _sample_findings' first draw
 
 
+def parse_mix(text):
+    """A task mix written "task=weight,...", as sft.py's --mix: DEFAULT_MIX with those tasks' weights replaced ("" is
+    DEFAULT_MIX itself)."""
+    mix = dict(DEFAULT_MIX)
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        task, _, weight = (part.strip() for part in item.partition("="))
+        try:
+            value = float(weight)
+        except ValueError:
+            value = -1.0
+        if task not in DEFAULT_MIX or not value >= 0:
+            raise ValueError(f"mix {text!r}: {item!r} is not task=weight, a weight >= 0 for one of "
+                             f"{', '.join(DEFAULT_MIX)}")
+        mix[task] = value
+    if not any(mix.values()):
+        raise ValueError(f"mix {text!r}: every task's weight is 0")
+    return mix
+
+
 class SyntheticRecords:
     """The records of the first n studies of a split, as a list whose items are made on access, the same every
     time, like a finite dataset's: record i is the i-th of those studies to which one of `tasks` applies (abnormality

@@ -174,3 +174,23 @@ def test_records_of_any_tasks_come_from_the_first_n_studies_only():
         assert all(r["task"] == task for r in pool) and seeds == sorted(set(seeds)) and max(seeds) < n
         applies = [s for s in range(n) if synthetic.build_records(synthetic.generate_study(s), "x", s, [task])]
         assert seeds == applies and 0.5 * n < len(pool) < 0.9 * n
+
+
+def test_a_task_mix_weighs_the_studies_tasks_and_bad_ones_are_named(tmp_path):
+    """--mix reaches the records through data.open_records: "abnormality_grounding=0.45" gives 400 studies more than
+    twice the abnormality records of the default weights, the same studies (a mix parsed and then dropped fails it).
+    A misspelt task, a weight that is no number or below 0 are named; a file's records take no mix."""
+    from data import open_records
+    heavy = open_records("synthetic", "train", 400, mix="abnormality_grounding=0.45,report=0.2")
+    default = open_records("synthetic", "train", 400)
+    count = lambda records: sum(records[i]["task"] == "abnormality_grounding" for i in range(len(records)))
+    assert count(heavy) > 2 * count(default) > 0 and heavy.studies == default.studies
+    assert synthetic.parse_mix("") == synthetic.DEFAULT_MIX
+    for bad in ("abnormality=0.4", "report=x", "report=-1", "report", "report=0,classification=0,anatomical_grounding=0,"
+                "abnormality_grounding=0,phrase_grounding=0,conversation=0"):
+        with pytest.raises(ValueError, match="mix"):
+            synthetic.parse_mix(bad)
+    path = tmp_path / "records.jsonl"
+    path.write_text("")
+    with pytest.raises(ValueError, match="synthetic world"):
+        open_records(str(path), mix="report=1")
