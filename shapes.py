@@ -3,7 +3,8 @@ shapes.py: the general world, standing in for Qwen3-VL's own pre-training: gray 
 squares, rings, bars, ...) with captions and questions about where things are, answered in the paper's box text
 format, and a few chest radiographs under web-style captions (below). A tiny Qwen3-VL pre-trained on it (`python
 sft.py config/general.py`) knows language, the answer formats and how to find things in an image, and has seen
-radiographs but never a report or a lesion's box: the miniature's "general model", the row the paper calls Qwen3-VL. Deterministic from a seed, ~1 ms per 128-px scene.
+radiographs but never a report or a lesion's box: the miniature's "general model", the row the paper calls
+Qwen3-VL. Deterministic from a seed, ~1 ms per 128-px scene.
 
     caption                "Describe this image."
                            -> "A large bright circle in the upper left and a ring at the bottom."
