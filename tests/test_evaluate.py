@@ -267,6 +267,15 @@ def test_greedy_answers_are_generates_while_ended_answers_leave_the_batch(tiny, 
     assert answers == processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
 
 
+def test_the_blind_answers_come_from_the_training_mix(tmp_path):
+    """evaluate.py --blind hands --mix to the training records it takes its answers from (a file's records take none:
+    the error shows it was handed on)."""
+    records_path = write_records(str(tmp_path / "data"), 4)
+    proc = run_evaluate("--blind=True", f"--data={records_path}", f"--train_data={records_path}", "--mix=report=1",
+                        f"--out_dir={tmp_path / 'eval'}", check=False)
+    assert proc.returncode != 0 and "applies to the synthetic world" in proc.stderr
+
+
 def test_headroom_table_from_hand_made_groups():
     """Four report prompts, 3 samples each: tied at the greedy answer's reward; spread with a sample above greedy;
     the same samples below a better greedy answer (above their own mean, not above greedy); tied away from greedy.

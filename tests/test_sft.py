@@ -72,6 +72,13 @@ def test_strict_mode_stops_on_the_bad_record(tiny_checkpoint, records_file, tmp_
             or "RecordError: record no-answer: 'conversations' must be a list" in proc.stderr)
 
 
+def test_a_task_mix_reaches_the_training_records(tiny_checkpoint, records_file, tmp_path):
+    """--mix weighs the synthetic world's tasks; given a file it stops before the model loads, naming the problem, which
+    it can only do if sft.py hands --mix to open_records (read and then dropped, the run would train)."""
+    proc = run_sft(str(tmp_path / "mix"), tiny_checkpoint, records_file, "--max_steps=1", "--mix=report=1", check=False)
+    assert proc.returncode != 0 and "applies to the synthetic world" in proc.stderr
+
+
 def test_resume_is_exact(full_run, tiny_checkpoint, records_file, tmp_path):
     # the state of the output folder of a run killed right after its step-2 checkpoint
     crashed = str(tmp_path / "crashed")
