@@ -181,8 +181,9 @@ def gap_closed(out):
     lo, hi = boots[int(0.025 * N_BOOT) - 1], boots[int(0.975 * N_BOOT) - 1]
     shown = ", ".join(f"{grounding:.0%} / {report:.0%}" for grounding, report in per_seed)
     print(f"- RL on the general model closes more of the gap to SFT on grounding than on reports (fraction of the gap "
-          f"closed per seed, grounding / reports: {shown}; grounding minus reports over {n_seeds} seed(s) and the "
-          f"records: {value:+.2f} [{lo:+.2f}, {hi:+.2f}]) -> {decided(lo, hi)}")
+          f"closed per seed, grounding / reports: {shown}; grounding minus reports over {n_seeds} seed(s) and "
+          f"{len(every['grounding'])} grounding / {len(every['report'])} report records: {value:+.2f} "
+          f"[{lo:+.2f}, {hi:+.2f}]) -> {decided(lo, hi)}")
 
 
 def table3(out):
@@ -244,7 +245,10 @@ def sees_by_the_bar(out):
               "phrase grounding reward above the blind box": above("phrase_grounding"),
               "classification F1 micro above the blind answer": (f1_micro(sft) - f1_micro(blind)) * 100}
     met = {name: values[name] >= bar for name, bar in SEES_BAR.items()}
-    print("- the SFT model sees by the bar (SEES_BAR): " + "; ".join(
+    records = {task: len(per_record(sft, task)) for task in ("report", "abnormality_grounding", "phrase_grounding",
+                                                             "classification")}
+    print(f"- the SFT model sees by the bar (SEES_BAR; {', '.join(f'{n} {task}' for task, n in records.items())} "
+          "records): " + "; ".join(
         f"{name} {values[name]:.3g} (at least {bar:g}: {'met' if met[name] else 'not met'})"
         for name, bar in SEES_BAR.items()) + f" -> {'yes' if all(met.values()) else 'no'}")
 
@@ -259,8 +263,10 @@ def skills_kept(out):
                         ("report label F1 micro", ("report", "label_f1_micro"))):
         sft, thinking = (functools.reduce(dict.get, path, results[name]) for name in ("eval_sft", "eval_thinking"))
         share = thinking["value"] / sft["value"]
+        n = len(per_record(os.path.join(out, "eval_sft"), path[0]))
         print(f"- the cold start keeps the SFT model's {label}: {thinking['value'] * 100:.1f} against "
-              f"{sft['value'] * 100:.1f}, {share:.0%} -> {'yes' if share >= 0.8 else 'no'} (80 % or more)")
+              f"{sft['value'] * 100:.1f} ({n} records), {share:.0%} -> {'yes' if share >= 0.8 else 'no'} "
+              "(80 % or more)")
 
 
 def tune(out):
