@@ -401,15 +401,16 @@ def threshold_headroom(labels):
     greedy answers' label F1 micro and the best one of stating every finding sampled in at least a share t of the
     answers, over t. A model decoded greedily leaves out the findings it is unsure of; the F1-optimal threshold of a
     calibrated one is below 1/2 (Lipton et al. 2014). Returns (greedy F1, best F1, its t)."""
-    gold, greedy, share = (np.array([row[k] for row in labels]) for k in range(3))
+    gold, greedy = (np.array([row[k] for row in labels], dtype=bool) for k in range(2))
+    share = np.array([row[2] for row in labels])
 
     def micro_f1(predicted):
-        tp, fp, fn = (predicted & gold).sum(), (predicted & ~gold).sum(), (~predicted & gold).sum()
-        return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+        return float(np.nan_to_num(f1((predicted & gold).sum(0), (predicted & ~gold).sum(0),
+                                      (~predicted & gold).sum(0), "micro")))
 
-    gold, greedy = gold.astype(bool), greedy.astype(bool)
-    best, at = max((micro_f1(share >= t), t) for t in np.unique(share[share > 0])) if (share > 0).any() else (0.0, 1.0)
-    return float(micro_f1(greedy)), float(best), float(at)
+    thresholds = np.unique(share[share > 0])
+    best, at = max((micro_f1(share >= t), t) for t in thresholds) if len(thresholds) else (0.0, 1.0)
+    return micro_f1(greedy), float(best), float(at)
 
 
 def headroom_table(groups):
