@@ -1,4 +1,7 @@
 import json
+import os
+import subprocess
+import sys
 
 import coldstart
 import synthetic
@@ -117,3 +120,17 @@ def test_thinking_switch_reaches_the_chat_template(tiny):
     assert asked == plain.replace("<|im_end|>\n<|im_start|>assistant\n",
                                   THINK_SUFFIX + "<|im_end|>\n<|im_start|>assistant\n")
     assert to_messages(record, thinking=True)[0]["content"][1]["text"].endswith(THINK_SUFFIX)
+
+
+def test_the_replayed_sft_records_follow_sfts_task_mix(tmp_path):
+    """coldstart.py --mix replays the records SFT trained on under that mix: with every weight on reports, each
+    replayed record (the ones without " /think") is a report; --mix read and not handed to open_records would replay
+    classification, anatomy and conversation records too."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    only_reports = ",".join(f"{task}={int(task == 'report')}" for task in synthetic.DEFAULT_MIX)
+    subprocess.run([sys.executable, os.path.join(root, "coldstart.py"), "--n_records=30", f"--mix={only_reports}",
+                    f"--out_dir={tmp_path}"], check=True, cwd=root, capture_output=True, timeout=300,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    records = [json.loads(line) for line in open(tmp_path / "coldstart.jsonl")]
+    replayed = [r for r in records if THINK_SUFFIX not in question(r)]
+    assert len(replayed) == 30 and {r["task"] for r in replayed} == {"report"}
