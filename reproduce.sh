@@ -3,10 +3,10 @@
 # in the paper's regime: a finite training set (the first N_TRAIN studies), SFT on it for several epochs with its best
 # checkpoint on the validation split kept (early stopping: out/repro/sft/best), and from that checkpoint GRPO, and
 # for comparison SFT continued on the same studies for as long as GRPO runs (more epochs of the same data). Both
-# learning rates are chosen on the validation split, seed 0 at each candidate rate. Then: the general model (the tiny
-# Qwen3-VL pre-trained on the general world, shapes.py: the miniature's "Qwen3-VL") and GRPO from it; the cold start
-# (traces beside replayed SFT records) and GRPO with thinking; the claims decided on paired test records, over seeds
-# (verdicts.py). Results and times: docs/results.md.
+# learning rates are chosen on the validation split, by the greedy answers of seed 0 at each candidate rate. Then: the
+# general model (the tiny Qwen3-VL pre-trained on the general world, shapes.py: the miniature's "Qwen3-VL") and GRPO
+# from it; the cold start (traces beside replayed SFT records) and GRPO with thinking; the claims decided on paired
+# test records, over seeds (verdicts.py). Results and times: docs/results.md.
 #     bash reproduce.sh                         # every stage below, in order
 #     bash reproduce.sh tune rl tables          # some of them (each needs the ones before it to have run once)
 #     bash reproduce.sh table3                  # Table 3, the choice of report reward (after sft)
@@ -100,9 +100,11 @@ sft)
     }
     both "SFT for several epochs of the training set, from the general model (RadVLM)" sft \
          "seeds $GENERAL_SEEDS: GRPO from the general model (Qwen3-VL + RL)" general_rl ;;
-tune)  # seed 0 at each rate; scored by the greedy reward on the validation prompts at the end, never the test split
-    tune_grpo() { for lr in $GRPO_LRS; do sft_rl "$lr" 0; done; }
-    tune_control() { for lr in $CONTROL_LRS; do sft_more "$lr" 0; done; }
+tune)  # seed 0 at each rate, scored by its greedy answers on N_TEST validation studies, never the test split
+    tune_grpo() { for lr in $GRPO_LRS; do sft_rl "$lr" 0; evaluate "grpo_sft_lr${lr}_s0" "val_grpo_sft_lr${lr}_s0" \
+                      --split=val; done; }
+    tune_control() { for lr in $CONTROL_LRS; do sft_more "$lr" 0; evaluate "sft_more_lr${lr}_s0" \
+                         "val_sft_more_lr${lr}_s0" --split=val; done; evaluate sft/best val_sft --split=val; }
     both "GRPO at rates $GRPO_LRS" tune_grpo "the control at rates $CONTROL_LRS" tune_control
     python verdicts.py "$OUT" --tune | tee "$OUT/tune.md" ;;
 rl)
