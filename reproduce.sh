@@ -38,8 +38,10 @@ export OMP_NUM_THREADS=1
 mkdir -p "$OUT"
 STAGES=${*:-general sft tune rl thinking tables}
 stage() { echo "=== $1 ($(date +%H:%M:%S))"; }
-evaluate() { [ -e "$OUT/$2/results.json" ] || python evaluate.py --init_from="$OUT/$1" --out_dir="$OUT/$2" \
-                 --n_test="$N_TEST" "${@:3}"; }
+evaluate() {  # into $OUT/$2 unless it holds this model's evaluation (not another's, say a run at another rate)
+    python -c "import json, sys; sys.exit(json.load(open(sys.argv[1]))['settings']['init_from'] != sys.argv[2])" \
+        "$OUT/$2/results.json" "$OUT/$1" 2> /dev/null || python evaluate.py --init_from="$OUT/$1" --out_dir="$OUT/$2" \
+        --n_test="$N_TEST" "${@:3}"; }
 headroom() {  # what GRPO can move from a model: greedy against G samples on validation prompts (evaluate.py)
     [ -e "$OUT/$2/headroom.json" ] || python evaluate.py --init_from="$OUT/$1" --out_dir="$OUT/$2" --headroom=16 \
         --n_test=48 "${@:3}"; }
@@ -127,9 +129,9 @@ thinking)
     OMP_NUM_THREADS=2 evaluate coldstart/model eval_thinking --thinking=True
     thinking_rl() {
         for s in $1; do
-            once "grpo_thinking_s$s" grpo --init_from="$OUT/coldstart/model" --thinking=True --max_new_tokens=224 \
-                --lr="$(chosen GRPO_LR)" --seed="$s"
-            evaluate "grpo_thinking_s$s" "eval_thinking_rl_s$s" --thinking=True
+            once "grpo_thinking_lr$(chosen GRPO_LR)_s$s" grpo --init_from="$OUT/coldstart/model" --thinking=True \
+                --max_new_tokens=224 --lr="$(chosen GRPO_LR)" --seed="$s"
+            evaluate "grpo_thinking_lr$(chosen GRPO_LR)_s$s" "eval_thinking_rl_s$s" --thinking=True
         done
     }
     odd() { thinking_rl "$(echo $THINKING_SEEDS | tr ' ' '\n' | sed -n 'p;n')"; }
