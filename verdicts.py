@@ -269,26 +269,31 @@ def skills_kept(out):
               "(80 % or more)")
 
 
+def validation_row(name, lr, folder):
+    """Print one row of the tune table for an evaluation on the validation split; return its mean of both tasks."""
+    rewards_of = [per_record(folder, task) for task in ("report", "grounding")]
+    report, grounding = (sum(r.values()) / max(1, len(r)) for r in rewards_of)
+    print(f"| {name} | {lr} | {sum(map(len, rewards_of))} | {report:.3f} | {grounding:.3f} | "
+          f"{(report + grounding) / 2:.3f} |")
+    return (report + grounding) / 2
+
+
 def tune(out):
     """The learning rates of reproduce.sh's tune stage: each GRPO and control run of seed 0 at a candidate rate
     (grpo_sft_lr<rate>_s0, sft_more_lr<rate>_s0) scored by its greedy answers on the validation split (evaluate.py
     --split=val into val_<run>; the SFT model's in val_sft for reference): the mean reward of the report records and
     of the grounding records, and the mean of the two; each kind's choice is the rate with the highest. Thousands of
     validation studies, not the 64 prompts per task of the training logs, which ranked GRPO's 5e-5 above 1.5e-4
-    where 2,600 studies put 1.5e-4 0.024 ahead on reports (docs/results.md, #38). The test split is never looked at. The last line, "GRPO_LR=... CONTROL_LR=...", is what
-    reproduce.sh reads."""
+    where 2,600 studies put 1.5e-4 0.024 ahead on reports (docs/results.md, #38). The test split is never looked
+    at. The last line, "GRPO_LR=... CONTROL_LR=...", is what reproduce.sh reads."""
     print("| run | learning rate | records | reports | grounding | mean of both |\n|---|---|---|---|---|---|")
+    if os.path.isdir(os.path.join(out, "val_sft")):
+        validation_row("sft", "-", os.path.join(out, "val_sft"))
     chosen = {}
-    for kind, name in (("", "sft"), ("GRPO_LR", "grpo_sft"), ("CONTROL_LR", "sft_more")):
-        pattern = "val_sft" if not kind else f"val_{name}_lr*_s0"
-        for folder in sorted(glob.glob(os.path.join(out, pattern))):
-            lr = os.path.basename(folder)[len(name) + 7:-3] if kind else "-"
-            rewards_of = [per_record(folder, task) for task in ("report", "grounding")]
-            report, grounding = (sum(r.values()) / max(1, len(r)) for r in rewards_of)
-            print(f"| {name} | {lr} | {sum(map(len, rewards_of))} | {report:.3f} | {grounding:.3f} | "
-                  f"{(report + grounding) / 2:.3f} |")
-            if kind:
-                chosen[kind] = max(chosen.get(kind, (-1.0, None)), ((report + grounding) / 2, lr))
+    for kind, name in (("GRPO_LR", "grpo_sft"), ("CONTROL_LR", "sft_more")):
+        for folder in sorted(glob.glob(os.path.join(out, f"val_{name}_lr*_s0"))):
+            lr = os.path.basename(folder)[len(f"val_{name}_lr"):-len("_s0")]
+            chosen[kind] = max(chosen.get(kind, (-1.0, None)), (validation_row(name, lr, folder), lr))
     print("\n" + " ".join(f"{kind}={lr}" for kind, (_, lr) in chosen.items()))
 
 

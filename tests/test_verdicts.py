@@ -158,7 +158,8 @@ def test_gap_closed(tmp_path, capsys):
                boxes=[GOLD] * 30 + [MISS] * 10)
     verdicts.gap_closed(str(tmp_path))
     line = capsys.readouterr().out
-    assert "grounding / reports: 75% / 25%; grounding minus reports over 1 seed(s) and 40 grounding / 40 report records: +0.50 [" in line
+    assert ("grounding / reports: 75% / 25%; grounding minus reports over 1 seed(s) and 40 grounding / 40 report "
+            "records: +0.50 [") in line
     assert line.strip().endswith("-> yes")
 
 
