@@ -29,7 +29,7 @@ from pictures import draw_curves
 import rewards
 
 init_from = "out/repro/sft/best"  # the saturated SFT model of reproduce.sh (its best validation checkpoint)
-n_train = 3000                    # the training studies GRPO draws prompts from, as in reproduce.sh
+n_train = 6000                    # the training studies GRPO draws prompts from, as in reproduce.sh
 seeds = [0, 1]                    # every variant of every lesson runs once per seed
 steps = 0                         # GRPO steps of every run (0: each lesson's own); the tests use 1
 only = ""                         # comma-separated lessons to run ("": all of LESSONS)

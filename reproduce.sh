@@ -14,8 +14,9 @@
 # Stages: general (the general model), sft (SFT | GRPO from the general model), tune (GRPO | the control, seed 0 at each
 # rate), rl (GRPO | the control, every seed at the chosen rates), thinking (the cold start, then GRPO with thinking),
 # tables. Two runs go at a time, each on one core (OMP_NUM_THREADS=1): on 2 cores that does 1.5 times the work of one
-# run on both; a run's results depend only on its own settings, not on what runs beside it. A run whose out_dir holds
-# `finished` is kept, so the rl stage reuses tune's seed-0 runs at the chosen rates and a stage run again continues.
+# run on both (an odd seed out runs on both); a run's results depend only on its settings and thread count, not on what
+# runs beside it. A run whose out_dir holds `finished` is kept, so the rl stage reuses tune's seed-0 runs at the chosen
+# rates and a stage run again continues.
 set -euo pipefail
 shopt -s nullglob  # a stage not run leaves its glob empty: its rows and claims are left out
 cd "$(dirname "$0")"
@@ -24,12 +25,15 @@ N_TEST=${N_TEST:-2600}         # test studies: 0.02 resolved at 80 % power on ev
 SEEDS=${SEEDS:-"0 1 2"}
 GENERAL_SEEDS=${GENERAL_SEEDS:-$SEEDS}    # GRPO from the general model
 THINKING_SEEDS=${THINKING_SEEDS:-$SEEDS}  # GRPO from the cold-start model
-N_TRAIN=${N_TRAIN:-3000}          # the training set: studies that SFT, GRPO and the control all draw from
-SFT_STEPS=${SFT_STEPS:-1200}      # SFT: about 16 epochs of N_TRAIN, past its best validation step, which is kept;
-                                  # fewer and the model answers from priors, not the image (docs/results.md, #36)
-# the task of each training study (sft.py --mix): abnormality boxes need more examples than 3,000 studies give at the
-# default weights (docs/results.md, #36); the validation and test splits keep synthetic.DEFAULT_MIX
+N_TRAIN=${N_TRAIN:-6000}          # the training set: studies that SFT, GRPO and the control all draw from; 3,000 do
+                                  # not teach small findings in any number of epochs (docs/results.md, #36)
+SFT_STEPS=${SFT_STEPS:-2000}      # SFT: about 13 epochs of N_TRAIN, past its best validation step, which is kept
+                                  # (held-out loss lowest at 1,400-1,600, greedy reward best at 1,700: #36)
+# the task of each training study (sft.py --mix): abnormality boxes need more examples than the default weights give
+# (docs/results.md, #36); the validation and test splits keep synthetic.DEFAULT_MIX
 MIX=${MIX:-"report=0.2,classification=0.1,anatomical_grounding=0.1,abnormality_grounding=0.45,conversation=0.05"}
+COLDSTART_RECORDS=${COLDSTART_RECORDS:-3000}  # the first training studies given traces (and replayed beside them):
+                                              # config/coldstart.py's 250 steps are about one pass over 3,000
 GRPO_STEPS=${GRPO_STEPS:-60}
 GRPO_LRS=${GRPO_LRS:-"5e-5 1.5e-4"}      # the candidates of the tune stage
 CONTROL_LRS=${CONTROL_LRS:-"2e-4 6e-4"}
@@ -122,7 +126,7 @@ rl)
          "SFT continued for as long on the same studies (more epochs)" rl_control ;;
 thinking)
     stage "the cold start: traces beside replayed SFT records, from the SFT model (RadVLM-Thinking)"
-    [ -e "$OUT/coldstart/coldstart.jsonl" ] || python coldstart.py --n_records="$N_TRAIN" --mix="$MIX" \
+    [ -e "$OUT/coldstart/coldstart.jsonl" ] || python coldstart.py --n_records="$COLDSTART_RECORDS" --mix="$MIX" \
         --out_dir="$OUT/coldstart"
     OMP_NUM_THREADS=2 once coldstart/model python sft.py config/coldstart.py --init_from="$OUT/sft/best" \
         --data="$OUT/coldstart/coldstart.jsonl"
@@ -134,9 +138,14 @@ thinking)
             evaluate "grpo_thinking_lr$(chosen GRPO_LR)_s$s" "eval_thinking_rl_s$s" --thinking=True
         done
     }
-    odd() { thinking_rl "$(echo $THINKING_SEEDS | tr ' ' '\n' | sed -n 'p;n')"; }
-    even() { thinking_rl "$(echo $THINKING_SEEDS | tr ' ' '\n' | sed -n 'n;p')"; }
-    both "seeds $THINKING_SEEDS: GRPO with thinking, the first, third, ..." odd "the second, fourth, ..." even ;;
+    # seeds in pairs, one lane each; an odd one out last, on both cores (a lane beside nothing would leave one idle)
+    read -ra seeds <<< "$THINKING_SEEDS"; paired=("${seeds[@]:0:$((${#seeds[@]} / 2 * 2))}")
+    odd() { thinking_rl "$(printf '%s\n' "${paired[@]}" | sed -n 'p;n')"; }
+    even() { thinking_rl "$(printf '%s\n' "${paired[@]}" | sed -n 'n;p')"; }
+    [ ${#paired[@]} = 0 ] || both "seeds ${paired[*]}: GRPO with thinking, the first, third, ..." odd \
+                                  "the second, fourth, ..." even
+    [ ${#seeds[@]} = ${#paired[@]} ] || { stage "seed ${seeds[-1]}: GRPO with thinking, on both cores"
+        OMP_NUM_THREADS=2 thinking_rl "${seeds[-1]}"; } ;;
 tables)
     stage "tables and verdicts"
     # the answers a model gives without looking: the training set's most frequent answers, its median box per question

@@ -6,8 +6,8 @@ data = "out/coldstart/coldstart.jsonl"
 val_data = ""
 out_dir = "out/coldstart/model"
 epochs = 4                    # one pass left the tiny model unable to close </think> (docs/results.md)
-max_steps = 250               # or fewer, when the data ends first (reproduce.sh: 4 epochs of 970 traces beside 1,000
-                              # replayed SFT records, 239 steps)
+max_steps = 250               # or fewer, when the data ends first (reproduce.sh: about one pass over 2,897 traces
+                              # beside 3,000 replayed SFT records)
 lr = 1e-3
 freeze_vision = True          # the traces teach a format, not seeing: a fixed tower keeps grounding as well as a
                               # trained one or better (docs/results.md), with no gradients or AdamW state for it
