@@ -254,13 +254,15 @@ def sees_by_the_bar(out):
 
 
 def skills_kept(out):
-    """The thinking model before RL against the SFT model, on the same test records: grounding mAP@0.5 and report
-    label F1 micro as a fraction of the SFT model's (the cold start should keep at least 80 % of each)."""
+    """The thinking model before RL against the SFT model, on the same test records: grounding mAP@0.5, report label
+    F1 micro and five-finding F1 micro as a fraction of the SFT model's (the cold start should keep at least 80 % of
+    each). The last because label F1 with No Finding rewards a constant normal report (#36)."""
     if not ran(out, [os.path.join(out, name) for name in ("eval_sft", "eval_thinking")], "the cold start keeps skills"):
         return
     results = {name: json.load(open(os.path.join(out, name, "results.json"))) for name in ("eval_sft", "eval_thinking")}
     for label, path in (("grounding mAP@0.5", ("grounding", "all", "map50")),
-                        ("report label F1 micro", ("report", "label_f1_micro"))):
+                        ("report label F1 micro", ("report", "label_f1_micro")),
+                        ("report five-finding F1 micro", ("report", "label_f1_micro_5"))):
         sft, thinking = (functools.reduce(dict.get, path, results[name]) for name in ("eval_sft", "eval_thinking"))
         share = thinking["value"] / sft["value"]
         n = len(per_record(os.path.join(out, "eval_sft"), path[0]))

@@ -228,14 +228,15 @@ def test_saturation_is_the_best_validation_before_the_end(tmp_path, capsys):
 def test_skills_kept_compares_the_thinking_model_with_sft_on_the_same_measures(tmp_path, capsys):
     """The thinking model keeps 80 % of SFT's grounding mAP and label F1 or it does not; each measure on its own.
     Guards against comparing a thinking model's raw outputs (with their traces) instead of its answers."""
-    answer = "Cardiomegaly. There is a small left pleural effusion."
+    answer = "Cardiomegaly. There is a small left pleural effusion. Pneumothorax."  # a finding not of the five
     write_eval(tmp_path / "eval_sft", reports=[REFERENCE] * 4, boxes=[GOLD] * 4)
     write_eval(tmp_path / "eval_thinking", reports=[f"<think>{NOTHING}</think>{answer}"] * 4,
                boxes=[f"<think>look</think>{GOLD}"] * 3 + [f"<think>look</think>{MISS}"], thinking=True)
     verdicts.skills_kept(str(tmp_path))
     out = capsys.readouterr().out.splitlines()
     assert "75%" in out[0] and out[0].endswith("-> no (80 % or more)")
-    assert "100%" in out[1] and "-> yes" in out[1]
+    assert "label F1" in out[1] and "80%" in out[1] and "-> yes" in out[1]
+    assert "five-finding F1" in out[2] and "100%" in out[2] and "-> yes" in out[2]
 
 
 def test_tune_chooses_each_kinds_rate_by_its_validation_answers_on_both_tasks(tmp_path, capsys):
