@@ -52,3 +52,10 @@ def test_the_seeds_agree_only_when_every_seed_moves_the_same_way(tmp_path, monke
     assert "+2 (seed 0), +5 (seed 1); the seeds agree" in measured([12.0, 15.0])
     assert "the seeds do not agree" in measured([12.0, 8.0])
     assert "the seeds do not agree" in measured([12.0, 10.0])  # no effect in one seed is no agreement
+
+
+def test_lessons_draw_from_the_grids_training_set():
+    """lessons.py runs GRPO from reproduce.sh's SFT model on the prompts that model trained on: its n_train is the
+    grid's N_TRAIN. Fails when one is changed without the other."""
+    grid = re.search(r"^N_TRAIN=\$\{N_TRAIN:-(\d+)\}", open(os.path.join(ROOT, "reproduce.sh")).read(), re.M)
+    assert grid and lessons.n_train == int(grid.group(1))
